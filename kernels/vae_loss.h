@@ -1,0 +1,44 @@
+// C ABI of the fused VAE loss CPU kernels. Raw contiguous buffers, no libtorch: the Python side passes
+// data pointers from torch tensors through ctypes, so the library builds in seconds with any C++17 compiler.
+#pragma once
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Element types of the tensors passed as void*.
+enum vf_dtype { VF_FLOAT32 = 0, VF_BFLOAT16 = 1, VF_FLOAT16 = 2 };
+
+// Return codes.
+enum vf_status { VF_OK = 0, VF_BAD_DTYPE = 1, VF_BAD_SIZE = 2 };
+
+// Bumped whenever a signature below changes; the Python loader refuses a library of another version.
+int vf_abi_version(void);
+// The instruction set the dispatcher chose for this CPU ("x86-64-v4", "x86-64-v3" or "baseline").
+const char* vf_isa(void);
+// 1 if float16 inputs are supported by this build.
+int vf_has_float16(void);
+
+// Latent side, forward. mu, logvar, eps, z: [B, N] of `dtype`; kl: [B] float32;
+// kl_per_dim: [N] float32 or NULL when not wanted.
+int vf_latent_fwd(int dtype, const void* mu, const void* logvar, const void* eps, void* z, float* kl,
+                  float* kl_per_dim, int64_t B, int64_t N, float lo, float hi, int num_threads);
+
+// Latent side, backward. gz, mu, logvar, eps, dmu, dlogvar: [B, N] of `dtype`; gk: [B] float32;
+// gd: [N] float32 (upstream gradient of kl_per_dim) or NULL.
+int vf_latent_bwd(int dtype, const void* gz, const float* gk, const float* gd, const void* mu,
+                  const void* logvar, const void* eps, void* dmu, void* dlogvar, int64_t B, int64_t N,
+                  float lo, float hi, int num_threads);
+
+// Pixel side, forward: recon[b] = sum_j BCE-with-logits(x[b, j], t[b, j]). recon: [B] float32.
+int vf_bce_fwd(int x_dtype, int t_dtype, const void* x, const void* t, float* recon, int64_t B, int64_t P,
+               int num_threads);
+
+// Pixel side, backward: dx[b, j] = g[b] * (sigmoid(x[b, j]) - t[b, j]), dx of x_dtype. g: [B] float32.
+int vf_bce_bwd(int x_dtype, int t_dtype, const float* g, const void* x, const void* t, void* dx, int64_t B,
+               int64_t P, int num_threads);
+
+#ifdef __cplusplus
+}
+#endif

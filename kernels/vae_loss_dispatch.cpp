@@ -1,0 +1,108 @@
+// Picks, once per process, the most capable compiled copy of the kernels that this CPU can run, so that one
+// library runs on any x86-64 (and on other architectures, where only the baseline copy is built).
+#include <cstdlib>
+#include <cstring>
+
+#include "dtypes.h"
+#include "vae_loss.h"
+
+#define VF_DECLARE(isa)                                                                                          \
+    extern "C" int vf_latent_fwd_##isa(int, const void*, const void*, const void*, void*, float*, float*,       \
+                                       int64_t, int64_t, float, float, int);                                    \
+    extern "C" int vf_latent_bwd_##isa(int, const void*, const float*, const float*, const void*, const void*, \
+                                       const void*, void*, void*, int64_t, int64_t, float, float, int);         \
+    extern "C" int vf_bce_fwd_##isa(int, int, const void*, const void*, float*, int64_t, int64_t, int);         \
+    extern "C" int vf_bce_bwd_##isa(int, int, const float*, const void*, const void*, void*, int64_t, int64_t, \
+                                    int);
+
+#define VF_TABLE(isa, name) {name, vf_latent_fwd_##isa, vf_latent_bwd_##isa, vf_bce_fwd_##isa, vf_bce_bwd_##isa}
+
+VF_DECLARE(baseline)
+#ifdef VF_HAVE_X86_64_V3
+VF_DECLARE(v3)
+#endif
+#ifdef VF_HAVE_X86_64_V4
+VF_DECLARE(v4)
+#endif
+
+namespace {
+
+struct KernelTable {
+    const char* isa;
+    decltype(&vf_latent_fwd_baseline) latent_fwd;
+    decltype(&vf_latent_bwd_baseline) latent_bwd;
+    decltype(&vf_bce_fwd_baseline) bce_fwd;
+    decltype(&vf_bce_bwd_baseline) bce_bwd;
+};
+
+bool isa_allowed(const char* name) {
+    // VAEFAST_NATIVE_ISA caps the choice, e.g. to test the baseline copy on an AVX-512 machine.
+    const char* cap = std::getenv("VAEFAST_NATIVE_ISA");
+    if (!cap || !*cap) return true;
+    const char* order[] = {"baseline", "x86-64-v3", "x86-64-v4"};
+    int cap_rank = -1, rank = -1;
+    for (int i = 0; i < 3; ++i) {
+        if (std::strcmp(cap, order[i]) == 0) cap_rank = i;
+        if (std::strcmp(name, order[i]) == 0) rank = i;
+    }
+    return cap_rank < 0 || rank <= cap_rank;
+}
+
+KernelTable choose() {
+#if defined(__x86_64__) || defined(_M_X64)
+    __builtin_cpu_init();
+#ifdef VF_HAVE_X86_64_V4
+    if (isa_allowed("x86-64-v4") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return VF_TABLE(v4, "x86-64-v4");
+#endif
+#ifdef VF_HAVE_X86_64_V3
+    if (isa_allowed("x86-64-v3") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2"))
+        return VF_TABLE(v3, "x86-64-v3");
+#endif
+#endif
+    return VF_TABLE(baseline, "baseline");
+}
+
+const KernelTable& kernels() {
+    static const KernelTable table = choose();
+    return table;
+}
+
+}  // namespace
+
+extern "C" {
+
+int vf_abi_version(void) { return 1; }
+
+const char* vf_isa(void) { return kernels().isa; }
+
+int vf_has_float16(void) { return VF_HAVE_FLOAT16; }
+
+int vf_latent_fwd(int dtype, const void* mu, const void* logvar, const void* eps, void* z, float* kl,
+                  float* kl_per_dim, int64_t B, int64_t N, float lo, float hi, int num_threads) {
+    if (B < 0 || N < 0) return VF_BAD_SIZE;
+    return kernels().latent_fwd(dtype, mu, logvar, eps, z, kl, kl_per_dim, B, N, lo, hi, num_threads);
+}
+
+int vf_latent_bwd(int dtype, const void* gz, const float* gk, const float* gd, const void* mu, const void* logvar,
+                  const void* eps, void* dmu, void* dlogvar, int64_t B, int64_t N, float lo, float hi,
+                  int num_threads) {
+    if (B < 0 || N < 0) return VF_BAD_SIZE;
+    return kernels().latent_bwd(dtype, gz, gk, gd, mu, logvar, eps, dmu, dlogvar, B, N, lo, hi, num_threads);
+}
+
+int vf_bce_fwd(int x_dtype, int t_dtype, const void* x, const void* t, float* recon, int64_t B, int64_t P,
+               int num_threads) {
+    if (B < 0 || P < 0) return VF_BAD_SIZE;
+    return kernels().bce_fwd(x_dtype, t_dtype, x, t, recon, B, P, num_threads);
+}
+
+int vf_bce_bwd(int x_dtype, int t_dtype, const float* g, const void* x, const void* t, void* dx, int64_t B,
+               int64_t P, int num_threads) {
+    if (B < 0 || P < 0) return VF_BAD_SIZE;
+    return kernels().bce_bwd(x_dtype, t_dtype, g, x, t, dx, B, P, num_threads);
+}
+
+}  // extern "C"

@@ -1,0 +1,240 @@
+// The fused VAE loss loops. This file is compiled once per instruction-set level (see CMakeLists.txt), each copy
+// with its own symbol suffix, and vae_loss_dispatch.cpp picks the best copy the CPU supports at load time.
+//
+// Work is cut into tiles of kRowBlock rows x kColChunk columns. Each tile's per-row partial sums land in a fixed
+// slot and are added in a fixed order afterwards, so the results are bit-identical from run to run whatever the
+// thread count and scheduling (no atomics, no reduction across threads).
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "dtypes.h"
+#include "vae_loss.h"
+
+#ifndef VF_ISA_SUFFIX
+#define VF_ISA_SUFFIX baseline
+#endif
+#define VF_CONCAT_(a, b) a##_##b
+#define VF_CONCAT(a, b) VF_CONCAT_(a, b)
+#define VF_EXPORT(name) VF_CONCAT(name, VF_ISA_SUFFIX)
+
+namespace {
+
+using vf::bf16;
+
+constexpr int64_t kColChunk = 2048;
+constexpr int64_t kRowBlock = 8;
+
+struct Tiling {
+    int64_t rows, cols, n_chunks, n_row_blocks;
+    Tiling(int64_t B, int64_t N)
+        : rows(B), cols(N), n_chunks((N + kColChunk - 1) / kColChunk), n_row_blocks((B + kRowBlock - 1) / kRowBlock) {}
+    int64_t tiles() const { return n_chunks * n_row_blocks; }
+    int64_t row_begin(int64_t tile) const { return (tile / n_chunks) * kRowBlock; }
+    int64_t row_end(int64_t tile) const { return std::min(rows, row_begin(tile) + kRowBlock); }
+    int64_t chunk(int64_t tile) const { return tile % n_chunks; }
+    int64_t col_begin(int64_t tile) const { return chunk(tile) * kColChunk; }
+    int64_t chunk_len(int64_t tile) const { return std::min(kColChunk, cols - col_begin(tile)); }
+};
+
+// kl[r] = sum over the column chunks of row r, in chunk order.
+void finish_row_sums(const std::vector<float>& partial, float* out, const Tiling& t, int num_threads) {
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t r = 0; r < t.rows; ++r) {
+        float s = 0.0f;
+        for (int64_t c = 0; c < t.n_chunks; ++c) s += partial[r * t.n_chunks + c];
+        out[r] = s;
+    }
+}
+
+template <typename T, bool PER_DIM>
+float latent_fwd_row(const T* __restrict mu, const T* __restrict logvar, const T* __restrict eps, T* __restrict z,
+                     float* __restrict dim_acc, int64_t n, float lo, float hi) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) {
+        float m = vf::to_float(mu[i]);
+        float lv = vf::clamp_keep_nan(vf::to_float(logvar[i]), lo, hi);
+        float std = vf::exp_f32(0.5f * lv);
+        z[i] = vf::from_float<T>(m + std * vf::to_float(eps[i]));
+        float kl = 0.5f * (m * m + std * std - 1.0f - lv);
+        acc += kl;
+        if constexpr (PER_DIM) dim_acc[i] += kl;
+    }
+    return acc;
+}
+
+template <typename T>
+void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, float* kl_per_dim, int64_t B,
+                int64_t N, float lo, float hi, int num_threads) {
+    const Tiling t(B, N);
+    std::vector<float> row_partial(B * t.n_chunks);
+    // Per-dim partial sums, one row of N per row block, summed over blocks in order below.
+    std::vector<float> dim_partial(kl_per_dim ? t.n_row_blocks * N : 0);
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t tile = 0; tile < t.tiles(); ++tile) {
+        const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
+        float* dim_acc = kl_per_dim ? dim_partial.data() + (tile / t.n_chunks) * N + c0 : nullptr;
+        if (dim_acc) std::fill(dim_acc, dim_acc + n, 0.0f);
+        for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
+            const int64_t off = r * N + c0;
+            row_partial[r * t.n_chunks + t.chunk(tile)] =
+                dim_acc ? latent_fwd_row<T, true>(mu + off, logvar + off, eps + off, z + off, dim_acc, n, lo, hi)
+                        : latent_fwd_row<T, false>(mu + off, logvar + off, eps + off, z + off, nullptr, n, lo, hi);
+        }
+    }
+    finish_row_sums(row_partial, kl, t, num_threads);
+    if (!kl_per_dim) return;
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t c = 0; c < t.n_chunks; ++c) {
+        const int64_t c0 = c * kColChunk, n = std::min(kColChunk, N - c0);
+        float* __restrict out = kl_per_dim + c0;
+        std::copy(dim_partial.data() + c0, dim_partial.data() + c0 + n, out);
+        for (int64_t rb = 1; rb < t.n_row_blocks; ++rb) {
+            const float* __restrict part = dim_partial.data() + rb * N + c0;
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) out[i] += part[i];
+        }
+    }
+}
+
+template <typename T>
+void latent_bwd_row(const T* __restrict gz, float gk, const float* __restrict gd, const T* __restrict mu,
+                    const T* __restrict logvar, const T* __restrict eps, T* __restrict dmu, T* __restrict dlogvar,
+                    int64_t n, float lo, float hi) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+        // The KL weight of this element: the sample's upstream gradient plus the per-dim KL's, if used.
+        const float w = gd ? gk + gd[i] : gk;
+        const float g = vf::to_float(gz[i]);
+        const float m = vf::to_float(mu[i]);
+        const float raw = vf::to_float(logvar[i]);
+        const float lv = vf::clamp_keep_nan(raw, lo, hi);
+        const float std = vf::exp_f32(0.5f * lv);
+        const bool passes = raw >= lo && raw <= hi;
+        dmu[i] = vf::from_float<T>(g + w * m);
+        dlogvar[i] = vf::from_float<T>(passes ? 0.5f * (g * vf::to_float(eps[i]) * std + w * (std * std - 1.0f)) : 0.0f);
+    }
+}
+
+template <typename T>
+void latent_bwd(const T* gz, const float* gk, const float* gd, const T* mu, const T* logvar, const T* eps, T* dmu,
+                T* dlogvar, int64_t B, int64_t N, float lo, float hi, int num_threads) {
+    const Tiling t(B, N);
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t tile = 0; tile < t.tiles(); ++tile) {
+        const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
+        for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
+            const int64_t off = r * N + c0;
+            latent_bwd_row<T>(gz + off, gk[r], gd ? gd + c0 : nullptr, mu + off, logvar + off, eps + off,
+                              dmu + off, dlogvar + off, n, lo, hi);
+        }
+    }
+}
+
+template <typename T, typename U>
+float bce_fwd_row(const T* __restrict x, const U* __restrict target, int64_t n) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) acc += vf::bce_with_logits(vf::to_float(x[i]), vf::to_float(target[i]));
+    return acc;
+}
+
+template <typename T, typename U>
+void bce_fwd(const T* x, const U* target, float* recon, int64_t B, int64_t P, int num_threads) {
+    const Tiling t(B, P);
+    std::vector<float> row_partial(B * t.n_chunks);
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t tile = 0; tile < t.tiles(); ++tile) {
+        const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
+        for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r)
+            row_partial[r * t.n_chunks + t.chunk(tile)] = bce_fwd_row(x + r * P + c0, target + r * P + c0, n);
+    }
+    finish_row_sums(row_partial, recon, t, num_threads);
+}
+
+template <typename T, typename U>
+void bce_bwd_row(float g, const T* __restrict x, const U* __restrict target, T* __restrict dx, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        dx[i] = vf::from_float<T>(g * (vf::sigmoid(vf::to_float(x[i])) - vf::to_float(target[i])));
+}
+
+template <typename T, typename U>
+void bce_bwd(const float* g, const T* x, const U* target, T* dx, int64_t B, int64_t P, int num_threads) {
+    const Tiling t(B, P);
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t tile = 0; tile < t.tiles(); ++tile) {
+        const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
+        for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r)
+            bce_bwd_row(g[r], x + r * P + c0, target + r * P + c0, dx + r * P + c0, n);
+    }
+}
+
+// Calls fn with a null pointer of the storage type named by `dtype`; returns false for an unknown code.
+template <typename Fn>
+bool with_dtype(int dtype, Fn&& fn) {
+    switch (dtype) {
+        case VF_FLOAT32: fn(static_cast<float*>(nullptr)); return true;
+        case VF_BFLOAT16: fn(static_cast<bf16*>(nullptr)); return true;
+#if VF_HAVE_FLOAT16
+        case VF_FLOAT16: fn(static_cast<vf::f16*>(nullptr)); return true;
+#endif
+        default: return false;
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+int VF_EXPORT(vf_latent_fwd)(int dtype, const void* mu, const void* logvar, const void* eps, void* z, float* kl,
+                             float* kl_per_dim, int64_t B, int64_t N, float lo, float hi, int num_threads) {
+    bool ok = with_dtype(dtype, [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        latent_fwd<T>(static_cast<const T*>(mu), static_cast<const T*>(logvar), static_cast<const T*>(eps),
+                      static_cast<T*>(z), kl, kl_per_dim, B, N, lo, hi, num_threads);
+    });
+    return ok ? VF_OK : VF_BAD_DTYPE;
+}
+
+int VF_EXPORT(vf_latent_bwd)(int dtype, const void* gz, const float* gk, const float* gd, const void* mu,
+                             const void* logvar, const void* eps, void* dmu, void* dlogvar, int64_t B, int64_t N,
+                             float lo, float hi, int num_threads) {
+    bool ok = with_dtype(dtype, [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        latent_bwd<T>(static_cast<const T*>(gz), gk, gd, static_cast<const T*>(mu), static_cast<const T*>(logvar),
+                      static_cast<const T*>(eps), static_cast<T*>(dmu), static_cast<T*>(dlogvar), B, N, lo, hi,
+                      num_threads);
+    });
+    return ok ? VF_OK : VF_BAD_DTYPE;
+}
+
+int VF_EXPORT(vf_bce_fwd)(int x_dtype, int t_dtype, const void* x, const void* t, float* recon, int64_t B,
+                          int64_t P, int num_threads) {
+    bool t_ok = false;
+    bool x_ok = with_dtype(x_dtype, [&](auto* x_tag) {
+        using T = std::remove_pointer_t<decltype(x_tag)>;
+        t_ok = with_dtype(t_dtype, [&](auto* t_tag) {
+            using U = std::remove_pointer_t<decltype(t_tag)>;
+            bce_fwd<T, U>(static_cast<const T*>(x), static_cast<const U*>(t), recon, B, P, num_threads);
+        });
+    });
+    return x_ok && t_ok ? VF_OK : VF_BAD_DTYPE;
+}
+
+int VF_EXPORT(vf_bce_bwd)(int x_dtype, int t_dtype, const float* g, const void* x, const void* t, void* dx,
+                          int64_t B, int64_t P, int num_threads) {
+    bool t_ok = false;
+    bool x_ok = with_dtype(x_dtype, [&](auto* x_tag) {
+        using T = std::remove_pointer_t<decltype(x_tag)>;
+        t_ok = with_dtype(t_dtype, [&](auto* t_tag) {
+            using U = std::remove_pointer_t<decltype(t_tag)>;
+            bce_bwd<T, U>(g, static_cast<const T*>(x), static_cast<const U*>(t), static_cast<T*>(dx), B, P,
+                          num_threads);
+        });
+    });
+    return x_ok && t_ok ? VF_OK : VF_BAD_DTYPE;
+}
+
+}  // extern "C"

@@ -1,0 +1,15 @@
+"""The fused VAE loss: reference, backends, dispatch and the public API."""
+
+from .dispatch import BACKENDS, BackendUnavailable, available_backends
+from .functional import bce_with_logits, reparameterize_kl
+from .module import FusedVAELoss, VAELossOutput
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "FusedVAELoss",
+    "VAELossOutput",
+    "available_backends",
+    "bce_with_logits",
+    "reparameterize_kl",
+]

@@ -1,0 +1,68 @@
+"""The public functional API of the fused VAE loss."""
+
+from __future__ import annotations
+
+import torch
+
+from .dispatch import FUSED_DTYPES, select
+from .reference import bce_with_logits_reference, reparameterize_kl_reference
+from .validation import check_bce_inputs, check_latent_inputs, check_tensor, resolve_clamp
+
+DEFAULT_CLAMP = (-10.0, 10.0)
+
+
+def reparameterize_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor | None = None,
+    *,
+    clamp: tuple[float, float] | None = DEFAULT_CLAMP,
+    backend: str = "auto",
+    return_kl_per_dim: bool = False,
+):
+    """Reparameterized sample and KL to N(0, I) in one fused pass.
+
+    With ``lv = clamp(logvar, *clamp)``: ``z = mu + exp(0.5*lv) * eps`` and
+    ``kl[b] = 0.5 * sum over non-batch dims of (mu**2 + exp(lv) - 1 - lv)``.
+
+    Args:
+        mu, logvar: ``[B, ...]`` posterior mean and log-variance, flat ``[B, D]`` or spatial ``[B, C, H, W]``.
+        eps: standard normal noise of the same shape; drawn with ``torch.randn_like(mu)`` when None. It takes
+            no gradient.
+        clamp: ``(lo, hi)`` bounds for logvar, or None for no clamp. The gradient follows ``torch.clamp``.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"native"``.
+        return_kl_per_dim: also return the KL summed over the batch per latent element (shape
+            ``mu.shape[1:]``), computed in the same pass, for active-unit monitoring and free bits.
+
+    Returns:
+        ``(z, kl)`` or ``(z, kl, kl_per_dim)``; z has mu's dtype, the KL terms are float32.
+    """
+    check_tensor("mu", mu)
+    if eps is None:
+        eps = torch.randn_like(mu)
+    check_latent_inputs(mu, logvar, eps)
+    if eps.requires_grad:
+        raise ValueError("eps requires grad, but reparameterize_kl does not differentiate with respect to eps; "
+                         "pass eps.detach()")
+    lo, hi = resolve_clamp(clamp)
+    ops = select(backend, mu.device, mu.dtype)
+    if ops is None:
+        bounds = (None, None) if clamp is None else (lo, hi)
+        return reparameterize_kl_reference(mu, logvar, eps, *bounds, return_kl_per_dim=return_kl_per_dim)
+    z, kl, kl_per_dim = ops.latent(mu, logvar, eps, lo, hi, return_kl_per_dim)
+    return (z, kl, kl_per_dim) if return_kl_per_dim else (z, kl)
+
+
+def bce_with_logits(logits: torch.Tensor, target: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Per-sample BCE-with-logits: ``recon[b] = sum over non-batch dims of BCE(logits, target)``, float32 [B].
+
+    ``target`` is in [0, 1] (grayscale intensities as well as binary values), may have its own float dtype, and
+    takes no gradient. The gradient with respect to the logits is ``sigmoid(logits) - target``.
+    """
+    check_bce_inputs(logits, target)
+    ops = select(backend, logits.device, logits.dtype)
+    if ops is None:
+        return bce_with_logits_reference(logits, target)
+    if target.dtype not in FUSED_DTYPES:
+        target = target.float()
+    return ops.bce(logits, target)

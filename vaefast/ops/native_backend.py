@@ -1,0 +1,163 @@
+"""Loader and launchers of the native fused CPU kernel (C++ in ``kernels/``, built by the top-level CMakeLists.txt).
+
+The library exposes a plain C ABI over raw contiguous buffers (``kernels/vae_loss.h``) and is called through
+ctypes, which releases the GIL for the call. The torch.library registration in ``library.py`` makes these
+launchers custom ops, so torch.compile sees one opaque node per kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+ABI_VERSION = 1
+LIBRARY_ENV = "VAEFAST_NATIVE_LIBRARY"
+_LIB_NAMES = {"linux": "libvaefast_kernels.so", "darwin": "libvaefast_kernels.dylib", "win32": "vaefast_kernels.dll"}
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _candidate_paths() -> list[Path]:
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        return [Path(override)]
+    import vaefast
+
+    name = _LIB_NAMES.get(sys.platform, "libvaefast_kernels.so")
+    # In an editable install the built library sits in site-packages/vaefast, not beside the sources, and the
+    # package __path__ lists both folders.
+    return [Path(p) / name for p in vaefast.__path__]
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    i64, f32, i32, vp = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p
+    signatures = {
+        "vf_abi_version": [],
+        "vf_has_float16": [],
+        "vf_latent_fwd": [i32, vp, vp, vp, vp, vp, vp, i64, i64, f32, f32, i32],
+        "vf_latent_bwd": [i32, vp, vp, vp, vp, vp, vp, vp, vp, i64, i64, f32, f32, i32],
+        "vf_bce_fwd": [i32, i32, vp, vp, vp, i64, i64, i32],
+        "vf_bce_bwd": [i32, i32, vp, vp, vp, vp, i64, i64, i32],
+    }
+    for fn, argtypes in signatures.items():
+        getattr(lib, fn).argtypes = argtypes
+        getattr(lib, fn).restype = i32
+    lib.vf_isa.argtypes = []
+    lib.vf_isa.restype = ctypes.c_char_p
+
+
+@lru_cache(maxsize=None)
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    tried = []
+    for path in _candidate_paths():
+        if not path.is_file():
+            tried.append(f"{path} (not found)")
+            continue
+        try:
+            lib = ctypes.CDLL(str(path))
+            _bind(lib)
+        except (OSError, AttributeError) as exc:
+            tried.append(f"{path} ({exc})")
+            continue
+        version = lib.vf_abi_version()
+        if version != ABI_VERSION:
+            tried.append(f"{path} (ABI version {version}, expected {ABI_VERSION}: rebuild with `pip install -e .`)")
+            continue
+        return lib, None
+    return None, (
+        "the native CPU kernel library could not be loaded; tried: " + "; ".join(tried)
+        + ". Build it with `pip install -e .` (needs a C++17 compiler and CMake)"
+    )
+
+
+def load_error() -> str | None:
+    """None when the library is loaded, otherwise why it is not."""
+    return _load()[1]
+
+
+def library() -> ctypes.CDLL:
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(reason)
+    return lib
+
+
+def isa() -> str:
+    """The instruction-set level of the kernel copy in use, e.g. 'x86-64-v4'."""
+    return library().vf_isa().decode()
+
+
+def _dtype_code(t: torch.Tensor) -> int:
+    code = _DTYPE_CODES.get(t.dtype)
+    if code is None or (code == 2 and not library().vf_has_float16()):
+        raise ValueError(f"the native backend does not support dtype {t.dtype} in this build")
+    return code
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"native kernel {what} failed with status {status}")
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+# ------------------------------------------------------------------------------------------- launch helpers
+
+
+def latent_forward(mu, logvar, eps, lo: float, hi: float, per_dim: bool):
+    B, N = mu.shape[0], math.prod(mu.shape[1:])
+    mu, logvar, eps = mu.contiguous(), logvar.contiguous(), eps.contiguous()
+    z = torch.empty_like(mu)
+    kl = torch.empty(B, dtype=torch.float32)
+    kl_per_dim = torch.empty(mu.shape[1:] if per_dim else (0,), dtype=torch.float32)
+    status = library().vf_latent_fwd(
+        _dtype_code(mu), mu.data_ptr(), logvar.data_ptr(), eps.data_ptr(), z.data_ptr(), kl.data_ptr(),
+        kl_per_dim.data_ptr() if per_dim else None, B, N, lo, hi, _threads(),
+    )
+    _check(status, "latent forward")
+    return z, kl, kl_per_dim
+
+
+def latent_backward(gz, gk, gd, mu, logvar, eps, lo: float, hi: float):
+    B, N = mu.shape[0], math.prod(mu.shape[1:])
+    mu, logvar, eps = mu.contiguous(), logvar.contiguous(), eps.contiguous()
+    gz, gk = gz.to(mu.dtype).contiguous(), gk.contiguous()
+    gd = None if gd is None else gd.contiguous()
+    dmu, dlogvar = torch.empty_like(mu), torch.empty_like(logvar)
+    status = library().vf_latent_bwd(
+        _dtype_code(mu), gz.data_ptr(), gk.data_ptr(), None if gd is None else gd.data_ptr(), mu.data_ptr(),
+        logvar.data_ptr(), eps.data_ptr(), dmu.data_ptr(), dlogvar.data_ptr(), B, N, lo, hi, _threads(),
+    )
+    _check(status, "latent backward")
+    return dmu, dlogvar
+
+
+def bce_forward(logits, target):
+    B, P = logits.shape[0], math.prod(logits.shape[1:])
+    logits, target = logits.contiguous(), target.contiguous()
+    recon = torch.empty(B, dtype=torch.float32)
+    status = library().vf_bce_fwd(
+        _dtype_code(logits), _dtype_code(target), logits.data_ptr(), target.data_ptr(), recon.data_ptr(), B, P,
+        _threads(),
+    )
+    _check(status, "BCE forward")
+    return recon
+
+
+def bce_backward(g, logits, target):
+    B, P = logits.shape[0], math.prod(logits.shape[1:])
+    logits, target, g = logits.contiguous(), target.contiguous(), g.contiguous()
+    dx = torch.empty_like(logits)
+    status = library().vf_bce_bwd(
+        _dtype_code(logits), _dtype_code(target), g.data_ptr(), logits.data_ptr(), target.data_ptr(),
+        dx.data_ptr(), B, P, _threads(),
+    )
+    _check(status, "BCE backward")
+    return dx

@@ -1,0 +1,66 @@
+"""Input checks shared by every backend, so that bad input fails the same way whichever kernel would run."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _describe(name: str, t: torch.Tensor) -> str:
+    return f"{name} (shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device})"
+
+
+def check_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{_describe(name, t)}: expected a floating dtype, one of float32, bfloat16, float16, float64")
+    if t.dim() < 2:
+        raise ValueError(f"{_describe(name, t)}: expected shape [B, ...] with at least one non-batch dimension")
+
+
+def check_same(names_tensors: list[tuple[str, torch.Tensor]], *, dtype: bool) -> None:
+    """All tensors must share shape and device (and dtype when asked)."""
+    first_name, first = names_tensors[0]
+    for name, t in names_tensors[1:]:
+        if t.shape != first.shape:
+            raise ValueError(f"shape mismatch: {_describe(first_name, first)} vs {_describe(name, t)}")
+        if t.device != first.device:
+            raise ValueError(f"device mismatch: {_describe(first_name, first)} vs {_describe(name, t)}")
+        if dtype and t.dtype != first.dtype:
+            raise ValueError(f"dtype mismatch: {_describe(first_name, first)} vs {_describe(name, t)}")
+
+
+def resolve_clamp(clamp) -> tuple[float, float]:
+    """clamp=None means no clamp, which the kernels express as (-inf, inf): the values and gradients agree."""
+    if clamp is None:
+        return -math.inf, math.inf
+    try:
+        lo, hi = (float(c) for c in clamp)
+    except (TypeError, ValueError):
+        raise ValueError(f"clamp must be None or a pair (lo, hi) of numbers, got {clamp!r}") from None
+    if math.isnan(lo) or math.isnan(hi) or lo > hi:
+        raise ValueError(f"clamp must satisfy lo <= hi, got ({lo}, {hi})")
+    return lo, hi
+
+
+def check_latent_inputs(mu, logvar, eps) -> None:
+    for name, t in (("mu", mu), ("logvar", logvar), ("eps", eps)):
+        check_tensor(name, t)
+    check_same([("mu", mu), ("logvar", logvar), ("eps", eps)], dtype=True)
+
+
+def check_bce_inputs(logits, target) -> None:
+    check_tensor("logits", logits)
+    check_tensor("target", target)
+    # The target may have its own float dtype: under autocast the logits are bf16 while the data stays float32,
+    # and rounding the target to bf16 would change the loss.
+    check_same([("logits", logits), ("target", target)], dtype=False)
+    if target.requires_grad:
+        raise ValueError(
+            "target requires grad, but bce_with_logits does not differentiate with respect to the target; "
+            "pass target.detach() if that is intended"
+        )
