@@ -85,6 +85,10 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
     }
     finish_row_sums(row_partial, kl, t, num_threads);
     if (!kl_per_dim) return;
+    if (t.n_row_blocks == 0) {  // an empty batch: the per-dim sums are empty sums
+        std::fill(kl_per_dim, kl_per_dim + N, 0.0f);
+        return;
+    }
 #pragma omp parallel for num_threads(num_threads) schedule(static)
     for (int64_t c = 0; c < t.n_chunks; ++c) {
         const int64_t c0 = c * kColChunk, n = std::min(kColChunk, N - c0);

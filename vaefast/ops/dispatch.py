@@ -23,9 +23,19 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says why."""
 
 
+_LOADED: dict[str, FusedOps] = {}
+
+
 @lru_cache(maxsize=None)
 def _load(name: str) -> FusedOps | str:
     """The backend's registered ops, or the reason it cannot be loaded. Loaded once per process."""
+    ops = _register(name)
+    if isinstance(ops, FusedOps):
+        _LOADED[name] = ops
+    return ops
+
+
+def _register(name: str) -> FusedOps | str:
     if name == "triton":
         try:
             module = importlib.import_module("vaefast.ops.triton_backend")
@@ -102,11 +112,14 @@ def _auto(device: torch.device, dtype: torch.dtype) -> str:
     return "torch"
 
 
-def select(backend: str, device: torch.device, dtype: torch.dtype) -> FusedOps | None:
-    """The fused ops to call, or None for the PyTorch reference. Raises BackendUnavailable with the reason."""
+# torch.compile runs this at trace time and bakes the answer into the graph (guarded on its inputs), so the
+# selection, its caches and its warning never become part of a compiled graph.
+@torch.compiler.assume_constant_result
+def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The name of the backend that will run; raises BackendUnavailable with the reason."""
     name = _auto(device, dtype) if backend == "auto" else backend
     if name == "torch":
-        return None
+        return name
     reason = unavailable_reason(name, device)
     if reason is not None:
         raise BackendUnavailable(f"backend={name!r} is unavailable: {reason}")
@@ -115,4 +128,10 @@ def select(backend: str, device: torch.device, dtype: torch.dtype) -> FusedOps |
             f"backend={name!r} computes in float32 and takes float32, bfloat16 or float16 inputs, not {dtype}; "
             "use backend='torch' (or 'auto') for float64"
         )
-    return _load(name)
+    return name
+
+
+def select(backend: str, device: torch.device, dtype: torch.dtype) -> FusedOps | None:
+    """The fused ops to call, or None for the PyTorch reference. Raises BackendUnavailable with the reason."""
+    name = resolve(backend, device, dtype)
+    return None if name == "torch" else _LOADED[name]

@@ -1,0 +1,28 @@
+import os
+
+# The Triton kernels run on CPU tensors through the interpreter, which must be chosen before triton is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+FUSED_BACKENDS = ("triton", "native")
+
+
+@pytest.fixture(params=FUSED_BACKENDS, scope="session")
+def fused_backend(request):
+    """Each fused backend that can run on CPU here; a missing one is skipped (test_backends_required catches CI)."""
+    import vaefast
+
+    reason = vaefast.available_backends("cpu")[request.param]
+    if reason is not None:
+        pytest.skip(reason)
+    return request.param
