@@ -117,7 +117,11 @@ void latent_bwd_row(const T* __restrict gz, float gk, const float* __restrict gd
         const float std = vf::exp_f32(0.5f * lv);
         const bool passes = raw >= lo && raw <= hi;
         dmu[i] = vf::from_float<T>(g + w * m);
-        dlogvar[i] = vf::from_float<T>(passes ? 0.5f * (g * vf::to_float(eps[i]) * std + w * (std * std - 1.0f)) : 0.0f);
+        // d/dlv of 0.5*w*(exp(lv) - 1) is (0.5*w*std)*std - 0.5*w: never forming std*std alone keeps it
+        // finite wherever the true value is (exp(lv) overflows float32 above lv = 88.7 even when w is small).
+        const float half_w = 0.5f * w;
+        const float d = g * vf::to_float(eps[i]) * (0.5f * std) + (half_w * std) * std - half_w;
+        dlogvar[i] = vf::from_float<T>(passes ? d : 0.0f);
     }
 }
 

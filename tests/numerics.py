@@ -20,6 +20,10 @@ def assert_close_scaled(actual, expected, magnitude, out_dtype, name):
     actual, expected, magnitude = actual.double(), expected.double(), magnitude.double()
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     same = (actual == expected) | (actual.isnan() & expected.isnan())
+    # Within a small factor of the largest finite value, a different order of float32 operations may overflow
+    # where the reference did not (or the reverse); an infinity of the same sign there is agreement.
+    edge = torch.finfo(out_dtype).max / 8
+    same |= (actual.abs() >= edge) & (expected.abs() >= edge) & (actual.sign() == expected.sign())
     tol = FP32_RTOL * magnitude + OUTPUT_ULP[out_dtype] * expected.abs() + 1e-30
     bad = ~same & ~((actual - expected).abs() <= tol)
     if bad.any():

@@ -76,7 +76,10 @@ def latent_bwd_kernel(
     std = tl.exp(0.5 * lv)
     passes = (logvar >= lo) & (logvar <= hi)
     dmu = gz + w * mu
-    dlogvar = tl.where(passes, 0.5 * (gz * eps * std + w * (std * std - 1.0)), 0.0)
+    # d/dlv of 0.5*w*(exp(lv) - 1) is (0.5*w*std)*std - 0.5*w: never forming std*std alone keeps it finite
+    # wherever the true value is (exp(lv) overflows float32 above lv = 88.7 even when w is small).
+    half_w = 0.5 * w
+    dlogvar = tl.where(passes, gz * eps * (0.5 * std) + (half_w * std) * std - half_w, 0.0)
     tl.store(dmu_ptr + offs, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
     tl.store(dlogvar_ptr + offs, dlogvar.to(dlogvar_ptr.dtype.element_ty), mask=mask)
 

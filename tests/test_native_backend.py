@@ -1,0 +1,135 @@
+"""The native CPU kernel: that it loaded where it must, its clean fallback, determinism, and each ISA copy."""
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import vaefast
+
+
+def test_backends_required_by_ci_are_loaded():
+    """CI lists the backends it built in VAEFAST_REQUIRE_BACKENDS, so a silent fallback cannot pass as success."""
+    required = [b for b in os.environ.get("VAEFAST_REQUIRE_BACKENDS", "").split(",") if b]
+    if not required:
+        pytest.skip("VAEFAST_REQUIRE_BACKENDS is not set")
+    available = vaefast.available_backends("cpu")
+    for name in required:
+        assert available[name] is None, f"backend {name!r} is required but unavailable: {available[name]}"
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=full_env, timeout=120)
+
+
+def test_missing_library_falls_back_with_one_warning(tmp_path):
+    """A failed load leaves 'native' unavailable with the reason, and 'auto' warns once and uses the reference."""
+    out = _run(
+        """
+        import warnings, torch, vaefast
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            x, t = torch.randn(4, 10), torch.rand(4, 10)
+            a = vaefast.bce_with_logits(x, t)
+            b = vaefast.bce_with_logits(x, t)
+            z, kl = vaefast.reparameterize_kl(torch.zeros(2, 3), torch.zeros(2, 3))
+        ref = vaefast.bce_with_logits(x, t, backend="torch")
+        print("WARNINGS", len([w for w in caught if "falls back" in str(w.message)]))
+        print("EQUAL", torch.equal(a, ref) and torch.equal(b, ref))
+        print("REASON", vaefast.available_backends("cpu")["native"])
+        try:
+            vaefast.bce_with_logits(x, t, backend="native")
+        except vaefast.BackendUnavailable as e:
+            print("ERROR", e)
+        """,
+        VAEFAST_NATIVE_LIBRARY=str(tmp_path / "libvaefast_kernels.so"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "WARNINGS 1" in out.stdout, out.stdout
+    assert "EQUAL True" in out.stdout
+    assert f"REASON the native CPU kernel library could not be loaded; tried: {tmp_path}" in out.stdout
+    assert "ERROR backend='native' is unavailable" in out.stdout
+
+
+def test_corrupt_library_file_is_reported(tmp_path):
+    bogus = tmp_path / "libvaefast_kernels.so"
+    bogus.write_bytes(b"not an ELF file")
+    out = _run("import vaefast; print(vaefast.available_backends('cpu')['native'])",
+               VAEFAST_NATIVE_LIBRARY=str(bogus))
+    assert out.returncode == 0, out.stderr
+    assert str(bogus) in out.stdout, out.stdout
+    assert "invalid ELF header" in out.stdout or "file too short" in out.stdout, out.stdout
+
+
+@pytest.fixture
+def native():
+    reason = vaefast.available_backends("cpu")["native"]
+    if reason is not None:
+        pytest.skip(reason)
+    return "native"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bit_identical_across_runs(native, dtype):
+    g = torch.Generator().manual_seed(5)
+    mu, logvar, eps = (torch.randn(100, 3000, generator=g).to(dtype) for _ in range(3))
+    logits, target = torch.randn(100, 3000, generator=g).to(dtype), torch.rand(100, 3000, generator=g)
+    first = vaefast.reparameterize_kl(mu, logvar, eps, backend=native, return_kl_per_dim=True)
+    first_recon = vaefast.bce_with_logits(logits, target, backend=native)
+    for _ in range(5):
+        again = vaefast.reparameterize_kl(mu, logvar, eps, backend=native, return_kl_per_dim=True)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+        assert torch.equal(first_recon, vaefast.bce_with_logits(logits, target, backend=native))
+
+
+def test_same_result_with_one_and_two_threads(native):
+    """The tiling fixes the summation order, so even the thread count does not change a bit."""
+    g = torch.Generator().manual_seed(6)
+    mu, logvar, eps = (torch.randn(64, 5000, generator=g) for _ in range(3))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = vaefast.reparameterize_kl(mu, logvar, eps, backend=native, return_kl_per_dim=True)
+        torch.set_num_threads(2)
+        two = vaefast.reparameterize_kl(mu, logvar, eps, backend=native, return_kl_per_dim=True)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "x86-64-v3"])
+def test_lower_isa_copies_match_reference(native, isa):
+    """Each compiled copy of the loops (chosen at load time by CPU features) is correct, not only the best one."""
+    if platform.machine() not in ("x86_64", "AMD64") and isa != "baseline":
+        pytest.skip("only the baseline copy is built off x86-64")
+    out = _run(
+        """
+        import torch, vaefast
+        from vaefast.ops import native_backend
+        g = torch.Generator().manual_seed(7)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            mu, lv, eps = (torch.randn(9, 777, generator=g) * 4 for _ in range(3))
+            mu, lv, eps = mu.to(dtype).requires_grad_(), lv.to(dtype).requires_grad_(), eps.to(dtype)
+            res = {}
+            for b in ("torch", "native"):
+                z, kl = vaefast.reparameterize_kl(mu, lv, eps, backend=b)
+                x = (mu * 3).detach().requires_grad_()
+                r = vaefast.bce_with_logits(x, torch.rand(9, 777, generator=g.manual_seed(1)), backend=b)
+                grads = torch.autograd.grad((z.float().sum() + kl.sum() + r.sum()), (mu, lv, x))
+                res[b] = [z.float(), kl, r] + [t.float() for t in grads]
+            for a, b in zip(res["native"], res["torch"]):
+                torch.testing.assert_close(a, b, rtol=1e-2 if dtype != torch.float32 else 1e-5, atol=1e-3)
+        print("ISA", native_backend.isa())
+        """,
+        VAEFAST_NATIVE_ISA=isa,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"ISA {isa}" in out.stdout, out.stdout

@@ -1,0 +1,113 @@
+"""Compile the Triton kernels ahead of time for NVIDIA GPUs and read their machine code, without a GPU.
+
+``python -m vaefast.ops.triton_inspect [--json]`` builds every kernel for sm_80 and sm_90 in fp32, bf16 and fp16,
+with the 16-byte divisibility specialization the JIT applies to aligned pointers and sizes, and reports the
+registers, local memory (spills) and the width of the global loads and stores from the SASS. It must run without
+TRITON_INTERPRET (the interpreter replaces the JIT functions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+DTYPES = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
+ARCHS = (80, 90)
+BLOCK = 1024
+
+
+def kernel_specs(elem: str) -> dict[str, tuple[dict, dict, list[int]]]:
+    """Per kernel: its signature, constexprs, and the argument indices that get the divisibility hint."""
+    f32p = "*fp32"
+    return {
+        "latent_fwd_kernel": (
+            {"mu_ptr": elem, "logvar_ptr": elem, "eps_ptr": elem, "z_ptr": elem, "kl_partial_ptr": f32p,
+             "kl_dim_partial_ptr": f32p, "B": "i32", "N": "i32", "n_col_blocks": "i32", "lo": "fp32",
+             "hi": "fp32", "BLOCK": "constexpr", "ROWS": "constexpr", "PER_DIM": "constexpr"},
+            {"BLOCK": BLOCK, "ROWS": 4, "PER_DIM": True},
+            [0, 1, 2, 3, 4, 5, 7],
+        ),
+        "latent_bwd_kernel": (
+            {"gz_ptr": elem, "gk_ptr": f32p, "gd_ptr": f32p, "mu_ptr": elem, "logvar_ptr": elem, "eps_ptr": elem,
+             "dmu_ptr": elem, "dlogvar_ptr": elem, "N": "i32", "lo": "fp32", "hi": "fp32",
+             "BLOCK": "constexpr", "HAS_GD": "constexpr"},
+            {"BLOCK": BLOCK, "HAS_GD": True},
+            [0, 1, 2, 3, 4, 5, 6, 7, 8],
+        ),
+        "bce_fwd_kernel": (
+            {"x_ptr": elem, "t_ptr": elem, "partial_ptr": f32p, "P": "i32", "n_col_blocks": "i32",
+             "BLOCK": "constexpr"},
+            {"BLOCK": BLOCK},
+            [0, 1, 2, 3],
+        ),
+        "bce_bwd_kernel": (
+            {"g_ptr": f32p, "x_ptr": elem, "t_ptr": elem, "dx_ptr": elem, "P": "i32", "BLOCK": "constexpr"},
+            {"BLOCK": BLOCK},
+            [0, 1, 2, 3, 4],
+        ),
+    }
+
+
+def _cuobjdump(*args: str) -> str:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return subprocess.run([tool, *args], check=True, capture_output=True, text=True).stdout
+
+
+def inspect_kernel(name: str, dtype: str, arch: int) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import triton_backend
+
+    signature, constexprs, hinted = kernel_specs(DTYPES[dtype])[name]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in hinted}
+    source = ASTSource(fn=getattr(triton_backend, name), signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        usage = _cuobjdump("--dump-resource-usage", path)
+        sass = _cuobjdump("--dump-sass", path)
+    fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage))
+    memory_ops = re.findall(r"\b((?:LDG|STG)\.E(?:\.[A-Z0-9]+)*)\b", sass)
+    return {
+        "kernel": name, "dtype": dtype, "arch": f"sm_{arch}",
+        "registers": int(fields["REG"]), "stack": int(fields["STACK"]), "local": int(fields["LOCAL"]),
+        "shared": int(fields["SHARED"]),
+        "global_memory_ops": sorted(set(memory_ops)),
+    }
+
+
+def inspect_all() -> list[dict]:
+    return [inspect_kernel(name, dtype, arch)
+            for name in kernel_specs("*fp32") for dtype in DTYPES for arch in ARCHS]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: the interpreter cannot compile for a GPU target", file=sys.stderr)
+        return 2
+    report = inspect_all()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for row in report:
+            print(f"{row['kernel']:<18} {row['dtype']} {row['arch']}: {row['registers']} registers, "
+                  f"local {row['local']}, stack {row['stack']}, global ops {' '.join(row['global_memory_ops'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
