@@ -102,14 +102,15 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
     }
 }
 
-template <typename T>
+template <typename T, bool HAS_GD>
 void latent_bwd_row(const T* __restrict gz, float gk, const float* __restrict gd, const T* __restrict mu,
                     const T* __restrict logvar, const T* __restrict eps, T* __restrict dmu, T* __restrict dlogvar,
                     int64_t n, float lo, float hi) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
         // The KL weight of this element: the sample's upstream gradient plus the per-dim KL's, if used.
-        const float w = gd ? gk + gd[i] : gk;
+        float w = gk;
+        if constexpr (HAS_GD) w += gd[i];
         const float g = vf::to_float(gz[i]);
         const float m = vf::to_float(mu[i]);
         const float raw = vf::to_float(logvar[i]);
@@ -134,8 +135,12 @@ void latent_bwd(const T* gz, const float* gk, const float* gd, const T* mu, cons
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
             const int64_t off = r * N + c0;
-            latent_bwd_row<T>(gz + off, gk[r], gd ? gd + c0 : nullptr, mu + off, logvar + off, eps + off,
-                              dmu + off, dlogvar + off, n, lo, hi);
+            if (gd)
+                latent_bwd_row<T, true>(gz + off, gk[r], gd + c0, mu + off, logvar + off, eps + off, dmu + off,
+                                        dlogvar + off, n, lo, hi);
+            else
+                latent_bwd_row<T, false>(gz + off, gk[r], nullptr, mu + off, logvar + off, eps + off, dmu + off,
+                                         dlogvar + off, n, lo, hi);
         }
     }
 }
