@@ -119,13 +119,13 @@ def time_cpu(steps: dict, rounds: int, min_time: float) -> dict:
     samples = {name: [] for name in steps}
     numbers = {}
     for name, step in steps.items():  # calibrate each to about min_time per sample
-        t = Timer("step()", globals={"step": step}).timeit(1).mean
+        t = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads()).timeit(1).mean
         numbers[name] = max(1, int(min_time / max(t, 1e-6)))
     for _ in range(rounds):
         order = list(steps)
         random.shuffle(order)
         for name in order:
-            samples[name].append(Timer("step()", globals={"step": steps[name]}).timeit(numbers[name]).mean)
+            samples[name].append(Timer("step()", globals={"step": steps[name]}, num_threads=torch.get_num_threads()).timeit(numbers[name]).mean)
     return {name: {"median_s": statistics.median(v), "p10_s": sorted(v)[len(v) // 10],
                    "p90_s": sorted(v)[(len(v) * 9) // 10], "rounds": len(v)} for name, v in samples.items()}
 

@@ -47,7 +47,11 @@ void finish_row_sums(const std::vector<float>& partial, float* out, const Tiling
     }
 }
 
-template <typename T, bool PER_DIM>
+// BOUNDED: the clamp keeps 0.5*lv inside exp's finite range, so the range checks can go.
+// True when 0.5 * clamp(lv, lo, hi) cannot leave [-85, 85], where exp needs no overflow or underflow handling.
+bool exp_range_is_safe(float lo, float hi) { return lo >= -170.0f && hi <= 170.0f; }
+
+template <typename T, bool PER_DIM, bool BOUNDED>
 float latent_fwd_row(const T* __restrict mu, const T* __restrict logvar, const T* __restrict eps, T* __restrict z,
                      float* __restrict dim_acc, int64_t n, float lo, float hi) {
     float acc = 0.0f;
@@ -55,7 +59,7 @@ float latent_fwd_row(const T* __restrict mu, const T* __restrict logvar, const T
     for (int64_t i = 0; i < n; ++i) {
         float m = vf::to_float(mu[i]);
         float lv = vf::clamp_keep_nan(vf::to_float(logvar[i]), lo, hi);
-        float std = vf::exp_f32(0.5f * lv);
+        float std = vf::exp_f32<!BOUNDED>(0.5f * lv);
         z[i] = vf::from_float<T>(m + std * vf::to_float(eps[i]));
         float kl = 0.5f * (m * m + std * std - 1.0f - lv);
         acc += kl;
@@ -68,6 +72,7 @@ template <typename T>
 void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, float* kl_per_dim, int64_t B,
                 int64_t N, float lo, float hi, int num_threads) {
     const Tiling t(B, N);
+    const bool bounded = exp_range_is_safe(lo, hi);
     std::vector<float> row_partial(B * t.n_chunks);
     // Per-dim partial sums, one row of N per row block, summed over blocks in order below.
     std::vector<float> dim_partial(kl_per_dim ? t.n_row_blocks * N : 0);
@@ -78,9 +83,10 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
         if (dim_acc) std::fill(dim_acc, dim_acc + n, 0.0f);
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
             const int64_t off = r * N + c0;
-            row_partial[r * t.n_chunks + t.chunk(tile)] =
-                dim_acc ? latent_fwd_row<T, true>(mu + off, logvar + off, eps + off, z + off, dim_acc, n, lo, hi)
-                        : latent_fwd_row<T, false>(mu + off, logvar + off, eps + off, z + off, nullptr, n, lo, hi);
+            auto row = dim_acc ? (bounded ? latent_fwd_row<T, true, true> : latent_fwd_row<T, true, false>)
+                               : (bounded ? latent_fwd_row<T, false, true> : latent_fwd_row<T, false, false>);
+            const float kl_sum = row(mu + off, logvar + off, eps + off, z + off, dim_acc, n, lo, hi);
+            row_partial[r * t.n_chunks + t.chunk(tile)] = kl_sum;
         }
     }
     finish_row_sums(row_partial, kl, t, num_threads);
@@ -102,7 +108,7 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
     }
 }
 
-template <typename T, bool HAS_GD>
+template <typename T, bool HAS_GD, bool BOUNDED>
 void latent_bwd_row(const T* __restrict gz, float gk, const float* __restrict gd, const T* __restrict mu,
                     const T* __restrict logvar, const T* __restrict eps, T* __restrict dmu, T* __restrict dlogvar,
                     int64_t n, float lo, float hi) {
@@ -115,7 +121,7 @@ void latent_bwd_row(const T* __restrict gz, float gk, const float* __restrict gd
         const float m = vf::to_float(mu[i]);
         const float raw = vf::to_float(logvar[i]);
         const float lv = vf::clamp_keep_nan(raw, lo, hi);
-        const float std = vf::exp_f32(0.5f * lv);
+        const float std = vf::exp_f32<!BOUNDED>(0.5f * lv);
         const bool passes = raw >= lo && raw <= hi;
         dmu[i] = vf::from_float<T>(g + w * m);
         // d/dlv of 0.5*w*(exp(lv) - 1) is (0.5*w*std)*std - 0.5*w: never forming std*std alone keeps it
@@ -130,17 +136,16 @@ template <typename T>
 void latent_bwd(const T* gz, const float* gk, const float* gd, const T* mu, const T* logvar, const T* eps, T* dmu,
                 T* dlogvar, int64_t B, int64_t N, float lo, float hi, int num_threads) {
     const Tiling t(B, N);
+    const bool bounded = exp_range_is_safe(lo, hi);
 #pragma omp parallel for num_threads(num_threads) schedule(static)
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
             const int64_t off = r * N + c0;
-            if (gd)
-                latent_bwd_row<T, true>(gz + off, gk[r], gd + c0, mu + off, logvar + off, eps + off, dmu + off,
-                                        dlogvar + off, n, lo, hi);
-            else
-                latent_bwd_row<T, false>(gz + off, gk[r], nullptr, mu + off, logvar + off, eps + off, dmu + off,
-                                         dlogvar + off, n, lo, hi);
+            auto row = gd ? (bounded ? latent_bwd_row<T, true, true> : latent_bwd_row<T, true, false>)
+                          : (bounded ? latent_bwd_row<T, false, true> : latent_bwd_row<T, false, false>);
+            row(gz + off, gk[r], gd ? gd + c0 : nullptr, mu + off, logvar + off, eps + off, dmu + off, dlogvar + off,
+                n, lo, hi);
         }
     }
 }

@@ -24,18 +24,18 @@ static inline float clamp_keep_nan(float x, float lo, float hi) {
     return x < lo ? lo : (x > hi ? hi : x);
 }
 
-// exp(x): Cody-Waite range reduction x = n*ln2 + r, |r| <= ln2/2, then Cephes' degree-6 polynomial.
-static inline float exp_f32(float x) {
-    constexpr float kMax = 88.72283905f;   // exp overflows float32 above this
-    constexpr float kMin = -87.33654475f;  // and is below the smallest normal under this
-    float xc = x > kMax ? kMax : x;
-    xc = xc < kMin ? kMin : xc;
+constexpr float kExpMax = 88.72283905f;   // exp overflows float32 above this
+constexpr float kExpMin = -87.33654475f;  // and is below the smallest normal under this
+
+// exp(x) for x in [kExpMin, kExpMax]: Cody-Waite range reduction x = n*ln2 + r, |r| <= ln2/2, then Cephes'
+// degree-6 polynomial. NaN propagates through the arithmetic.
+static inline float exp_in_range(float x) {
     // Adding 1.5 * 2^23 rounds to the nearest integer in the low mantissa bits without a round instruction.
     constexpr float kShift = 12582912.0f;
-    float t = xc * 1.44269504088896341f + kShift;
+    float t = x * 1.44269504088896341f + kShift;
     int32_t n = static_cast<int32_t>(float_to_bits(t) - float_to_bits(kShift));
     float nf = t - kShift;
-    float r = xc - nf * 0.693359375f;
+    float r = x - nf * 0.693359375f;
     r = r + nf * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -46,44 +46,59 @@ static inline float exp_f32(float x) {
     float y = p * (r * r) + r + 1.0f;
     // 2^n built as 2^(n-1) * 2, so that n = 128 at the top of the range stays a finite exponent.
     float scale = bits_to_float(static_cast<uint32_t>(n + 126) << 23);
-    float result = y * scale * 2.0f;
-    result = x > kMax ? __builtin_inff() : result;
-    return x < kMin ? 0.0f : result;
+    return y * scale * 2.0f;
 }
 
-// log(u) for u in [1, 2]: u = m * 2^k with m in [1/sqrt2, sqrt2], then the atanh series of log(m).
-static inline float log_1_to_2(float u) {
-    bool high = u > 1.41421356f;
-    float m = high ? u * 0.5f : u;
-    float s = (m - 1.0f) / (m + 1.0f);
-    float s2 = s * s;
-    float q = 1.0f / 11.0f;
-    q = q * s2 + 1.0f / 9.0f;
-    q = q * s2 + 1.0f / 7.0f;
-    q = q * s2 + 1.0f / 5.0f;
-    q = q * s2 + 1.0f / 3.0f;
-    q = q * s2 + 1.0f;
-    float log_m = 2.0f * s * q;
-    return high ? log_m + 0.693147180559945f : log_m;
+// exp(x) for any x. RANGE_CHECKS=false is for arguments known to lie in range (half a clamped logvar).
+template <bool RANGE_CHECKS = true>
+static inline float exp_f32(float x) {
+    if constexpr (!RANGE_CHECKS) return exp_in_range(x);
+    float xc = x > kExpMax ? kExpMax : x;
+    xc = xc < kExpMin ? kExpMin : xc;
+    float result = exp_in_range(xc);
+    result = x > kExpMax ? __builtin_inff() : result;
+    return x < kExpMin ? 0.0f : result;
 }
 
-// log1p(e) for e in [0, 1]. log(u) * e / (u - 1), u = 1 + e, cancels the rounding error of u (Goldberg's trick),
-// so tiny e stays accurate.
+// exp(x) for x <= 0 (or NaN): only underflow needs handling.
+static inline float exp_nonpositive(float x) {
+    float result = exp_in_range(x < kExpMin ? kExpMin : x);
+    return x < kExpMin ? 0.0f : result;
+}
+
+// log(1 + f) for f in [sqrt(1/2) - 1, sqrt(2) - 1]: f - f^2/2 + f^3 P(f), Cephes' logf polynomial. No division.
+static inline float log1p_reduced(float f) {
+    float p = 7.0376836292e-2f;
+    p = p * f - 1.1514610310e-1f;
+    p = p * f + 1.1676998740e-1f;
+    p = p * f - 1.2420140846e-1f;
+    p = p * f + 1.4249322787e-1f;
+    p = p * f - 1.6668057665e-1f;
+    p = p * f + 2.0000714765e-1f;
+    p = p * f - 2.4999993993e-1f;
+    p = p * f + 3.3333331174e-1f;
+    float f2 = f * f;
+    return f + (f2 * f * p - 0.5f * f2);
+}
+
+// log1p(e) for e in [0, 1]. Below sqrt(2) - 1 the reduced argument is e itself, exact, so tiny e keeps full
+// relative accuracy; above it 1 + e = 2 (1 + f) with f = (e - 1) / 2. Written with a 0/1 factor rather than two
+// selects, which GCC otherwise if-converts by evaluating the polynomial twice.
 static inline float log1p_0_to_1(float e) {
-    float u = 1.0f + e;
-    float d = u - 1.0f;
-    return d == 0.0f ? e : log_1_to_2(u) * (e / d);
+    float high = e > 0.41421356f ? 1.0f : 0.0f;
+    float f = e - high * ((e + 1.0f) * 0.5f);
+    return log1p_reduced(f) + high * 0.693147180559945f;
 }
 
 // Per-element BCE with logits, stable at any |x|: max(x, 0) - x*t + log1p(exp(-|x|)).
 static inline float bce_with_logits(float x, float t) {
-    float e = exp_f32(-__builtin_fabsf(x));
+    float e = exp_nonpositive(-__builtin_fabsf(x));
     return (x > 0.0f ? x : 0.0f) - x * t + log1p_0_to_1(e);
 }
 
 // sigmoid(x) = exp(min(x, 0)) / (1 + exp(-|x|)), which neither overflows nor loses the small tail.
 static inline float sigmoid(float x) {
-    float e = exp_f32(-__builtin_fabsf(x));
+    float e = exp_nonpositive(-__builtin_fabsf(x));
     return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
 }
 

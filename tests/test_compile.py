@@ -18,13 +18,13 @@ def _latent_args(dtype=torch.float32, per_dim=True):
 @pytest.mark.parametrize("per_dim", [False, True])
 def test_opcheck_latent(fused_backend, per_dim):
     ops = select(fused_backend, torch.device("cpu"), torch.float32)
-    torch.library.opcheck(ops.latent, _latent_args(per_dim=per_dim))
+    torch.library.opcheck(ops.latent_op, _latent_args(per_dim=per_dim))
 
 
 def test_opcheck_bce(fused_backend):
     ops = select(fused_backend, torch.device("cpu"), torch.float32)
     x = (torch.randn(4, 37) * 3).requires_grad_()
-    torch.library.opcheck(ops.bce, (x, torch.rand(4, 37)))
+    torch.library.opcheck(ops.bce_op, (x, torch.rand(4, 37)))
 
 
 def _loss(mu, logvar, eps, logits, target, backend):
