@@ -11,9 +11,20 @@ from .ops import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # The training engine is imported on first use, so that `import vaefast` for the loss alone stays light.
+    if name in ("Trainer", "TrainConfig"):
+        from . import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "BackendUnavailable",
     "FusedVAELoss",
+    "TrainConfig",
+    "Trainer",
     "VAELossOutput",
     "__version__",
     "available_backends",

@@ -1,0 +1,139 @@
+"""The ``vaefast`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .data import DataError
+from .train.checkpoint import CheckpointError, load_checkpoint
+from .train.config import TrainConfig, load_toml, merge
+from .train.guard import NonFiniteTraining
+
+# flag -> (section, config key); section None is the top-level TrainConfig
+TRAIN_FLAGS = {
+    "data": (None, "data"), "test_fraction": (None, "test_fraction"), "epochs": (None, "epochs"),
+    "batch_size": (None, "batch_size"), "lr": (None, "lr"), "optimizer": (None, "optimizer"),
+    "weight_decay": (None, "weight_decay"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
+    "beta": (None, "beta"), "kl_warmup_steps": (None, "kl_warmup_steps"), "kl_cycles": (None, "kl_cycles"),
+    "free_bits": (None, "free_bits"), "precision": (None, "precision"), "compile": (None, "compile"),
+    "device": (None, "device"), "seed": (None, "seed"), "out": (None, "out"), "resume": (None, "resume"),
+    "keep_checkpoints": (None, "keep_checkpoints"), "max_bad_steps": (None, "max_bad_steps"),
+    "log_every": (None, "log_every"), "progress": (None, "progress"), "tensorboard": (None, "tensorboard"),
+    "model": ("model", "kind"), "latent_dim": ("model", "latent_dim"), "hidden": ("model", "hidden"),
+    "conv_channels": ("model", "channels"), "latent_channels": ("model", "latent_channels"),
+    "activation": ("model", "activation"), "likelihood": ("model", "likelihood"),
+    "gaussian_sigma": ("model", "gaussian_sigma"), "learn_sigma": ("model", "learn_sigma"),
+    "clamp": ("model", "clamp"), "backend": ("model", "backend"),
+}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _clamp(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI or 'none', got {text!r}") from None
+    return (lo, hi)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The training flags; every one defaults to 'not given', so that the config file and checkpoint show through."""
+    S = argparse.SUPPRESS
+    p.add_argument("--config", help="TOML config file; flags override it")
+    p.add_argument("--data", default=S, help="IDX directory or file (default: the embedded Fashion-MNIST split)")
+    p.add_argument("--test-fraction", type=float, default=S, help="held-out share when the data has no test split")
+    p.add_argument("--epochs", type=int, default=S)
+    p.add_argument("--batch-size", type=int, default=S)
+    p.add_argument("--lr", type=float, default=S)
+    p.add_argument("--optimizer", choices=["adam", "adamw"], default=S)
+    p.add_argument("--weight-decay", type=float, default=S)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=S)
+    p.add_argument("--clip-grad", type=float, default=S, help="max global gradient norm")
+    p.add_argument("--beta", type=float, default=S, help="weight of the KL term")
+    p.add_argument("--kl-warmup-steps", type=int, default=S, help="linear KL warm-up from 0 to beta")
+    p.add_argument("--kl-cycles", type=int, default=S, help="cyclical KL annealing with this many cycles")
+    p.add_argument("--free-bits", type=float, default=S, help="per-dimension KL floor in nats")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=S)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S,
+                   help="torch.compile the forward and loss (default: when the run is long enough to repay it)")
+    p.add_argument("--device", default=S, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=S)
+    p.add_argument("--out", default=S, help="run folder for checkpoints, metrics and TensorBoard logs")
+    p.add_argument("--resume", default=S, help="checkpoint file or run folder to continue from")
+    p.add_argument("--keep-checkpoints", type=int, default=S)
+    p.add_argument("--max-bad-steps", type=int, default=S, help="consecutive non-finite steps before stopping")
+    p.add_argument("--log-every", type=int, default=S)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S)
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=S)
+    p.add_argument("--model", choices=["mlp", "conv"], default=S)
+    p.add_argument("--latent-dim", type=int, default=S)
+    p.add_argument("--hidden", type=_int_list, default=S, help="MLP widths, e.g. 400 or 512,256")
+    p.add_argument("--conv-channels", type=_int_list, default=S, help="conv widths per stride-2 stage, e.g. 32,64")
+    p.add_argument("--latent-channels", type=int, default=S, help="conv: > 0 gives a spatial latent")
+    p.add_argument("--activation", choices=["relu", "silu", "gelu", "leaky_relu"], default=S)
+    p.add_argument("--likelihood", choices=["bernoulli", "gaussian", "logistic"], default=S)
+    p.add_argument("--gaussian-sigma", type=float, default=S)
+    p.add_argument("--learn-sigma", action=argparse.BooleanOptionalAction, default=S)
+    p.add_argument("--clamp", type=_clamp, default=S, help="logvar clamp LO,HI or 'none' (default -10,10)")
+    p.add_argument("--backend", choices=["auto", "torch", "triton", "native"], default=S, help="fused-op backend")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+
+
+def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
+    """Checkpoint config (on --resume) < TOML file < flags."""
+    flags: dict = {}
+    for name, (section, key) in TRAIN_FLAGS.items():
+        if name in vars(args):
+            target = flags.setdefault(section, {}) if section else flags
+            target[key] = getattr(args, name)
+    base: dict = {}
+    if "resume" in vars(args):
+        base = load_checkpoint(args.resume)["config"]
+    if args.config:
+        base = merge(base, load_toml(args.config))
+    return TrainConfig.from_dict(merge(base, flags))
+
+
+def cmd_train(args) -> int:
+    from .train import Trainer
+
+    cfg = resolve_train_config(args)
+    summary = Trainer(cfg).fit()
+    print(f"trained {summary['epochs']} epochs at {summary['images_per_s']:,.0f} images/s; test -ELBO "
+          f"{summary['test_neg_elbo_nats']:.2f} nats/image ({summary['test_bpd']:.4f} bits/dim); "
+          f"checkpoint {summary['checkpoint']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaefast", description="Performance-first VAE training.")
+    sub = parser.add_subparsers(dest="command")
+    train = sub.add_parser("train", help="train a VAE (no arguments: the embedded Fashion-MNIST split)")
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (DataError, CheckpointError, FileNotFoundError, ValueError, NonFiniteTraining) as exc:
+        print(f"vaefast {args.command}: error: {exc}", file=sys.stderr)
+        return 2 if not isinstance(exc, NonFiniteTraining) else 3

@@ -1,0 +1,136 @@
+"""The VAE models: an MLP VAE and a convolutional VAE with a flat or a spatial latent.
+
+Both encode to (mu, logvar), draw z and the KL with the fused ``reparameterize_kl`` (which also gives the per-dim
+KL for active-unit monitoring and free bits), and decode to the parameters of their likelihood.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..ops import reparameterize_kl
+from .likelihoods import Likelihood, make_likelihood
+
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mlp"  # "mlp" or "conv"
+    latent_dim: int = 20  # flat latent size (mlp, or conv with latent_channels == 0)
+    hidden: list[int] = field(default_factory=lambda: [400])  # mlp widths, encoder order
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths; each stage halves H and W
+    latent_channels: int = 0  # conv only: > 0 gives a spatial latent [latent_channels, H/2^k, W/2^k]
+    activation: str = "relu"
+    likelihood: str = "bernoulli"
+    gaussian_sigma: float = 0.1
+    learn_sigma: bool = False
+    clamp: tuple[float, float] | None = (-10.0, 10.0)
+    backend: str = "auto"
+
+
+class VAEOutput(NamedTuple):
+    decoded: torch.Tensor  # likelihood parameters, image-shaped
+    z: torch.Tensor
+    kl: torch.Tensor  # [B] float32
+    kl_per_dim: torch.Tensor  # latent-shaped, summed over the batch
+    mu: torch.Tensor
+    logvar: torch.Tensor
+
+
+class VAE(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, image_shape, latent_shape,
+                 clamp, backend):
+        super().__init__()
+        self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
+        self.image_shape, self.latent_shape = tuple(image_shape), tuple(latent_shape)
+        self.clamp, self.backend = clamp, backend
+
+    @property
+    def latent_size(self) -> int:
+        return math.prod(self.latent_shape)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"the model takes images of shape {self.image_shape}, got a batch of {tuple(x.shape)}")
+        h = self.encoder(x)
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> VAEOutput:
+        mu, logvar = self.encode(x)
+        z, kl, kl_per_dim = reparameterize_kl(mu, logvar, eps, clamp=self.clamp, backend=self.backend,
+                                              return_kl_per_dim=True)
+        return VAEOutput(self.decode(z), z, kl, kl_per_dim, mu, logvar)
+
+    def nll(self, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.nll(decoded, x)
+
+
+def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def mlp_vae(cfg: ModelConfig, image_shape) -> VAE:
+    """784-400-20-400-784 with ReLU (the classic recipe) is ModelConfig(hidden=[400], latent_dim=20)."""
+    act = ACTIVATIONS[cfg.activation]
+    d = math.prod(image_shape)
+    encoder = nn.Sequential(nn.Flatten(), _mlp([d, *cfg.hidden, 2 * cfg.latent_dim], act))
+    decoder = nn.Sequential(_mlp([cfg.latent_dim, *reversed(cfg.hidden), d], act), nn.Unflatten(1, image_shape))
+    return VAE(encoder, decoder, _likelihood(cfg), image_shape, (cfg.latent_dim,), cfg.clamp, cfg.backend)
+
+
+def conv_vae(cfg: ModelConfig, image_shape) -> VAE:
+    """Stride-2 4x4 convolutions down, transposed convolutions up; H and W must be multiples of 2^depth."""
+    act = ACTIVATIONS[cfg.activation]
+    c, h, w = image_shape
+    factor = 2 ** len(cfg.channels)
+    if h % factor or w % factor:
+        raise ValueError(f"the conv VAE with {len(cfg.channels)} stages needs H and W divisible by {factor}, "
+                         f"got {h}x{w}; change --conv-channels or resize the images")
+    hs, ws = h // factor, w // factor
+    down: list[nn.Module] = []
+    for c_in, c_out in zip([c, *cfg.channels[:-1]], cfg.channels):
+        down += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), act()]
+    up: list[nn.Module] = []
+    rev = list(reversed(cfg.channels))
+    for c_in, c_out in zip(rev, rev[1:]):
+        up += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act()]
+    up.append(nn.ConvTranspose2d(rev[-1], c, 4, stride=2, padding=1))
+    top = cfg.channels[-1]
+    if cfg.latent_channels > 0:
+        latent_shape = (cfg.latent_channels, hs, ws)
+        encoder = nn.Sequential(*down, nn.Conv2d(top, 2 * cfg.latent_channels, 1))
+        decoder = nn.Sequential(nn.Conv2d(cfg.latent_channels, top, 1), act(), *up)
+    else:
+        latent_shape = (cfg.latent_dim,)
+        encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(top * hs * ws, 2 * cfg.latent_dim))
+        decoder = nn.Sequential(nn.Linear(cfg.latent_dim, top * hs * ws), act(), nn.Unflatten(1, (top, hs, ws)), *up)
+    return VAE(encoder, decoder, _likelihood(cfg), image_shape, latent_shape, cfg.clamp, cfg.backend)
+
+
+def _likelihood(cfg: ModelConfig) -> Likelihood:
+    return make_likelihood(cfg.likelihood, backend=cfg.backend, sigma=cfg.gaussian_sigma, learn_sigma=cfg.learn_sigma)
+
+
+def build_model(cfg: ModelConfig, image_shape) -> VAE:
+    if cfg.activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {cfg.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if cfg.kind == "mlp":
+        return mlp_vae(cfg, image_shape)
+    if cfg.kind == "conv":
+        return conv_vae(cfg, image_shape)
+    raise ValueError(f"unknown model {cfg.kind!r}; choose 'mlp' or 'conv'")

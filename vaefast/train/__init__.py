@@ -1,0 +1,9 @@
+"""The training engine: config, schedules, checkpoints, monitoring and the Trainer."""
+
+from .checkpoint import CheckpointError, Checkpointer, load_checkpoint
+from .config import TrainConfig
+from .guard import NonFiniteTraining
+from .trainer import Trainer, train
+
+__all__ = ["CheckpointError", "Checkpointer", "NonFiniteTraining", "TrainConfig", "Trainer", "load_checkpoint",
+           "train"]

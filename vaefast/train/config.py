@@ -1,0 +1,111 @@
+"""The one typed home of a training run's configuration: dataclasses, a TOML file, and flag overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..models import ModelConfig
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None  # None: the embedded Fashion-MNIST split
+    test_fraction: float = 0.1  # held out when the source has no test split
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"  # "adam" or "adamw"
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # "constant" or "cosine"
+    clip_grad: float | None = None  # max global grad norm; None disables clipping
+    beta: float = 1.0
+    kl_warmup_steps: int = 0  # linear warm-up of the KL weight from 0 to beta
+    kl_cycles: int = 0  # > 0: cyclical annealing with this many cycles over the run (Fu et al., 2019)
+    free_bits: float = 0.0  # per-latent-dim KL floor in nats (Kingma et al., 2016)
+    precision: str = "fp32"
+    compile: bool | None = None  # None: on where it pays (see Trainer.should_compile)
+    device: str | None = None  # None: cuda if available, else cpu
+    seed: int = 0
+    out: str = "runs/vaefast"
+    resume: str | None = None
+    keep_checkpoints: int = 3
+    max_bad_steps: int = 20  # consecutive non-finite steps before stopping with a diagnosis
+    log_every: int = 50  # steps between logged (host-synchronized) metrics
+    progress: bool = True
+    tensorboard: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def validate(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer not in ("adam", "adamw"):
+            problems.append(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            problems.append(f"lr schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.keep_checkpoints < 1:
+            problems.append(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.model.latent_dim < 1:
+            problems.append(f"latent dim must be >= 1, got {self.model.latent_dim}")
+        if problems:
+            raise ValueError("invalid configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        values = dict(values)
+        model = ModelConfig(**_known(ModelConfig, values.pop("model", {}), "model"))
+        if model.clamp is not None:
+            model.clamp = tuple(model.clamp)
+        return cls(model=model, **_known(cls, values, "train"))
+
+
+def _known(cls, values: dict, section: str) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {section} config keys: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return values
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: invalid TOML: {exc}") from None
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Nested dict merge: values in ``overrides`` (the command-line flags) win."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def save_resolved(cfg: TrainConfig, folder: Path) -> Path:
+    """Write the resolved configuration beside the checkpoints, as JSON (TOML has no null)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.json"
+    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return path

@@ -1,0 +1,275 @@
+"""The training loop: small enough to read in one sitting.
+
+``Trainer(cfg).fit()`` builds the data, model, optimizer and the self-gating side components (checkpointer,
+monitor), then runs ``train_step`` over the epochs. The only per-step host sync is the NaN guard's decision;
+metrics stay on the device and are read on log steps.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import ImageDataset, InMemoryLoader, load_dataset
+from ..eval import evaluate_elbo
+from ..models import build_model
+from .checkpoint import Checkpointer, load_checkpoint
+from .config import TrainConfig, save_resolved
+from .guard import NaNGuard, non_finite_report
+from .monitor import Monitor
+from .schedules import kl_objective, kl_weight
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Steps excluded from the throughput figure: compilation and first-touch allocation happen there.
+WARMUP_STEPS = 3
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    # The fused implementation updates all parameters in one kernel per step on CPU and CUDA alike.
+    fused = device.type in ("cpu", "cuda")
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=None if fused else True)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None, *, rank: int = 0, world_size: int = 1):
+        cfg.validate()
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        seed_everything(cfg.seed)
+        self.data = dataset if dataset is not None else load_dataset(cfg.data, cfg.test_fraction, cfg.seed)
+        self.loader = InMemoryLoader(self.data.train, cfg.batch_size, device=self.device, seed=cfg.seed,
+                                     rank=rank, world_size=world_size)
+        self.model = build_model(cfg.model, self.data.image_shape).to(self.device)
+        self.optimizer = make_optimizer(cfg, self.model.parameters(), self.device)
+        self.total_steps = cfg.epochs * len(self.loader)
+        if cfg.lr_schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.out = Path(cfg.out)
+        self.checkpointer = Checkpointer(self.out, cfg.keep_checkpoints, enabled=rank == 0)
+        self.monitor = Monitor(self.out, enabled=rank == 0, progress=cfg.progress, tensorboard=cfg.tensorboard)
+        self.guard = NaNGuard(cfg.max_bad_steps)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.compiled = self.should_compile()
+        self.loss_fn = torch.compile(self.compute_loss) if self.compiled else self.compute_loss
+        if cfg.resume:
+            self.load(cfg.resume)
+        if rank == 0:
+            save_resolved(cfg, self.out)
+
+    def should_compile(self) -> bool:
+        """An explicit --compile/--no-compile wins; otherwise compile when the run is long enough to repay it.
+
+        Measured on the 2-core CPU (benchmarks/README.md): compiling costs ~10-20 s once and saves a fraction of
+        a millisecond per step, so it pays from about 20k steps; on CUDA it pays much sooner.
+        """
+        if self.cfg.compile is not None:
+            return self.cfg.compile
+        return self.total_steps >= (2_000 if self.device.type == "cuda" else 20_000)
+
+    def autocast(self):
+        if self.cfg.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.cfg.precision])
+
+    def compute_loss(self, x: torch.Tensor, kl_w: torch.Tensor):
+        """Forward and loss: the negative ELBO per image with a weighted, optionally free-bits KL."""
+        with self.autocast():
+            out = self.model(x)
+            nll = self.model.nll(out.decoded, x)
+        batch = x.shape[0]
+        nll_sum = nll.sum()
+        loss = (nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, batch, self.cfg.free_bits)) / batch
+        return loss, nll_sum.detach(), out.kl.sum().detach(), out.kl_per_dim.detach()
+
+    def train_step(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        w = kl_weight(self.step, self.total_steps, self.cfg.beta, self.cfg.kl_warmup_steps, self.cfg.kl_cycles)
+        # A tensor, not a float: torch.compile would specialize on (and recompile for) each new Python float.
+        loss, nll_sum, kl_sum, kl_per_dim = self.loss_fn(x, torch.tensor(w, device=self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.clip_grad is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad, foreach=True)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        finite = torch.isfinite(loss)
+        if not self.scaler.is_enabled():  # with fp16 the scaler itself skips steps whose gradients overflowed
+            finite = finite & torch.isfinite(grad_norm)
+        # The one host sync per step: whether to apply the update must be known before the optimizer runs.
+        ok = bool(finite)
+        if ok:
+            self.scaler.step(self.optimizer)
+            self.scheduler.step()
+        self.scaler.update()
+        self.guard.record(ok, lambda: self.diagnose(x))
+        return (nll_sum, kl_sum, kl_per_dim) if ok else (None, None, None)
+
+    def diagnose(self, x: torch.Tensor) -> str:
+        with torch.no_grad(), self.autocast():
+            mu, logvar = self.model.encode(x)
+            out = self.model(x)
+            nll = self.model.nll(out.decoded, x)
+        return non_finite_report({"input": x, "mu": mu, "logvar": logvar, "z": out.z, "decoder output": out.decoded,
+                                  "reconstruction loss": nll, "kl": out.kl}, self.model)
+
+    def fit(self) -> dict:
+        cfg, device = self.cfg, self.device
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, kl, images since the last log
+        kl_dim_sum = None
+        train_time, train_images, checkpoint, test = 0.0, 0, None, None
+        for epoch in range(self.epoch, cfg.epochs):
+            self.loader.set_epoch(epoch)
+            epoch_images = 0
+            t0 = time.perf_counter()
+            for x in self.loader.batches(self.batch_in_epoch):
+                step_start = time.perf_counter()
+                nll_sum, kl_sum, kl_per_dim = self.train_step(x)
+                self.step += 1
+                self.batch_in_epoch += 1
+                if self.step > WARMUP_STEPS:
+                    train_time += time.perf_counter() - step_start
+                    train_images += len(x)
+                if nll_sum is not None:
+                    sums += torch.stack([nll_sum.double(), kl_sum.double(), torch.tensor(len(x), device=device)])
+                    kl_dim_sum = kl_per_dim.double() if kl_dim_sum is None else kl_dim_sum + kl_per_dim.double()
+                    epoch_images += len(x)
+                if self.step % cfg.log_every == 0:
+                    self._log(sums, train_images / max(train_time, 1e-9))
+                    sums.zero_()
+            self.epoch, self.batch_in_epoch = epoch + 1, 0
+            test = self.evaluate()
+            collapse = self.monitor.check_collapse((kl_dim_sum / max(epoch_images, 1)).float().cpu(), self.step) \
+                if kl_dim_sum is not None else {}
+            kl_dim_sum = None
+            self.monitor.log(self.step, {"epoch": self.epoch, "epoch_seconds": time.perf_counter() - t0,
+                                         **{f"test/{k}": v for k, v in test.items() if k != "kl_per_dim"},
+                                         **{f"train/{k}": v for k, v in collapse.items()}})
+            self.monitor.progress_line(
+                f"epoch {self.epoch}/{cfg.epochs}: test -ELBO {test['neg_elbo_nats']:.2f} nats "
+                f"({test['bpd']:.4f} bpd), {collapse.get('active_units', 0)}/{collapse.get('latent_dim', 0)} "
+                f"active units, {train_images / max(train_time, 1e-9):,.0f} img/s", final=True)
+            self._log_images()
+            checkpoint = self.save()
+        self.monitor.close()
+        test = test or self.evaluate()
+        return {
+            "images_per_s": train_images / max(train_time, 1e-9),
+            "test_neg_elbo_nats": test["neg_elbo_nats"],
+            "test_bpd": test["bpd"],
+            "test_recon_nats": test["recon_nats"],
+            "test_kl_nats": test["kl_nats"],
+            "active_units": test["active_units"],
+            "checkpoint": str(checkpoint or self.checkpointer.latest() or ""),
+            "epochs": self.epoch,
+            "steps": self.step,
+            "skipped_steps": self.guard.skipped,
+            "compiled": self.compiled,
+            "precision": cfg.precision,
+            "device": str(device),
+        }
+
+    def _log(self, sums: torch.Tensor, images_per_s: float) -> None:
+        nll, kl, n = sums.tolist()  # host sync, on log steps only
+        n = max(n, 1.0)
+        metrics = {"train/recon_nats": nll / n, "train/kl_nats": kl / n, "train/neg_elbo_nats": (nll + kl) / n,
+                   "train/images_per_s": images_per_s, "train/lr": self.optimizer.param_groups[0]["lr"],
+                   "train/skipped_steps": self.guard.skipped}
+        self.monitor.log(self.step, metrics)
+        self.monitor.progress_line(
+            f"epoch {self.epoch + 1}/{self.cfg.epochs} step {self.step}/{self.total_steps}  "
+            f"-ELBO {metrics['train/neg_elbo_nats']:.2f} (recon {metrics['train/recon_nats']:.2f}, "
+            f"kl {metrics['train/kl_nats']:.2f})  {images_per_s:,.0f} img/s")
+
+    def evaluate(self) -> dict:
+        return evaluate_elbo(self.model, self.data.test, batch_size=max(self.cfg.batch_size, 500),
+                             device=self.device, autocast=self.autocast())
+
+    @torch.no_grad()
+    def _log_images(self) -> None:
+        if self.monitor.writer is None:
+            return
+        self.model.eval()
+        x = self.data.test[:8].to(self.device).float().div_(255.0)
+        recon = self.model.likelihood.mean(self.model(x).decoded)
+        z = torch.randn((8, *self.model.latent_shape), device=self.device)
+        samples = self.model.likelihood.mean(self.model.decode(z))
+        self.model.train()
+        self.monitor.images("reconstructions", torch.cat([x, recon]), self.step)
+        self.monitor.images("samples", samples, self.step)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "world_size": self.world_size,
+            "skipped_steps": self.guard.skipped,
+            "config": self.cfg.to_dict(),
+            "image_shape": list(self.data.image_shape),
+        }
+
+    def save(self) -> Path | None:
+        return self.checkpointer.save(self.state_dict(), self.step)
+
+    def load(self, path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {path} does not fit this model (was it trained with other model flags? "
+                             f"its model config: {state['config'].get('model')}): {exc}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.guard.skipped = state.get("skipped_steps", 0)
+
+
+
+def train(cfg: TrainConfig | None = None, **overrides) -> dict:
+    """Python API: ``vaefast.train(epochs=3, latent_dim=32)`` trains and returns the summary."""
+    cfg = cfg or TrainConfig()
+    for key, value in overrides.items():
+        target = cfg.model if hasattr(cfg.model, key) and not hasattr(cfg, key) else cfg
+        if not hasattr(target, key):
+            raise TypeError(f"unknown training option {key!r}")
+        setattr(target, key, value)
+    return Trainer(cfg).fit()
