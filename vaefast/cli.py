@@ -19,7 +19,8 @@ TRAIN_FLAGS = {
     "beta": (None, "beta"), "kl_warmup_steps": (None, "kl_warmup_steps"), "kl_cycles": (None, "kl_cycles"),
     "free_bits": (None, "free_bits"), "precision": (None, "precision"), "compile": (None, "compile"),
     "device": (None, "device"), "seed": (None, "seed"), "out": (None, "out"), "resume": (None, "resume"),
-    "keep_checkpoints": (None, "keep_checkpoints"), "max_bad_steps": (None, "max_bad_steps"),
+    "keep_checkpoints": (None, "keep_checkpoints"), "checkpoint_every": (None, "checkpoint_every"),
+    "max_steps": (None, "max_steps"), "max_bad_steps": (None, "max_bad_steps"),
     "log_every": (None, "log_every"), "progress": (None, "progress"), "tensorboard": (None, "tensorboard"),
     "model": ("model", "kind"), "latent_dim": ("model", "latent_dim"), "hidden": ("model", "hidden"),
     "conv_channels": ("model", "channels"), "latent_channels": ("model", "latent_channels"),
@@ -71,6 +72,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=S, help="run folder for checkpoints, metrics and TensorBoard logs")
     p.add_argument("--resume", default=S, help="checkpoint file or run folder to continue from")
     p.add_argument("--keep-checkpoints", type=int, default=S)
+    p.add_argument("--max-steps", type=int, default=S, help="stop with a checkpoint after this many steps")
+    p.add_argument("--checkpoint-every", type=int, default=S, help="steps between mid-epoch checkpoints")
     p.add_argument("--max-bad-steps", type=int, default=S, help="consecutive non-finite steps before stopping")
     p.add_argument("--log-every", type=int, default=S)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S)

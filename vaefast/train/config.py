@@ -35,6 +35,8 @@ class TrainConfig:
     out: str = "runs/vaefast"
     resume: str | None = None
     keep_checkpoints: int = 3
+    max_steps: int = 0  # > 0: stop (with a checkpoint) after this many steps, e.g. before a preemption deadline
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at epoch ends only
     max_bad_steps: int = 20  # consecutive non-finite steps before stopping with a diagnosis
     log_every: int = 50  # steps between logged (host-synchronized) metrics
     progress: bool = True

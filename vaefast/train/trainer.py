@@ -168,6 +168,13 @@ class Trainer:
                 if self.step % cfg.log_every == 0:
                     self._log(sums, train_images / max(train_time, 1e-9))
                     sums.zero_()
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    checkpoint = self.save()
+                if cfg.max_steps and self.step >= cfg.max_steps:
+                    break
+            if cfg.max_steps and self.step >= cfg.max_steps and self.batch_in_epoch < len(self.loader):
+                checkpoint = self.save()  # stopped mid-epoch: keep the exact data position
+                break
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             test = self.evaluate()
             collapse = self.monitor.check_collapse((kl_dim_sum / max(epoch_images, 1)).float().cpu(), self.step) \
@@ -182,6 +189,8 @@ class Trainer:
                 f"active units, {train_images / max(train_time, 1e-9):,.0f} img/s", final=True)
             self._log_images()
             checkpoint = self.save()
+            if cfg.max_steps and self.step >= cfg.max_steps:
+                break
         self.monitor.close()
         test = test or self.evaluate()
         return {

@@ -1,0 +1,188 @@
+"""The training engine: exact resume, the NaN guard, atomic checkpoints, CLI and config."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vaefast.data import ImageDataset, load_dataset
+from vaefast.train import CheckpointError, NonFiniteTraining, TrainConfig, Trainer, load_checkpoint
+from vaefast.train.checkpoint import list_checkpoints
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    full = load_dataset(None)
+    return ImageDataset("small", full.train[:640], full.test[:200], full.train_labels[:640], full.test_labels[:200])
+
+
+def _cfg(tmp_path, name, **kw):
+    cfg = TrainConfig(out=str(tmp_path / name), batch_size=64, epochs=2, progress=False, tensorboard=False,
+                      compile=False, log_every=5)
+    cfg.model.hidden = [64]
+    cfg.model.latent_dim = 8
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _params(trainer):
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+@pytest.mark.parametrize("stop", ["epoch end", "mid-epoch stop", "crash"])
+def test_resume_is_bit_exact(tmp_path, small_data, stop):
+    """A run interrupted (a graceful stop, or a crash after a checkpoint) and resumed ends bit-identical."""
+    full = Trainer(_cfg(tmp_path, "full", epochs=3), small_data)
+    full.fit()
+    steps_per_epoch = len(full.loader)
+
+    if stop == "epoch end":
+        part = Trainer(_cfg(tmp_path, "part", epochs=3, max_steps=steps_per_epoch), small_data)
+        part.fit()
+    elif stop == "mid-epoch stop":
+        part = Trainer(_cfg(tmp_path, "part", epochs=3, max_steps=steps_per_epoch + 3), small_data)
+        part.fit()
+    else:
+        part = Trainer(_cfg(tmp_path, "part", epochs=3, checkpoint_every=7), small_data)
+        original = part.train_step
+
+        def dies_at_step_17(x):
+            if part.step == 17:
+                raise KeyboardInterrupt("simulated kill")
+            return original(x)
+
+        part.train_step = dies_at_step_17
+        with pytest.raises(KeyboardInterrupt):
+            part.fit()
+    latest = part.checkpointer.latest()
+    assert load_checkpoint(latest)["step"] == {"epoch end": steps_per_epoch, "mid-epoch stop": steps_per_epoch + 3,
+                                               "crash": 14}[stop]
+
+    resumed = Trainer(_cfg(tmp_path, "resumed", epochs=3, resume=str(latest)), small_data)
+    resumed.fit()
+    assert resumed.step == full.step
+    assert torch.equal(_params(resumed), _params(full))
+
+
+def test_nan_guard_skips_then_stops_with_diagnosis(tmp_path, small_data):
+    trainer = Trainer(_cfg(tmp_path, "nan", max_bad_steps=3, epochs=1), small_data)
+    trainer.save()
+    good = trainer.checkpointer.latest()
+    before = good.read_bytes()
+    encoder_out = trainer.model.encoder[1][-1]
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] in (2,) or calls["n"] >= 4:
+            return output * float("nan")
+        return output
+
+    encoder_out.register_forward_hook(poison)
+    with pytest.raises(NonFiniteTraining) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "3 consecutive steps" in message
+    assert "mu" in message and "logvar" in message, message
+    assert "--lr" in message and "clamp" in message
+    assert trainer.guard.skipped == 4  # the isolated bad step 2, then 3 in a row
+    assert good.read_bytes() == before, "the last good checkpoint must be left intact"
+    assert list_checkpoints(good.parent) == [good]
+
+
+def test_skipped_step_leaves_parameters_unchanged(tmp_path, small_data):
+    trainer = Trainer(_cfg(tmp_path, "skip", max_bad_steps=5), small_data)
+    x = small_data.train[:64].float() / 255
+    before = _params(trainer).clone()
+    handle = trainer.model.encoder.register_forward_hook(lambda m, i, o: o * float("inf"))
+    trainer.train_step(x)
+    handle.remove()
+    assert torch.equal(_params(trainer), before)
+    assert trainer.guard.skipped == 1
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path, small_data, monkeypatch):
+    trainer = Trainer(_cfg(tmp_path, "ckpt", keep_checkpoints=2), small_data)
+    for step in (1, 2, 3):
+        trainer.step = step
+        trainer.save()
+    kept = list_checkpoints(tmp_path / "ckpt")
+    assert [p.name for p in kept] == ["ckpt-step000000002.pt", "ckpt-step000000003.pt"]
+    last = kept[-1].read_bytes()
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    trainer.step = 4
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save()
+    assert list_checkpoints(tmp_path / "ckpt")[-1].read_bytes() == last
+    assert not list((tmp_path / "ckpt").glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_corrupt_and_truncated_checkpoints_are_named(tmp_path, small_data):
+    trainer = Trainer(_cfg(tmp_path, "corrupt"), small_data)
+    path = trainer.save()
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt: it is truncated or corrupt"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(garbage)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": 1}, other)
+    with pytest.raises(CheckpointError, match="not a vaefast checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(tmp_path, small_data, precision):
+    summary = Trainer(_cfg(tmp_path, precision, precision=precision, epochs=1), small_data).fit()
+    assert summary["skipped_steps"] <= 2
+    assert 100 < summary["test_neg_elbo_nats"] < 600
+
+
+def test_collapse_warning(tmp_path, small_data):
+    with pytest.warns(RuntimeWarning, match="posterior collapse risk"):
+        Trainer(_cfg(tmp_path, "collapse", beta=200.0, epochs=1, lr=3e-3), small_data).fit()
+
+
+def test_free_bits_and_cyclical_annealing_run(tmp_path, small_data):
+    summary = Trainer(_cfg(tmp_path, "fb", free_bits=0.5, kl_cycles=2, epochs=2), small_data).fit()
+    assert summary["active_units"] >= 4
+
+
+def test_cli_json_config_override_and_resolved_config(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('epochs = 5\nbatch_size = 256\n[model]\nlatent_dim = 6\nhidden = [32]\n')
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaefast", "train", "--config", str(config), "--epochs", "1", "--out", str(out),
+         "--no-progress", "--no-tensorboard", "--no-compile", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("images_per_s", "test_neg_elbo_nats", "test_bpd", "checkpoint", "epochs"):
+        assert key in summary
+    assert summary["epochs"] == 1  # the flag beat the file
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["batch_size"] == 256 and resolved["model"]["latent_dim"] == 6
+    assert (out / "metrics.jsonl").read_text().count("\n") >= 1
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vaefast", "train", "--data", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "error: --data path not found" in proc.stderr and "Traceback" not in proc.stderr
