@@ -64,7 +64,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-warmup-steps", type=int, default=S, help="linear KL warm-up from 0 to beta")
     p.add_argument("--kl-cycles", type=int, default=S, help="cyclical KL annealing with this many cycles")
     p.add_argument("--free-bits", type=float, default=S, help="per-dimension KL floor in nats")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=S)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=S,
+                   help="auto: bf16 where the hardware computes it natively (CUDA, AMX/AVX512-BF16 CPUs), else fp32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S,
                    help="torch.compile the forward and loss (default: when the run is long enough to repay it)")
     p.add_argument("--device", default=S, help="cpu, cuda or cuda:N (default: cuda if available)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..models import ModelConfig
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -28,7 +28,7 @@ class TrainConfig:
     kl_warmup_steps: int = 0  # linear warm-up of the KL weight from 0 to beta
     kl_cycles: int = 0  # > 0: cyclical annealing with this many cycles over the run (Fu et al., 2019)
     free_bits: float = 0.0  # per-latent-dim KL floor in nats (Kingma et al., 2016)
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the hardware computes it natively (CUDA, AMX / AVX512-BF16 CPUs), else fp32
     compile: bool | None = None  # None: on where it pays (see Trainer.should_compile)
     device: str | None = None  # None: cuda if available, else cpu
     seed: int = 0

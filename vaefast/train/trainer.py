@@ -50,6 +50,23 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively here, so that bf16 autocast is a speed-up rather than an emulation."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+                    or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def make_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # The fused implementation updates all parameters in one kernel per step on CPU and CUDA alike.
@@ -63,6 +80,7 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)
         self.data = dataset if dataset is not None else load_dataset(cfg.data, cfg.test_fraction, cfg.seed)
         self.loader = InMemoryLoader(self.data.train, cfg.batch_size, device=self.device, seed=cfg.seed,
@@ -74,12 +92,13 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
         else:
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.out = Path(cfg.out)
         self.checkpointer = Checkpointer(self.out, cfg.keep_checkpoints, enabled=rank == 0)
         self.monitor = Monitor(self.out, enabled=rank == 0, progress=cfg.progress, tensorboard=cfg.tensorboard)
         self.guard = NaNGuard(cfg.max_bad_steps)
         self.step = self.epoch = self.batch_in_epoch = 0
+        self._kl_w_value, self._kl_w = None, None
         self.compiled = self.should_compile()
         self.loss_fn = torch.compile(self.compute_loss) if self.compiled else self.compute_loss
         if cfg.resume:
@@ -98,9 +117,9 @@ class Trainer:
         return self.total_steps >= (2_000 if self.device.type == "cuda" else 20_000)
 
     def autocast(self):
-        if self.cfg.precision == "fp32":
+        if self.precision == "fp32":
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.cfg.precision])
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.precision])
 
     def compute_loss(self, x: torch.Tensor, kl_w: torch.Tensor):
         """Forward and loss: the negative ELBO per image with a weighted, optionally free-bits KL."""
@@ -114,8 +133,10 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         w = kl_weight(self.step, self.total_steps, self.cfg.beta, self.cfg.kl_warmup_steps, self.cfg.kl_cycles)
-        # A tensor, not a float: torch.compile would specialize on (and recompile for) each new Python float.
-        loss, nll_sum, kl_sum, kl_per_dim = self.loss_fn(x, torch.tensor(w, device=self.device))
+        if w != self._kl_w_value:
+            # A tensor, not a float: torch.compile would specialize on (and recompile for) each new Python float.
+            self._kl_w_value, self._kl_w = w, torch.tensor(w, device=self.device)
+        loss, nll_sum, kl_sum, kl_per_dim = self.loss_fn(x, self._kl_w)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -146,7 +167,8 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, device = self.cfg, self.device
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, kl, images since the last log
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # nll, kl since the last log
+        logged_images = 0
         kl_dim_sum = None
         train_time, train_images, checkpoint, test = 0.0, 0, None, None
         for epoch in range(self.epoch, cfg.epochs):
@@ -162,12 +184,15 @@ class Trainer:
                     train_time += time.perf_counter() - step_start
                     train_images += len(x)
                 if nll_sum is not None:
-                    sums += torch.stack([nll_sum.double(), kl_sum.double(), torch.tensor(len(x), device=device)])
-                    kl_dim_sum = kl_per_dim.double() if kl_dim_sum is None else kl_dim_sum + kl_per_dim.double()
+                    sums[0] += nll_sum
+                    sums[1] += kl_sum
+                    kl_dim_sum = kl_per_dim.double() if kl_dim_sum is None else kl_dim_sum.add_(kl_per_dim)
                     epoch_images += len(x)
+                    logged_images += len(x)
                 if self.step % cfg.log_every == 0:
-                    self._log(sums, train_images / max(train_time, 1e-9))
+                    self._log(sums, logged_images, train_images / max(train_time, 1e-9))
                     sums.zero_()
+                    logged_images = 0
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     checkpoint = self.save()
                 if cfg.max_steps and self.step >= cfg.max_steps:
@@ -205,13 +230,13 @@ class Trainer:
             "steps": self.step,
             "skipped_steps": self.guard.skipped,
             "compiled": self.compiled,
-            "precision": cfg.precision,
+            "precision": self.precision,
             "device": str(device),
         }
 
-    def _log(self, sums: torch.Tensor, images_per_s: float) -> None:
-        nll, kl, n = sums.tolist()  # host sync, on log steps only
-        n = max(n, 1.0)
+    def _log(self, sums: torch.Tensor, images: int, images_per_s: float) -> None:
+        nll, kl = sums.tolist()  # host sync, on log steps only
+        n = max(images, 1)
         metrics = {"train/recon_nats": nll / n, "train/kl_nats": kl / n, "train/neg_elbo_nats": (nll + kl) / n,
                    "train/images_per_s": images_per_s, "train/lr": self.optimizer.param_groups[0]["lr"],
                    "train/skipped_steps": self.guard.skipped}

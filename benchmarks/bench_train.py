@@ -1,0 +1,186 @@
+"""The classic pytorch/examples VAE recipe against `vaefast train`, same model, batch size and epochs, one run.
+
+    python benchmarks/bench_train.py                     # 5 epochs, 3 seeds each, full Fashion-MNIST
+    python benchmarks/bench_train.py --epochs 1 --seeds 1 --quick
+
+The recipe is reproduced in plain eager PyTorch below: 784-400-20-400-784 MLP with ReLU, sigmoid output, BCE
+summed over pixels plus the analytic KL, Adam at lr 1e-3, batch 128, and a per-sample Dataset + DataLoader with
+num_workers=0 as that recipe uses on CPU, with torchvision's MNIST item path (uint8 -> PIL image -> ToTensor)
+reproduced line for line, since torchvision does not import beside the CPU build of torch here. The runs of both are interleaved seed by seed; images/s counts the training loop only, and the test negative ELBO
+is nats per test image with one posterior sample, as the recipe's test loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, update_readme_section, write_result  # noqa: E402
+
+from vaefast.data import load_dataset  # noqa: E402
+from vaefast.train import TrainConfig, Trainer  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
+
+
+class RecipeVAE(nn.Module):
+    """pytorch/examples vae/main.py, verbatim in structure."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 400)
+        self.fc21 = nn.Linear(400, 20)
+        self.fc22 = nn.Linear(400, 20)
+        self.fc3 = nn.Linear(20, 400)
+        self.fc4 = nn.Linear(400, 784)
+
+    def encode(self, x):
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+
+    def decode(self, z):
+        h3 = F.relu(self.fc3(z))
+        return torch.sigmoid(self.fc4(h3))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, 784))
+        z = self.reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+
+def recipe_loss(recon_x, x, mu, logvar):
+    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+class PerSampleImages(Dataset):
+    """torchvision's MNIST dataset with transforms.ToTensor(), reproduced without torchvision (which does not
+    import beside the CPU build of torch here): each item becomes a PIL image, then a float CHW tensor in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images[:, 0], labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i].numpy(), mode="L")  # as torchvision.datasets.MNIST.__getitem__
+        tensor = torch.from_numpy(np.array(img, np.uint8, copy=True))  # as transforms.functional.to_tensor
+        tensor = tensor.view(img.size[1], img.size[0], 1).permute((2, 0, 1)).contiguous()
+        return tensor.to(dtype=torch.get_default_dtype()).div(255), int(self.labels[i])
+
+
+def run_recipe(data, epochs: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    model = RecipeVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(PerSampleImages(data.train, data.train_labels), batch_size=128, shuffle=True)
+    test_loader = DataLoader(PerSampleImages(data.test, data.test_labels), batch_size=128, shuffle=False)
+    train_time, images = 0.0, 0
+    for _ in range(epochs):
+        model.train()
+        t0 = time.perf_counter()
+        train_loss = 0.0
+        for x, _ in loader:
+            optimizer.zero_grad()
+            recon, mu, logvar = model(x)
+            loss = recipe_loss(recon, x, mu, logvar)
+            loss.backward()
+            train_loss += loss.item()
+            optimizer.step()
+            images += len(x)
+        train_time += time.perf_counter() - t0
+    model.eval()
+    test_loss = 0.0
+    with torch.no_grad():
+        for x, _ in test_loader:
+            recon, mu, logvar = model(x)
+            test_loss += recipe_loss(recon, x, mu, logvar).item()
+    return {"images_per_s": images / train_time, "test_neg_elbo_nats": test_loss / len(data.test)}
+
+
+def run_vaefast(data, epochs: int, seed: int, out: Path, precision: str) -> dict:
+    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, seed=seed, out=str(out), progress=False,
+                      tensorboard=False, precision=precision)
+    cfg.model.hidden, cfg.model.latent_dim = [400], 20
+    trainer = Trainer(cfg, data)
+    summary = trainer.fit()
+    return {"images_per_s": summary["images_per_s"], "test_neg_elbo_nats": summary["test_neg_elbo_nats"],
+            "precision": summary["precision"], "compiled": summary["compiled"]}
+
+
+def _stats(runs: list[dict], key: str) -> dict:
+    values = [r[key] for r in runs]
+    return {"mean": statistics.mean(values), "min": min(values), "max": max(values), "values": values}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="Fashion-MNIST IDX directory")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--precision", default="auto", help="vaefast --precision")
+    parser.add_argument("--out", default="/tmp/vaefast-bench-train")
+    parser.add_argument("--quick", action="store_true", help="write under results/quick and skip the README")
+    args = parser.parse_args(argv)
+    data = load_dataset(args.data)
+    recipe, ours = [], []
+    for seed in range(args.seeds):  # interleaved, so machine noise hits both alike
+        recipe.append(run_recipe(data, args.epochs, seed))
+        ours.append(run_vaefast(data, args.epochs, seed, Path(args.out) / f"seed{seed}", args.precision))
+        print(f"seed {seed}: recipe {recipe[-1]['images_per_s']:,.0f} img/s, -ELBO "
+              f"{recipe[-1]['test_neg_elbo_nats']:.2f}; vaefast {ours[-1]['images_per_s']:,.0f} img/s, -ELBO "
+              f"{ours[-1]['test_neg_elbo_nats']:.2f}", flush=True)
+    result = {
+        "recipe": {"images_per_s": _stats(recipe, "images_per_s"),
+                   "test_neg_elbo_nats": _stats(recipe, "test_neg_elbo_nats")},
+        "vaefast": {"images_per_s": _stats(ours, "images_per_s"),
+                    "test_neg_elbo_nats": _stats(ours, "test_neg_elbo_nats"),
+                    "precision": ours[0]["precision"], "compiled": ours[0]["compiled"]},
+    }
+    speedup = result["vaefast"]["images_per_s"]["mean"] / result["recipe"]["images_per_s"]["mean"]
+    result["speedup"] = speedup
+    command = "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload = {"benchmark": "bench_train", "command": command.strip(), "epochs": args.epochs, "seeds": args.seeds,
+               "data": "Fashion-MNIST 60k/10k", "machine": machine_info("cpu"), "result": result}
+    path = write_result("bench_train-cpu", payload, quick=args.quick)
+
+    def cell(stats, fmt):
+        return f"{stats['mean']:{fmt}} ({stats['min']:{fmt}} – {stats['max']:{fmt}})"
+
+    table = "\n".join([
+        "| variant | images/s, mean (min – max) | test -ELBO nats, mean (min – max) |",
+        "|---|---|---|",
+        f"| pytorch/examples recipe | {cell(result['recipe']['images_per_s'], ',.0f')} | "
+        f"{cell(result['recipe']['test_neg_elbo_nats'], '.2f')} |",
+        f"| vaefast train ({result['vaefast']['precision']}, compile {result['vaefast']['compiled']}) | "
+        f"{cell(result['vaefast']['images_per_s'], ',.0f')} | {cell(result['vaefast']['test_neg_elbo_nats'], '.2f')} |",
+        f"| **speed-up** | **{speedup:.2f}x** | |",
+    ])
+    print(table)
+    print(f"wrote {path}")
+    if not args.quick:
+        update_readme_section("bench_train-cpu", payload,
+                              f"{args.epochs} epochs, batch 128, {args.seeds} seeds, full Fashion-MNIST.\n\n{table}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
