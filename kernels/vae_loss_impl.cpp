@@ -24,12 +24,15 @@ using vf::bf16;
 
 constexpr int64_t kColChunk = 2048;
 constexpr int64_t kRowBlock = 8;
+// Below this many elements a parallel region's fork and join cost more than the loop itself.
+constexpr int64_t kParallelMinElements = 32768;
 
 struct Tiling {
     int64_t rows, cols, n_chunks, n_row_blocks;
     Tiling(int64_t B, int64_t N)
         : rows(B), cols(N), n_chunks((N + kColChunk - 1) / kColChunk), n_row_blocks((B + kRowBlock - 1) / kRowBlock) {}
     int64_t tiles() const { return n_chunks * n_row_blocks; }
+    bool parallel() const { return rows * cols >= kParallelMinElements; }
     int64_t row_begin(int64_t tile) const { return (tile / n_chunks) * kRowBlock; }
     int64_t row_end(int64_t tile) const { return std::min(rows, row_begin(tile) + kRowBlock); }
     int64_t chunk(int64_t tile) const { return tile % n_chunks; }
@@ -39,7 +42,8 @@ struct Tiling {
 
 // kl[r] = sum over the column chunks of row r, in chunk order.
 void finish_row_sums(const std::vector<float>& partial, float* out, const Tiling& t, int num_threads) {
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+    const bool parallel = t.rows * t.n_chunks >= kParallelMinElements;
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t r = 0; r < t.rows; ++r) {
         float s = 0.0f;
         for (int64_t c = 0; c < t.n_chunks; ++c) s += partial[r * t.n_chunks + c];
@@ -72,11 +76,12 @@ template <typename T>
 void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, float* kl_per_dim, int64_t B,
                 int64_t N, float lo, float hi, int num_threads) {
     const Tiling t(B, N);
+    const bool parallel = t.parallel();
     const bool bounded = exp_range_is_safe(lo, hi);
     std::vector<float> row_partial(B * t.n_chunks);
     // Per-dim partial sums, one row of N per row block, summed over blocks in order below.
     std::vector<float> dim_partial(kl_per_dim ? t.n_row_blocks * N : 0);
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         float* dim_acc = kl_per_dim ? dim_partial.data() + (tile / t.n_chunks) * N + c0 : nullptr;
@@ -95,7 +100,7 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
         std::fill(kl_per_dim, kl_per_dim + N, 0.0f);
         return;
     }
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t c = 0; c < t.n_chunks; ++c) {
         const int64_t c0 = c * kColChunk, n = std::min(kColChunk, N - c0);
         float* __restrict out = kl_per_dim + c0;
@@ -136,8 +141,9 @@ template <typename T>
 void latent_bwd(const T* gz, const float* gk, const float* gd, const T* mu, const T* logvar, const T* eps, T* dmu,
                 T* dlogvar, int64_t B, int64_t N, float lo, float hi, int num_threads) {
     const Tiling t(B, N);
+    const bool parallel = t.parallel();
     const bool bounded = exp_range_is_safe(lo, hi);
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
@@ -161,8 +167,9 @@ float bce_fwd_row(const T* __restrict x, const U* __restrict target, int64_t n) 
 template <typename T, typename U>
 void bce_fwd(const T* x, const U* target, float* recon, int64_t B, int64_t P, int num_threads) {
     const Tiling t(B, P);
+    const bool parallel = t.parallel();
     std::vector<float> row_partial(B * t.n_chunks);
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r)
@@ -181,7 +188,8 @@ void bce_bwd_row(float g, const T* __restrict x, const U* __restrict target, T* 
 template <typename T, typename U>
 void bce_bwd(const float* g, const T* x, const U* target, T* dx, int64_t B, int64_t P, int num_threads) {
     const Tiling t(B, P);
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+    const bool parallel = t.parallel();
+#pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r)

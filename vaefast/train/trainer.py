@@ -140,14 +140,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.clip_grad is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad, foreach=True)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         finite = torch.isfinite(loss)
+        if self.cfg.clip_grad is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad, foreach=True)
+            grads_finite = torch.isfinite(grad_norm)
+        else:
+            grads_finite = self._grads_finite()
         if not self.scaler.is_enabled():  # with fp16 the scaler itself skips steps whose gradients overflowed
-            finite = finite & torch.isfinite(grad_norm)
+            finite = finite & grads_finite
         # The one host sync per step: whether to apply the update must be known before the optimizer runs.
         ok = bool(finite)
         if ok:
@@ -156,6 +156,13 @@ class Trainer:
         self.scaler.update()
         self.guard.record(ok, lambda: self.diagnose(x))
         return (nll_sum, kl_sum, kl_per_dim) if ok else (None, None, None)
+
+    def _grads_finite(self) -> torch.Tensor:
+        """One multi-tensor pass (GradScaler's own kernel, with a scale of 1) instead of a norm per parameter."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        found_inf = torch.zeros(1, device=self.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones(1, device=self.device))
+        return found_inf == 0
 
     def diagnose(self, x: torch.Tensor) -> str:
         with torch.no_grad(), self.autocast():
