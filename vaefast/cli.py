@@ -121,12 +121,88 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .eval.report import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, data=args.data, iw_samples=args.iw_samples,
+                                 batch_size=args.batch_size, device=args.device, seed=args.seed, limit=args.limit)
+    hist = result["kl_per_dim_histogram"]
+    lines = [
+        f"test images:          {result['test_images']}",
+        f"negative ELBO:        {result['test_neg_elbo_nats']:.3f} nats/image "
+        f"(reconstruction {result['test_recon_nats']:.3f} + KL {result['test_kl_nats']:.3f})",
+        f"bits per dimension:   {result['test_bpd']:.5f}",
+    ]
+    if args.iw_samples:
+        lines.append(f"IWAE NLL (K={args.iw_samples}):  {result['iwae_nll_nats']:.3f} nats/image "
+                     f"({result['iwae_bpd']:.5f} bpd)")
+    lines += [
+        f"active units:         {result['active_units']} of {result['latent_dim']} (KL > 0.1 nats); "
+        f"{result['active_units_cov']} by Cov_x(E_q[z]) > 0.01",
+        f"mean latent distance: {result['mean_latent_distance']:.3f} between different test images",
+        "KL per dim histogram: " + ", ".join(f"[{a:.3g}, {b:.3g}): {c}" for a, b, c in
+                                            zip(hist["edges"], hist["edges"][1:], hist["counts"])),
+        f"verdict:              {result['verdict']}",
+    ]
+    print("\n".join(lines), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .eval.inspect import sample_images
+
+    path = sample_images(args.checkpoint, args.out, n=args.n, temperature=args.temperature, seed=args.seed,
+                         binarize=args.binarize, device=args.device or "cpu")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .eval.inspect import inspect_model
+
+    paths = inspect_model(args.checkpoint, args.out, data=args.data, seed=args.seed, device=args.device or "cpu")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaefast", description="Performance-first VAE training.")
     sub = parser.add_subparsers(dest="command")
     train = sub.add_parser("train", help="train a VAE (no arguments: the embedded Fashion-MNIST split)")
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="test negative ELBO, bits/dim, IWAE NLL and active units of a checkpoint")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    ev.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")
+    ev.add_argument("--iw-samples", type=int, default=0, help="importance samples K for the IWAE bound (0: off)")
+    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--limit", type=int, help="evaluate only the first N test images")
+    ev.add_argument("--device")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ev.set_defaults(func=cmd_eval)
+
+    sample = sub.add_parser("sample", help="decode z ~ N(0, T^2 I) into an image grid")
+    sample.add_argument("--checkpoint", required=True)
+    sample.add_argument("--n", type=int, default=64)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--binarize", action="store_true", help="Bernoulli draws instead of the mean")
+    sample.add_argument("--device")
+    sample.add_argument("--out", required=True, help="PNG file")
+    sample.set_defaults(func=cmd_sample)
+
+    insp = sub.add_parser("inspect", help="reconstructions, traversals, interpolations and a latent scatter")
+    insp.add_argument("--checkpoint", required=True)
+    insp.add_argument("--data")
+    insp.add_argument("--seed", type=int, default=0)
+    insp.add_argument("--device")
+    insp.add_argument("--out", required=True, help="folder for the PNG files")
+    insp.set_defaults(func=cmd_inspect)
     return parser
 
 

@@ -1,0 +1,95 @@
+"""`vaefast eval`: the numbers a paper reports for a trained checkpoint, and a posterior-collapse verdict."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..data import load_dataset
+from ..models import build_model
+from ..train.checkpoint import load_checkpoint
+from ..train.config import TrainConfig
+from ..train.trainer import AMP_DTYPES, resolve_precision
+from .elbo import ACTIVE_UNIT_NATS, evaluate_elbo
+from .iwae import iwae_log_likelihood
+
+# Burda et al.'s activity threshold on Cov_x(E_q[z_u]).
+COVARIANCE_ACTIVE = 0.01
+
+
+def load_model(checkpoint, device="cpu"):
+    """The model of a checkpoint, in eval mode, with its training config."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    cfg = TrainConfig.from_dict(state["config"])
+    model = build_model(cfg.model, tuple(state["image_shape"])).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    precision = resolve_precision(cfg.precision, device)
+    return torch.autocast(device.type, dtype=AMP_DTYPES[precision]) if precision != "fp32" else None
+
+
+@torch.no_grad()
+def posterior_means(model, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    means = [model.encode(images[i:i + batch_size].to(device).float().div_(255.0))[0].float().flatten(1).cpu()
+             for i in range(0, len(images), batch_size)]
+    return torch.cat(means)
+
+
+def collapse_verdict(kl_nats: float, active: int, latent_dim: int, mean_distance: float) -> str:
+    if kl_nats < ACTIVE_UNIT_NATS or active == 0 or mean_distance < 1e-3:
+        return ("collapsed: the posterior ignores the input (KL ~ 0 or identical latent means for different "
+                "images); try KL warm-up, free bits, a weaker decoder or a lower learning rate")
+    if active < 0.5 * latent_dim:
+        return (f"partial collapse: {active} of {latent_dim} latent units are active; the rest carry no "
+                "information (common with large latents; free bits or a smaller latent help)")
+    return f"healthy: {active} of {latent_dim} latent units are active"
+
+
+def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int = 0, batch_size: int = 500,
+                        device: str | None = None, seed: int = 0, limit: int | None = None) -> dict:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg = load_model(checkpoint, device)
+    dataset = load_dataset(data if data is not None else cfg.data, cfg.test_fraction, cfg.seed)
+    test = dataset.test[:limit] if limit else dataset.test
+    if tuple(test.shape[1:]) != model.image_shape:
+        raise ValueError(f"the checkpoint's model takes {model.image_shape} images but the data has "
+                         f"{tuple(test.shape[1:])}")
+    torch.manual_seed(seed)
+    autocast = autocast_for(cfg, device)
+    elbo = evaluate_elbo(model, test, batch_size=batch_size, device=device, autocast=autocast)
+    result = {
+        "test_neg_elbo_nats": elbo["neg_elbo_nats"],
+        "test_recon_nats": elbo["recon_nats"],
+        "test_kl_nats": elbo["kl_nats"],
+        "test_bpd": elbo["bpd"],
+        "active_units": elbo["active_units"],
+        "latent_dim": elbo["latent_dim"],
+        "test_images": len(test),
+    }
+    if iw_samples:
+        # Fewer images per batch as K grows, so that K decoder passes fit in memory.
+        iw_batch = max(1, min(batch_size, 20_000 // iw_samples))
+        total = 0.0
+        for start in range(0, len(test), iw_batch):
+            x = test[start:start + iw_batch].to(device).float().div_(255.0)
+            total += float(iwae_log_likelihood(model, x, iw_samples, autocast=autocast).sum())
+        result["iwae_nll_nats"] = -total / len(test)
+        result["iwae_bpd"] = result["iwae_nll_nats"] / (math.prod(test.shape[1:]) * math.log(2))
+    result["iw_samples"] = iw_samples
+    means = posterior_means(model, test, batch_size, device)
+    result["active_units_cov"] = int((means.var(0) > COVARIANCE_ACTIVE).sum())
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randint(len(means), (2, min(2000, len(means) * 4)), generator=g)
+    different = a != b
+    result["mean_latent_distance"] = float((means[a[different]] - means[b[different]]).norm(dim=1).mean())
+    result["kl_per_dim"] = [round(v, 5) for v in elbo["kl_per_dim"].flatten().tolist()]
+    counts, edges = torch.histogram(elbo["kl_per_dim"].flatten().double(), bins=10)
+    result["kl_per_dim_histogram"] = {"counts": counts.long().tolist(), "edges": [round(e, 4) for e in edges.tolist()]}
+    result["verdict"] = collapse_verdict(elbo["kl_nats"], elbo["active_units"], elbo["latent_dim"],
+                                         result["mean_latent_distance"])
+    return result
