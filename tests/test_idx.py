@@ -70,5 +70,5 @@ def test_corrupt_gzip_is_named(tmp_path):
 def test_missing_paths(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_dataset(str(tmp_path / "nope"))
-    with pytest.raises(DataError, match="no train-images-idx3-ubyte"):
+    with pytest.raises(DataError, match="holds no .png, .jpg or .jpeg files"):
         load_dataset(str(tmp_path))

@@ -13,7 +13,9 @@ from .train.guard import NonFiniteTraining
 
 # flag -> (section, config key); section None is the top-level TrainConfig
 TRAIN_FLAGS = {
-    "data": (None, "data"), "test_fraction": (None, "test_fraction"), "epochs": (None, "epochs"),
+    "data": (None, "data"), "test_fraction": (None, "test_fraction"), "loader": (None, "loader"),
+    "image_size": (None, "image_size"), "skip_bad_images": (None, "skip_bad_images"),
+    "num_workers": (None, "num_workers"), "epochs": (None, "epochs"),
     "batch_size": (None, "batch_size"), "lr": (None, "lr"), "optimizer": (None, "optimizer"),
     "weight_decay": (None, "weight_decay"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
     "beta": (None, "beta"), "kl_warmup_steps": (None, "kl_warmup_steps"), "kl_cycles": (None, "kl_cycles"),
@@ -51,8 +53,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The training flags; every one defaults to 'not given', so that the config file and checkpoint show through."""
     S = argparse.SUPPRESS
     p.add_argument("--config", help="TOML config file; flags override it")
-    p.add_argument("--data", default=S, help="IDX directory or file (default: the embedded Fashion-MNIST split)")
+    p.add_argument("--data", default=S, help="IDX directory/file, .npy/.npz array or image folder "
+                   "(default: the embedded Fashion-MNIST split)")
     p.add_argument("--test-fraction", type=float, default=S, help="held-out share when the data has no test split")
+    p.add_argument("--loader", choices=["auto", "memory", "dali", "torch"], default=S,
+                   help="auto: in memory when the decoded data fits, else DALI, else a torch DataLoader")
+    p.add_argument("--image-size", type=int, default=S, help="image folders: resize + center-crop to this size")
+    p.add_argument("--skip-bad-images", action=argparse.BooleanOptionalAction, default=S,
+                   help="image folders: skip undecodable files (counted in the log) instead of failing")
+    p.add_argument("--num-workers", type=int, default=S, help="decoding workers for the dali/torch loaders")
     p.add_argument("--epochs", type=int, default=S)
     p.add_argument("--batch-size", type=int, default=S)
     p.add_argument("--lr", type=float, default=S)

@@ -2,6 +2,7 @@
 
 from .errors import DataError
 from .loader import InMemoryLoader
+from .loaders import LOADERS, make_loader
 from .sources import ImageDataset, load_dataset
 
-__all__ = ["DataError", "ImageDataset", "InMemoryLoader", "load_dataset"]
+__all__ = ["LOADERS", "DataError", "ImageDataset", "InMemoryLoader", "load_dataset", "make_loader"]

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .arrays import numpy_images
 from .errors import DataError
+from .folders import ImageFolder, image_folder
 from .idx import read_idx
 
 EMBEDDED = "embedded"
@@ -23,17 +25,29 @@ DEFAULT_TEST_FRACTION = 0.1
 @dataclass
 class ImageDataset:
     name: str
-    train: torch.Tensor  # uint8 [N, C, H, W]
-    test: torch.Tensor
+    train: torch.Tensor | None  # uint8 [N, C, H, W]; None while an image folder's train split is only listed
+    test: torch.Tensor  # always in memory, for the metrics
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
+    folder: ImageFolder | None = None  # set for image folders: the files behind the streaming loaders
+    split_seed: int = 0
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.shape[1:])
+        return tuple(self.test.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train) if self.train is not None else len(self.folder.train_files)
+
+    def materialize(self, skip_bad: bool = False) -> "ImageDataset":
+        """Decode an image folder's train split into memory (no-op for in-memory sources)."""
+        if self.train is None:
+            self.train, self.train_labels = self.folder.decode_all(self.folder.train_files, skip_bad)
+        return self
 
     def describe(self) -> str:
-        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test images of shape "
+        return (f"{self.name}: {self.num_train} train / {len(self.test)} test images of shape "
                 f"{'x'.join(map(str, self.image_shape))}")
 
 
@@ -47,13 +61,18 @@ def _as_nchw(images: np.ndarray, origin: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images))
 
 
-def split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: float, seed: int):
-    """A seeded random split into (train, test, train_labels, test_labels)."""
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded (train, test) index split every in-memory source uses: ``test_fraction`` of the images, sorted."""
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test fraction must lie in (0, 1), got {test_fraction}")
-    n_test = max(1, int(round(len(images) * test_fraction)))
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    n_test = max(1, int(round(n * test_fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: float, seed: int):
+    """A seeded random split into (train, test, train_labels, test_labels)."""
+    train_idx, test_idx = split_indices(len(images), test_fraction, seed)
     pick = (lambda t, i: None if t is None else t[i])
     return images[train_idx], images[test_idx], pick(labels, train_idx), pick(labels, test_idx)
 
@@ -107,17 +126,44 @@ def idx_directory(folder: str | Path, test_fraction: float = DEFAULT_TEST_FRACTI
     return ImageDataset(f"IDX {only} (seeded {test_fraction:.0%} test split)", *split(images, labels, test_fraction, seed))
 
 
-def load_dataset(spec: str | None, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0) -> ImageDataset:
-    """Resolve ``--data``: None or 'embedded', an IDX directory, or a single IDX images file."""
+def _folder_dataset(root: Path, image_size, test_fraction, seed, skip_bad) -> ImageDataset:
+    folder = image_folder(root, size=image_size, test_fraction=test_fraction, seed=seed)
+    test, test_labels = folder.decode_all(folder.test_files, skip_bad)
+    return ImageDataset(f"image folder {root} (seeded test split of {len(folder.test_files)})", None, test,
+                        None, test_labels, folder=folder, split_seed=seed)
+
+
+def _is_idx_dir(path: Path) -> bool:
+    return any(_find(path, stem) for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
+
+
+def load_dataset(spec: str | None, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0, *,
+                 image_size: int | None = None, skip_bad: bool = False) -> ImageDataset:
+    """Resolve ``--data``: None or 'embedded'; an IDX directory, IDX file, or 'train-file,test-file' pair; a .npy
+    or .npz array; or a folder of JPEG/PNG images (searched recursively)."""
     if spec in (None, "", EMBEDDED):
         return embedded_fashion_mnist(test_fraction, seed)
+    if "," in spec:
+        train_path, test_path = (Path(p).expanduser() for p in spec.split(",", 1))
+        train, test = (_as_nchw(read_idx(p), str(p)) for p in (train_path, test_path))
+        if train.shape[1:] != test.shape[1:]:
+            raise DataError(f"{train_path} holds {tuple(train.shape[1:])} images but {test_path} holds "
+                            f"{tuple(test.shape[1:])}")
+        return ImageDataset(f"IDX {train_path} + {test_path}", train, test)
     path = Path(spec).expanduser()
-    if path.is_dir():
-        return idx_directory(path, test_fraction, seed)
     if not path.exists():
         raise DataError(f"--data path not found: {path}")
+    if path.is_dir():
+        if _is_idx_dir(path):
+            return idx_directory(path, test_fraction, seed)
+        return _folder_dataset(path, image_size, test_fraction, seed, skip_bad)
+    if path.suffix in (".npy", ".npz"):
+        images = numpy_images(path)
+        train, test, _, _ = split(images, None, test_fraction, seed)
+        return ImageDataset(f"NumPy {path} (seeded {test_fraction:.0%} test split)", train, test, split_seed=seed)
     if "idx" in path.name:
         images = _as_nchw(read_idx(path), str(path))
         return ImageDataset(f"IDX {path} (seeded {test_fraction:.0%} test split)",
                             *split(images, None, test_fraction, seed))
-    raise DataError(f"--data {path}: unrecognised data source; expected an IDX directory or *-idx3-ubyte[.gz] file")
+    raise DataError(f"--data {path}: unrecognised data source; expected an IDX directory or file, a .npy/.npz "
+                    "array, or a folder of .png/.jpg images")

@@ -17,6 +17,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class TrainConfig:
     data: str | None = None  # None: the embedded Fashion-MNIST split
     test_fraction: float = 0.1  # held out when the source has no test split
+    loader: str = "auto"  # "auto", "memory", "dali" or "torch"
+    image_size: int | None = None  # image folders: resize the shorter side and center-crop to this square
+    skip_bad_images: bool = False  # image folders: leave undecodable files out (and log the count) instead of failing
+    num_workers: int = 2  # decoding workers (torch DataLoader processes, DALI threads)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3

@@ -8,6 +8,7 @@ metrics stay on the device and are read on log steps.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import ImageDataset, InMemoryLoader, load_dataset
+from ..data import ImageDataset, load_dataset, make_loader
 from ..eval import evaluate_elbo
 from ..models import build_model
 from .checkpoint import Checkpointer, load_checkpoint
@@ -82,9 +83,13 @@ class Trainer:
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(cfg.precision, self.device)
         seed_everything(cfg.seed)
-        self.data = dataset if dataset is not None else load_dataset(cfg.data, cfg.test_fraction, cfg.seed)
-        self.loader = InMemoryLoader(self.data.train, cfg.batch_size, device=self.device, seed=cfg.seed,
-                                     rank=rank, world_size=world_size)
+        self.data = dataset if dataset is not None else load_dataset(
+            cfg.data, cfg.test_fraction, cfg.seed, image_size=cfg.image_size, skip_bad=cfg.skip_bad_images)
+        self.loader, self.loader_kind, why = make_loader(
+            cfg.loader, self.data, cfg.batch_size, device=self.device, seed=cfg.seed, rank=rank,
+            world_size=world_size, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers)
+        if rank == 0 and cfg.progress:
+            print(f"vaefast: {self.data.describe()}; loader {self.loader_kind} ({why})", file=sys.stderr)
         self.model = build_model(cfg.model, self.data.image_shape).to(self.device)
         self.optimizer = make_optimizer(cfg, self.model.parameters(), self.device)
         self.total_steps = cfg.epochs * len(self.loader)
@@ -239,6 +244,7 @@ class Trainer:
             "compiled": self.compiled,
             "precision": self.precision,
             "device": str(device),
+            "loader": self.loader_kind,
         }
 
     def _log(self, sums: torch.Tensor, images: int, images_per_s: float) -> None:

@@ -1,0 +1,145 @@
+"""Image folders: JPEG/PNG files found recursively, decoded with Pillow (in-memory and torch loaders) or DALI.
+
+With ``image_size`` every image is resized so that its shorter side is that size and then center-cropped to a
+square; without it all images must share one size. The channel count follows the first image: grayscale stays one
+channel, anything else becomes RGB. Subfolder names, when the images sit in subfolders, become class labels (for
+the latent scatter plot).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# The held-out test images are kept in memory for the metrics: a fraction of the folder, at most this many.
+MAX_TEST_IMAGES = 10_000
+log = logging.getLogger("vaefast.data")
+
+
+def list_images(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"image folder {root} holds no .png, .jpg or .jpeg files (searched recursively)")
+    return files
+
+
+def _open(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from None
+
+
+def decode(path: Path, channels: int, size: int | None) -> np.ndarray:
+    """One image as uint8 [C, H, W]."""
+    from PIL import Image
+
+    img = _open(path).convert("L" if channels == 1 else "RGB")
+    if size is not None:
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    array = np.asarray(img, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+@dataclass
+class ImageFolder:
+    root: Path
+    train_files: list[Path]
+    test_files: list[Path]
+    channels: int
+    size: int | None
+    image_shape: tuple[int, int, int]
+    classes: list[str] = field(default_factory=list)
+
+    def label(self, path: Path) -> int:
+        return self.classes.index(path.parent.name) if self.classes else 0
+
+    def decode_all(self, files: list[Path], skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decode ``files`` into uint8 [N, C, H, W]; a bad file raises naming it, or is skipped and counted."""
+        images, labels, skipped = [], [], []
+        for path in files:
+            try:
+                array = decode(path, self.channels, self.size)
+            except DataError:
+                if not skip_bad:
+                    raise
+                skipped.append(path)
+                continue
+            if array.shape != self.image_shape:
+                raise DataError(f"mixed image sizes: {path} is {array.shape[2]}x{array.shape[1]} but "
+                                f"{self.train_files[0]} is {self.image_shape[2]}x{self.image_shape[1]}; pass "
+                                "--image-size to resize and center-crop them to one size")
+            images.append(array)
+            labels.append(self.label(path))
+        if skipped:
+            log.warning("skipped %d undecodable images (first: %s)", len(skipped), skipped[0])
+        if not images:
+            raise DataError(f"no decodable images among {len(files)} files in {self.root}")
+        label_tensor = torch.tensor(labels) if self.classes else None
+        return torch.from_numpy(np.stack(images)), label_tensor
+
+
+def image_folder(root: str | Path, *, size: int | None = None, test_fraction: float = 0.1,
+                 seed: int = 0) -> ImageFolder:
+    root = Path(root)
+    files = list_images(root)
+    first = _open(files[0])
+    channels = 1 if first.mode in ("L", "1", "I;16", "I") else 3
+    shape = decode(files[0], channels, size).shape
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(files))
+    n_test = min(MAX_TEST_IMAGES, max(1, int(round(len(files) * test_fraction))))
+    if len(files) < 2:
+        raise DataError(f"image folder {root} holds only {len(files)} image; need at least 2 for a train/test split")
+    test = sorted(files[i] for i in order[:n_test])
+    train = sorted(files[i] for i in order[n_test:])
+    parents = sorted({p.parent.name for p in files})
+    classes = parents if len(parents) > 1 and all(p.parent != root for p in files) else []
+    return ImageFolder(root, train, test, channels, size, tuple(shape), classes)
+
+
+def first_undecodable(files) -> Path | None:
+    """The first file Pillow cannot decode, or None."""
+    for path in files:
+        try:
+            _open(path)
+        except DataError:
+            return path
+    return None
+
+
+def without_undecodable(folder: ImageFolder) -> ImageFolder:
+    """The folder with its undecodable train files left out, and the count logged (for --skip-bad-images)."""
+    good = []
+    for path in folder.train_files:
+        try:
+            _open(path)
+            good.append(path)
+        except DataError:
+            continue
+    skipped = len(folder.train_files) - len(good)
+    if skipped:
+        log.warning("skipping %d undecodable images of %d", skipped, len(folder.train_files))
+    folder.train_files = good
+    return folder

@@ -1,0 +1,153 @@
+"""Loaders for image folders that are decoded while training: a torch DataLoader, and NVIDIA DALI pipelines.
+
+Both shard the files across DDP ranks so that every rank runs the same number of steps per epoch, and both
+yield float batches in [0, 1], ``[b, C, H, W]``, on the training device, like the in-memory loader.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .errors import DataError
+from .folders import ImageFolder, decode, first_undecodable
+
+log = logging.getLogger("vaefast.data")
+
+
+class _TensorItems(Dataset):
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+class _FolderItems(Dataset):
+    def __init__(self, folder: ImageFolder, files):
+        self.folder, self.files = folder, files
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        array = decode(self.files[i], self.folder.channels, self.folder.size)
+        if array.shape != self.folder.image_shape:
+            raise DataError(f"mixed image sizes: {self.files[i]} decodes to {array.shape}, expected "
+                            f"{self.folder.image_shape}; pass --image-size")
+        return torch.from_numpy(array)
+
+
+class TorchLoader:
+    """A torch DataLoader with DistributedSampler semantics: PIL decoding in worker processes for image folders
+    (the fallback without DALI), plain indexing for in-memory arrays."""
+
+    def __init__(self, source: ImageFolder | torch.Tensor, batch_size: int, *, device="cpu", seed: int = 0,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 2):
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        if isinstance(source, ImageFolder):
+            self.dataset = _FolderItems(source, source.train_files)
+        else:
+            self.dataset, num_workers = _TensorItems(source), 0  # indexing memory needs no worker processes
+        self.sampler = DistributedSampler(range(len(self.dataset)), num_replicas=world_size, rank=rank,
+                                          shuffle=True, seed=seed, drop_last=False)
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def batches(self, start_batch: int = 0):
+        indices = list(self.sampler)[start_batch * self.batch_size:]
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices,
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        for batch in loader:
+            yield batch.to(self.device, non_blocking=True).float().div_(255.0)
+
+
+def dali_available() -> str | None:
+    """None when DALI imports, else why not."""
+    try:
+        import nvidia.dali  # noqa: F401
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator  # noqa: F401
+    except ImportError as exc:
+        return f"NVIDIA DALI is not installed ({exc}); pip install nvidia-dali-cuda130"
+    return None
+
+
+class DALIFolderLoader:
+    """fn.readers.file + fn.decoders.image + resize/crop + normalize, output through DALIGenericIterator.
+
+    The same pipeline runs on CPU and GPU: only the decoder's device ("mixed" vs "cpu") and ``device_id`` (0.. vs
+    None, which CPU-only DALI requires) come from ``torch.cuda.is_available()``. Sharding uses shard_id/num_shards
+    with pad_last_batch=True and LastBatchPolicy.PARTIAL (DROP with unequal shards returned padding-only batches
+    every other epoch, and without padding the epochs drift); a rank's last batch may therefore be short or empty,
+    which the trainer handles by normalizing with the global sample count.
+    """
+
+    def __init__(self, folder: ImageFolder, batch_size: int, *, device="cpu", seed: int = 0, rank: int = 0,
+                 world_size: int = 1, num_threads: int = 2):
+        reason = dali_available()
+        if reason:
+            raise DataError(reason)
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self.device = torch.device(device)
+        gpu = self.device.type == "cuda"
+        self.folder, self.batch_size = folder, batch_size
+        self.world_size, self.rank = world_size, rank
+        files = [str(p) for p in folder.train_files]
+        channels, size = folder.channels, folder.size
+        out_h, out_w = folder.image_shape[1:]
+
+        @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=(self.device.index or 0) if gpu else None,
+                      seed=seed, prefetch_queue_depth=2)
+        def pipeline():
+            jpegs, _ = fn.readers.file(files=files, shard_id=rank, num_shards=world_size, random_shuffle=True,
+                                       pad_last_batch=True, name="reader", seed=seed)
+            images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu",
+                                       output_type=types.GRAY if channels == 1 else types.RGB)
+            if size is not None:
+                images = fn.resize(images, resize_shorter=size, antialias=True)
+            # Crop to the target size (centered), move channels first and scale to [0, 1] in one operator.
+            return fn.crop_mirror_normalize(images, crop=(out_h, out_w), crop_pos_x=0.5, crop_pos_y=0.5,
+                                            dtype=types.FLOAT, output_layout="CHW", mean=[0.0] * channels,
+                                            std=[255.0] * channels)
+
+        self.pipe = pipeline()
+        self.pipe.build()
+        self.iterator = DALIGenericIterator([self.pipe], ["images"], reader_name="reader",
+                                            last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        # Every rank's shard is padded to the same size, so ceil(shard / batch) steps per rank.
+        self._steps = math.ceil(math.ceil(len(files) / world_size) / batch_size)
+
+    def __len__(self) -> int:
+        return self._steps
+
+    def set_epoch(self, epoch: int) -> None:
+        pass  # DALI's reader reshuffles itself every epoch (seeded)
+
+    def batches(self, start_batch: int = 0):
+        try:
+            for i, data in enumerate(self.iterator):
+                if i < start_batch:
+                    continue
+                yield data[0]["images"].to(self.device, non_blocking=True)
+        except RuntimeError as exc:
+            # DALI's decoder fails without naming the file; find it (only on this failure path).
+            bad = first_undecodable(self.folder.train_files)
+            where = f"undecodable image {bad}" if bad else "a DALI pipeline error"
+            raise DataError(f"{where} (DALI: {str(exc).splitlines()[0]}); remove it, or pass --skip-bad-images, "
+                            "which verifies the files up front and leaves the bad ones out") from None
