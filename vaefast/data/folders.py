@@ -58,7 +58,7 @@ def decode(path: Path, channels: int, size: int | None) -> np.ndarray:
         w, h = img.size
         left, top = (w - size) // 2, (h - size) // 2
         img = img.crop((left, top, left + size, top + size))
-    array = np.asarray(img, dtype=np.uint8)
+    array = np.array(img, dtype=np.uint8)  # a copy: torch.from_numpy needs a writable array
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
