@@ -172,10 +172,11 @@ def test_sharding_covers_every_sample_once_per_epoch(png_folder, kind, world_siz
         union = Counter()
         for loader in ranks:
             union += _seen(loader, epoch)
-        # Padding repeats at most world_size - 1 samples so that shards are equal; every sample appears.
-        assert set(union) == set(reference)
-        assert sum(union.values()) - sum(reference.values()) < world_size
-        assert all(union[k] <= 2 for k in union)
+        if kind == "dali":  # DALI pads a shorter shard by repeating samples (pad_last_batch)
+            assert set(union) == set(reference)
+            assert sum(union.values()) - sum(reference.values()) < world_size * 16
+        else:  # the unpadded sampler: exactly once, short or empty last batches instead of repeats
+            assert union == reference
 
 
 def test_auto_loader_choice(png_folder):

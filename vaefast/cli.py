@@ -17,7 +17,8 @@ TRAIN_FLAGS = {
     "image_size": (None, "image_size"), "skip_bad_images": (None, "skip_bad_images"),
     "num_workers": (None, "num_workers"), "epochs": (None, "epochs"),
     "batch_size": (None, "batch_size"), "lr": (None, "lr"), "optimizer": (None, "optimizer"),
-    "weight_decay": (None, "weight_decay"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
+    "weight_decay": (None, "weight_decay"), "grad_accum": (None, "grad_accum"),
+    "dist_backend": (None, "dist_backend"), "dist_timeout": (None, "dist_timeout"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
     "beta": (None, "beta"), "kl_warmup_steps": (None, "kl_warmup_steps"), "kl_cycles": (None, "kl_cycles"),
     "free_bits": (None, "free_bits"), "precision": (None, "precision"), "compile": (None, "compile"),
     "device": (None, "device"), "seed": (None, "seed"), "out": (None, "out"), "resume": (None, "resume"),
@@ -69,6 +70,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=S)
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=S)
     p.add_argument("--clip-grad", type=float, default=S, help="max global gradient norm")
+    p.add_argument("--grad-accum", type=int, default=S, help="micro-batches per optimizer step")
+    p.add_argument("--dist-backend", choices=["nccl", "gloo"], default=S,
+                   help="torchrun process-group backend (default: nccl on CUDA, gloo on CPU)")
+    p.add_argument("--dist-timeout", type=float, default=S,
+                   help="seconds a collective waits for a dead or stuck peer before the job fails (default 300)")
     p.add_argument("--beta", type=float, default=S, help="weight of the KL term")
     p.add_argument("--kl-warmup-steps", type=int, default=S, help="linear KL warm-up from 0 to beta")
     p.add_argument("--kl-cycles", type=int, default=S, help="cyclical KL annealing with this many cycles")
@@ -119,9 +125,18 @@ def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args) -> int:
     from .train import Trainer
+    from .train.distributed import DistContext
 
     cfg = resolve_train_config(args)
-    summary = Trainer(cfg).fit()
+    dist = DistContext.from_env(cfg.device, cfg.dist_backend, cfg.dist_timeout)
+    try:
+        trainer = Trainer(cfg, dist=dist)
+        summary = trainer.fit()
+        trainer.close()
+    finally:
+        dist.shutdown()
+    if not dist.is_main:
+        return 0
     print(f"trained {summary['epochs']} epochs at {summary['images_per_s']:,.0f} images/s; test -ELBO "
           f"{summary['test_neg_elbo_nats']:.2f} nats/image ({summary['test_bpd']:.4f} bits/dim); "
           f"checkpoint {summary['checkpoint']}", file=sys.stderr)

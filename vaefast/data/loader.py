@@ -11,6 +11,27 @@ import torch
 from torch.utils.data import DistributedSampler
 
 
+class UnpaddedDistributedSampler(DistributedSampler):
+    """DistributedSampler's seeded per-epoch shuffle and rank interleaving, without the padding.
+
+    DistributedSampler repeats samples so that every rank gets the same count; the copies would be counted twice
+    in the loss. Here rank r keeps only the real samples of its share, so the ranks' batches of a step together
+    are exactly the single-process global batch, and a rank may get a short or empty last batch (the trainer
+    normalizes by the all-reduced global count). ``padded_len`` is the padded share length, the same on every rank.
+    """
+
+    def __init__(self, n: int, **kwargs):
+        super().__init__(range(n), drop_last=False, **kwargs)
+        self.padded_len = self.num_samples
+        self.real_len = len(range(self.rank, n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.real_len
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[: self.real_len])
+
+
 class InMemoryLoader:
     def __init__(self, images: torch.Tensor, batch_size: int, *, device: torch.device | str = "cpu",
                  shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -20,14 +41,13 @@ class InMemoryLoader:
         self.images = images.to(device)
         self.labels = None if labels is None else labels.to(device)
         self.batch_size = batch_size
-        # DistributedSampler needs only len() of its "dataset"; drop_last=False pads by repeating indices so that
-        # every rank runs the same number of steps.
-        self.sampler = DistributedSampler(range(len(images)), num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                          seed=seed, drop_last=False)
+        self.sampler = UnpaddedDistributedSampler(len(images), num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                                  seed=seed)
         self.epoch = 0
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+        """Batches per epoch, equal on every rank (the last ones of a smaller share may be short or empty)."""
+        return -(-self.sampler.padded_len // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -36,6 +56,6 @@ class InMemoryLoader:
     def batches(self, start_batch: int = 0):
         """Float batches in [0, 1], ``[b, C, H, W]``, from batch ``start_batch`` of the current epoch on."""
         order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.images.device)
-        for start in range(start_batch * self.batch_size, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for b in range(start_batch, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield self.images.index_select(0, idx).float().div_(255.0)

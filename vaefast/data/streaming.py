@@ -11,10 +11,11 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
 from .folders import ImageFolder, decode, first_undecodable
+from .loader import UnpaddedDistributedSampler
 
 log = logging.getLogger("vaefast.data")
 
@@ -54,15 +55,15 @@ class TorchLoader:
         self.device = torch.device(device)
         self.batch_size = batch_size
         if isinstance(source, ImageFolder):
-            self.dataset = _FolderItems(source, source.train_files)
-        else:
-            self.dataset, num_workers = _TensorItems(source), 0  # indexing memory needs no worker processes
-        self.sampler = DistributedSampler(range(len(self.dataset)), num_replicas=world_size, rank=rank,
-                                          shuffle=True, seed=seed, drop_last=False)
+            self.dataset, self.image_shape = _FolderItems(source, source.train_files), source.image_shape
+        else:  # indexing memory needs no worker processes
+            self.dataset, self.image_shape, num_workers = _TensorItems(source), tuple(source.shape[1:]), 0
+        self.sampler = UnpaddedDistributedSampler(len(self.dataset), num_replicas=world_size, rank=rank,
+                                                  shuffle=True, seed=seed)
         self.num_workers = num_workers
 
     def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)
+        return math.ceil(self.sampler.padded_len / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -72,8 +73,13 @@ class TorchLoader:
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices,
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
                             persistent_workers=False)
+        produced = start_batch
         for batch in loader:
+            produced += 1
             yield batch.to(self.device, non_blocking=True).float().div_(255.0)
+        shape = (0, *self.image_shape)
+        for _ in range(produced, len(self)):  # a smaller share ends in empty batches: every rank steps alike
+            yield torch.empty(shape, device=self.device)
 
 
 def dali_available() -> str | None:

@@ -28,6 +28,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "constant"  # "constant" or "cosine"
     clip_grad: float | None = None  # max global grad norm; None disables clipping
+    grad_accum: int = 1  # micro-batches per optimizer step (DDP syncs gradients on the last one only)
+    dist_backend: str | None = None  # None: nccl on CUDA, gloo on CPU
+    dist_timeout: float = 300.0  # seconds a collective may wait for a peer before the job fails
     beta: float = 1.0
     kl_warmup_steps: int = 0  # linear warm-up of the KL weight from 0 to beta
     kl_cycles: int = 0  # > 0: cyclical annealing with this many cycles over the run (Fu et al., 2019)
@@ -61,6 +64,8 @@ class TrainConfig:
             problems.append(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             problems.append(f"lr schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.grad_accum < 1:
+            problems.append(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.keep_checkpoints < 1:
             problems.append(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.model.latent_dim < 1:

@@ -7,20 +7,26 @@ metrics stay on the device and are read on log steps.
 
 from __future__ import annotations
 
+import gc
+import math
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import ImageDataset, load_dataset, make_loader
 from ..eval import evaluate_elbo
 from ..models import build_model
 from .checkpoint import Checkpointer, load_checkpoint
 from .config import TrainConfig, save_resolved
+from .distributed import DistContext
 from .guard import NaNGuard, non_finite_report
 from .monitor import Monitor
 from .schedules import kl_objective, kl_weight
@@ -75,47 +81,75 @@ def make_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.opti
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=None if fused else True)
 
 
+class NegativeELBO(nn.Module):
+    """The model and its loss as one module, so that DDP wraps (and synchronizes) every parameter the loss uses,
+    the likelihood's learned scale included."""
+
+    def __init__(self, model: nn.Module, free_bits: float):
+        super().__init__()
+        self.model, self.free_bits = model, free_bits
+
+    def forward(self, x: torch.Tensor, kl_w: torch.Tensor, scale: torch.Tensor):
+        """``scale`` turns the local sums into this rank's share of the global mean (world_size / global count)."""
+        out = self.model(x)
+        nll = self.model.nll(out.decoded, x)
+        nll_sum = nll.sum()
+        loss = (nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, x.shape[0], self.free_bits)) * scale
+        return loss, nll_sum.detach(), out.kl.sum().detach(), out.kl_per_dim.detach()
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None, *, rank: int = 0, world_size: int = 1):
+    def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None, *, dist: DistContext | None = None):
         cfg.validate()
         self.cfg = cfg
-        self.rank, self.world_size = rank, world_size
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dist = dist or DistContext()
+        rank, world_size = self.dist.rank, self.dist.world_size
+        self.device = self.dist.device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed + rank)  # distinct noise per rank; DDP broadcasts rank 0's initial weights
         self.data = dataset if dataset is not None else load_dataset(
             cfg.data, cfg.test_fraction, cfg.seed, image_size=cfg.image_size, skip_bad=cfg.skip_bad_images)
         self.loader, self.loader_kind, why = make_loader(
             cfg.loader, self.data, cfg.batch_size, device=self.device, seed=cfg.seed, rank=rank,
             world_size=world_size, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers)
         if rank == 0 and cfg.progress:
-            print(f"vaefast: {self.data.describe()}; loader {self.loader_kind} ({why})", file=sys.stderr)
+            print(f"vaefast: {self.data.describe()}; loader {self.loader_kind} ({why}); "
+                  f"{world_size} process{'es' if world_size > 1 else ''}", file=sys.stderr)
+        torch.manual_seed(cfg.seed)  # the same initial weights whatever the rank and the data source
         self.model = build_model(cfg.model, self.data.image_shape).to(self.device)
+        torch.manual_seed(cfg.seed + rank)
+        self.objective = NegativeELBO(self.model, cfg.free_bits)
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.objective = DDP(self.objective, device_ids=device_ids)
         self.optimizer = make_optimizer(cfg, self.model.parameters(), self.device)
-        self.total_steps = cfg.epochs * len(self.loader)
+        self.steps_per_epoch = math.ceil(len(self.loader) / cfg.grad_accum)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.lr_schedule == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
         else:
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.out = Path(cfg.out)
-        self.checkpointer = Checkpointer(self.out, cfg.keep_checkpoints, enabled=rank == 0)
-        self.monitor = Monitor(self.out, enabled=rank == 0, progress=cfg.progress, tensorboard=cfg.tensorboard)
+        self.checkpointer = Checkpointer(self.out, cfg.keep_checkpoints, enabled=self.dist.is_main)
+        self.monitor = Monitor(self.out, enabled=self.dist.is_main, progress=cfg.progress,
+                               tensorboard=cfg.tensorboard)
         self.guard = NaNGuard(cfg.max_bad_steps)
         self.step = self.epoch = self.batch_in_epoch = 0
         self._kl_w_value, self._kl_w = None, None
         self.compiled = self.should_compile()
-        self.loss_fn = torch.compile(self.compute_loss) if self.compiled else self.compute_loss
+        # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
+        self.loss_fn = torch.compile(self.objective) if self.compiled else self.objective
         if cfg.resume:
             self.load(cfg.resume)
-        if rank == 0:
+        if self.dist.is_main:
             save_resolved(cfg, self.out)
 
     def should_compile(self) -> bool:
         """An explicit --compile/--no-compile wins; otherwise compile when the run is long enough to repay it.
 
-        Measured on the 2-core CPU (benchmarks/README.md): compiling costs ~10-20 s once and saves a fraction of
-        a millisecond per step, so it pays from about 20k steps; on CUDA it pays much sooner.
+        Measured on the 2-core CPU (benchmarks/README.md): compiling the forward and loss cost 4-20 s and was not
+        faster per step there, so CPU runs compile only when very long; on CUDA it pays much sooner.
         """
         if self.cfg.compile is not None:
             return self.cfg.compile
@@ -126,26 +160,37 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.precision])
 
-    def compute_loss(self, x: torch.Tensor, kl_w: torch.Tensor):
-        """Forward and loss: the negative ELBO per image with a weighted, optionally free-bits KL."""
-        with self.autocast():
-            out = self.model(x)
-            nll = self.model.nll(out.decoded, x)
-        batch = x.shape[0]
-        nll_sum = nll.sum()
-        loss = (nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, batch, self.cfg.free_bits)) / batch
-        return loss, nll_sum.detach(), out.kl.sum().detach(), out.kl_per_dim.detach()
+    def train_step(self, micro_batches: list[torch.Tensor] | torch.Tensor):
+        """One optimizer step over ``micro_batches`` (gradient accumulation), exact under DDP.
 
-    def train_step(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        The loss is the sum over the global batch divided by its all-reduced size, so ranks with short or empty
+        last batches, and accumulation, give the single-process gradient. Returns this rank's (nll, kl, per-dim
+        KL) sums, or Nones for a skipped step.
+        """
+        if isinstance(micro_batches, torch.Tensor):
+            micro_batches = [micro_batches]
         w = kl_weight(self.step, self.total_steps, self.cfg.beta, self.cfg.kl_warmup_steps, self.cfg.kl_cycles)
         if w != self._kl_w_value:
             # A tensor, not a float: torch.compile would specialize on (and recompile for) each new Python float.
             self._kl_w_value, self._kl_w = w, torch.tensor(w, device=self.device)
-        loss, nll_sum, kl_sum, kl_per_dim = self.loss_fn(x, self._kl_w)
+        count = torch.tensor([float(sum(len(x) for x in micro_batches))], device=self.device)
+        global_count = self.dist.all_reduce_(count.clone())
+        scale = self.dist.world_size / global_count.clamp_min(1.0)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        sums = None
+        for i, x in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            # DDP all-reduces gradients only on the last micro-batch of the step.
+            sync = nullcontext() if last or not self.dist.enabled else self.objective.no_sync()
+            with sync:
+                with self.autocast():
+                    loss, nll_sum, kl_sum, kl_per_dim = self.loss_fn(x, self._kl_w, scale)
+                self.scaler.scale(loss).backward()
+            finite = finite & torch.isfinite(loss)
+            part = (nll_sum, kl_sum, kl_per_dim)
+            sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
         self.scaler.unscale_(self.optimizer)
-        finite = torch.isfinite(loss)
         if self.cfg.clip_grad is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad, foreach=True)
             grads_finite = torch.isfinite(grad_norm)
@@ -153,21 +198,23 @@ class Trainer:
             grads_finite = self._grads_finite()
         if not self.scaler.is_enabled():  # with fp16 the scaler itself skips steps whose gradients overflowed
             finite = finite & grads_finite
+        # All ranks take the same decision, so they never diverge: any rank's NaN skips the step everywhere.
+        bad = self.dist.all_reduce_((~finite).float().view(1))
         # The one host sync per step: whether to apply the update must be known before the optimizer runs.
-        ok = bool(finite)
+        ok = not bool(bad)
         if ok:
             self.scaler.step(self.optimizer)
             self.scheduler.step()
         self.scaler.update()
-        self.guard.record(ok, lambda: self.diagnose(x))
-        return (nll_sum, kl_sum, kl_per_dim) if ok else (None, None, None)
+        self.guard.record(ok, lambda: self.diagnose(torch.cat(micro_batches)))
+        return sums if ok else (None, None, None)
 
     def _grads_finite(self) -> torch.Tensor:
         """One multi-tensor pass (GradScaler's own kernel, with a scale of 1) instead of a norm per parameter."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         found_inf = torch.zeros(1, device=self.device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones(1, device=self.device))
-        return found_inf == 0
+        return found_inf[0] == 0
 
     def diagnose(self, x: torch.Tensor) -> str:
         with torch.no_grad(), self.autocast():
@@ -177,61 +224,93 @@ class Trainer:
         return non_finite_report({"input": x, "mu": mu, "logvar": logvar, "z": out.z, "decoder output": out.decoded,
                                   "reconstruction loss": nll, "kl": out.kl}, self.model)
 
+    def close(self) -> None:
+        """Release the DDP wrapper before the process group is destroyed.
+
+        Seen here (torch 2.13, gloo): a Reducer freed at interpreter exit destroys its process group while a gloo
+        worker thread waits for the GIL, and the process hangs. Dropping it here, while the group is alive, and
+        meeting at a barrier avoids that.
+        """
+        self.objective = self.loss_fn = None
+        gc.collect()
+        if self.dist.enabled:
+            torch.distributed.barrier()
+
+    def _step_groups(self):
+        """The epoch's remaining micro-batches, grad_accum at a time (the last group may be smaller)."""
+        group = []
+        for x in self.loader.batches(self.batch_in_epoch):
+            group.append(x)
+            if len(group) == self.cfg.grad_accum:
+                yield group
+                group = []
+        if group:
+            yield group
+
     def fit(self) -> dict:
         cfg, device = self.cfg, self.device
-        sums = torch.zeros(2, dtype=torch.float64, device=device)  # nll, kl since the last log
-        logged_images = 0
-        kl_dim_sum = None
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, kl, images since the last log
+        kl_dim_sum, epoch_images = None, torch.zeros(1, dtype=torch.float64, device=device)
         train_time, train_images, checkpoint, test = 0.0, 0, None, None
+        stopped = False
         for epoch in range(self.epoch, cfg.epochs):
             self.loader.set_epoch(epoch)
-            epoch_images = 0
             t0 = time.perf_counter()
-            for x in self.loader.batches(self.batch_in_epoch):
+            for group in self._step_groups():
                 step_start = time.perf_counter()
-                nll_sum, kl_sum, kl_per_dim = self.train_step(x)
+                nll_sum, kl_sum, kl_per_dim = self.train_step(group)
                 self.step += 1
-                self.batch_in_epoch += 1
+                self.batch_in_epoch += len(group)
+                images = sum(len(x) for x in group)
                 if self.step > WARMUP_STEPS:
                     train_time += time.perf_counter() - step_start
-                    train_images += len(x)
+                    train_images += images
                 if nll_sum is not None:
                     sums[0] += nll_sum
                     sums[1] += kl_sum
+                    sums[2] += images
+                    epoch_images += images
                     kl_dim_sum = kl_per_dim.double() if kl_dim_sum is None else kl_dim_sum.add_(kl_per_dim)
-                    epoch_images += len(x)
-                    logged_images += len(x)
                 if self.step % cfg.log_every == 0:
-                    self._log(sums, logged_images, train_images / max(train_time, 1e-9))
+                    self._log(sums, self.dist.world_size * train_images / max(train_time, 1e-9))
                     sums.zero_()
-                    logged_images = 0
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     checkpoint = self.save()
                 if cfg.max_steps and self.step >= cfg.max_steps:
+                    stopped = True
                     break
-            if cfg.max_steps and self.step >= cfg.max_steps and self.batch_in_epoch < len(self.loader):
+            if stopped and self.batch_in_epoch < len(self.loader):
                 checkpoint = self.save()  # stopped mid-epoch: keep the exact data position
                 break
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             test = self.evaluate()
-            collapse = self.monitor.check_collapse((kl_dim_sum / max(epoch_images, 1)).float().cpu(), self.step) \
-                if kl_dim_sum is not None else {}
+            collapse = {}
+            if kl_dim_sum is not None:  # every rank holds a tensor of the same shape: the reduction is collective
+                self.dist.all_reduce_(kl_dim_sum)
+                self.dist.all_reduce_(epoch_images)
+                collapse = self.monitor.check_collapse((kl_dim_sum / epoch_images.clamp_min(1)).float().cpu(),
+                                                       self.step)
             kl_dim_sum = None
+            epoch_images.zero_()
             self.monitor.log(self.step, {"epoch": self.epoch, "epoch_seconds": time.perf_counter() - t0,
                                          **{f"test/{k}": v for k, v in test.items() if k != "kl_per_dim"},
                                          **{f"train/{k}": v for k, v in collapse.items()}})
             self.monitor.progress_line(
                 f"epoch {self.epoch}/{cfg.epochs}: test -ELBO {test['neg_elbo_nats']:.2f} nats "
                 f"({test['bpd']:.4f} bpd), {collapse.get('active_units', 0)}/{collapse.get('latent_dim', 0)} "
-                f"active units, {train_images / max(train_time, 1e-9):,.0f} img/s", final=True)
+                f"active units, {self.dist.world_size * train_images / max(train_time, 1e-9):,.0f} img/s",
+                final=True)
             self._log_images()
             checkpoint = self.save()
-            if cfg.max_steps and self.step >= cfg.max_steps:
+            if stopped:
                 break
         self.monitor.close()
         test = test or self.evaluate()
+        # Global throughput: all ranks' images over the slowest rank's time.
+        totals = self.dist.all_reduce_(torch.tensor([float(train_images)], device=device))
+        slowest = self.dist.all_reduce_(torch.tensor([train_time], device=device), op=torch.distributed.ReduceOp.MAX)
         return {
-            "images_per_s": train_images / max(train_time, 1e-9),
+            "images_per_s": float(totals) / max(float(slowest), 1e-9),
             "test_neg_elbo_nats": test["neg_elbo_nats"],
             "test_bpd": test["bpd"],
             "test_recon_nats": test["recon_nats"],
@@ -245,11 +324,12 @@ class Trainer:
             "precision": self.precision,
             "device": str(device),
             "loader": self.loader_kind,
+            "world_size": self.dist.world_size,
         }
 
-    def _log(self, sums: torch.Tensor, images: int, images_per_s: float) -> None:
-        nll, kl = sums.tolist()  # host sync, on log steps only
-        n = max(images, 1)
+    def _log(self, sums: torch.Tensor, images_per_s: float) -> None:
+        nll, kl, n = self.dist.all_reduce_(sums.clone()).tolist()  # host sync, on log steps only
+        n = max(n, 1.0)
         metrics = {"train/recon_nats": nll / n, "train/kl_nats": kl / n, "train/neg_elbo_nats": (nll + kl) / n,
                    "train/images_per_s": images_per_s, "train/lr": self.optimizer.param_groups[0]["lr"],
                    "train/skipped_steps": self.guard.skipped}
@@ -286,7 +366,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
-            "world_size": self.world_size,
+            "world_size": self.dist.world_size,
             "skipped_steps": self.guard.skipped,
             "config": self.cfg.to_dict(),
             "image_shape": list(self.data.image_shape),
@@ -308,7 +388,22 @@ class Trainer:
         set_rng_state(state["rng"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.guard.skipped = state.get("skipped_steps", 0)
-
+        old_world = state.get("world_size", 1)
+        if self.dist.enabled or old_world > 1:
+            # One saved RNG stream cannot serve several ranks: re-seed per rank and step, so that each rank's noise
+            # stays distinct (the data order and the parameters still resume exactly).
+            torch.manual_seed(self.cfg.seed + self.dist.rank + 1_000_003 * self.step)
+        if old_world != self.dist.world_size and self.batch_in_epoch:
+            # Global batch k of an epoch is the same samples whatever the world size (the unpadded sharding
+            # interleaves ranks), so the position reshards as a count of samples consumed.
+            consumed = self.batch_in_epoch * self.cfg.batch_size * old_world
+            per_batch = self.cfg.batch_size * self.dist.world_size
+            self.batch_in_epoch = math.ceil(consumed / per_batch)
+            if consumed % per_batch:
+                warnings.warn(f"resuming {old_world} -> {self.dist.world_size} processes mid-epoch: the position "
+                              f"({consumed} samples) is not a multiple of the new global batch ({per_batch}); "
+                              f"continuing at the next boundary, {self.batch_in_epoch * per_batch - consumed} "
+                              "samples of this epoch are skipped", RuntimeWarning, stacklevel=2)
 
 
 def train(cfg: TrainConfig | None = None, **overrides) -> dict:

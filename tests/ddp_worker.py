@@ -1,0 +1,73 @@
+"""A training process for the DDP tests, launched by torchrun (or plainly, as the single-process reference).
+
+argv[1] is a JSON object: n_images, batch_size, epochs, out, and optionally zero_noise (deterministic z = mu, so
+that runs with different world sizes are comparable), fail_at_step + fail_how ("raise" or "kill") + fail_rank,
+nan_at_step (rank 1's batch turns to NaN at that step), checkpoint_every, grad_accum, max_steps, resume. Each rank writes its final parameters to out/params-rank{R}.pt.
+"""
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+import vaefast.models.vae as vae_module
+from vaefast.data import ImageDataset, load_dataset
+from vaefast.train import TrainConfig, Trainer
+from vaefast.train.distributed import DistContext
+
+
+def main():
+    args = json.loads(sys.argv[1])
+    if args.get("zero_noise"):
+        fused = vae_module.reparameterize_kl
+
+        def without_noise(mu, logvar, eps=None, **kwargs):
+            return fused(mu, logvar, torch.zeros_like(mu), **kwargs)
+
+        vae_module.reparameterize_kl = without_noise
+    full = load_dataset(None)
+    n = args["n_images"]
+    data = ImageDataset("subset", full.train[:n].clone(), full.test[:64].clone())
+    cfg = TrainConfig(out=args["out"], epochs=args.get("epochs", 1), batch_size=args["batch_size"],
+                      precision="fp32", compile=False, progress=False, tensorboard=False, lr=3e-3,
+                      checkpoint_every=args.get("checkpoint_every", 0), grad_accum=args.get("grad_accum", 1),
+                      max_steps=args.get("max_steps", 0), resume=args.get("resume"))
+    cfg.model.hidden, cfg.model.latent_dim = [32], 4
+    dist = DistContext.from_env("cpu", None, args.get("timeout", 60))
+    trainer = Trainer(cfg, data, dist=dist)
+    initial = torch.cat([p.detach().flatten() for p in trainer.model.parameters()]).clone()
+    nan_at = args.get("nan_at_step")
+    if nan_at is not None and dist.rank == 1:
+        clean_step = trainer.train_step
+
+        def poisoned(batches):
+            if trainer.step == nan_at:
+                batches = [torch.full_like(x, float("nan")) for x in batches]
+            return clean_step(batches)
+
+        trainer.train_step = poisoned
+    fail_at = args.get("fail_at_step")
+    if fail_at is not None and dist.rank == args.get("fail_rank", 1):
+        step = trainer.train_step
+
+        def failing(batches):
+            if trainer.step == fail_at:
+                if args.get("fail_how") == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise RuntimeError(f"injected failure on rank {dist.rank} at step {fail_at}")
+            return step(batches)
+
+        trainer.train_step = failing
+    summary = trainer.fit()
+    params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    torch.save({"params": params, "initial": initial, "steps": summary["steps"], "skipped": summary["skipped_steps"]},
+               Path(args["out"]) / f"params-rank{dist.rank}.pt")
+    trainer.close()
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()
