@@ -2,57 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import os
-import platform
 import re
 from pathlib import Path
 
 import torch
 
+from vaefast.perf.machine import machine_info  # noqa: F401  (re-exported for the scripts)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except Exception:  # an optional package that is absent or broken is reported as missing
-        return None
-
-
-def machine_info(device: torch.device | str = "cpu") -> dict:
-    import vaefast
-    from vaefast.ops import native_backend
-
-    device = torch.device(device)
-    info = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "dali": _version("nvidia.dali"),
-        "vaefast": vaefast.__version__,
-        "native_isa": native_backend.isa() if native_backend.load_error() is None else None,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-    }
-    return info
 
 
 def write_result(name: str, payload: dict, *, quick: bool = False) -> Path:

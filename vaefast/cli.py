@@ -192,12 +192,50 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from .perf.profile import format_report, profile_training
+
+    cfg = resolve_train_config(args)
+    report = profile_training(cfg, steps=args.steps, out=args.out, wait=args.wait, warmup=args.warmup,
+                              record_shapes=args.record_shapes, profile_memory=args.profile_memory,
+                              with_stack=args.with_stack)
+    print(format_report(report), file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .perf.bench import format_bench, run_bench, write
+
+    result = run_bench(quick=args.quick, device=args.device)
+    print(format_bench(result))
+    print(f"wrote {write(result, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaefast", description="Performance-first VAE training.")
     sub = parser.add_subparsers(dest="command")
     train = sub.add_parser("train", help="train a VAE (no arguments: the embedded Fashion-MNIST split)")
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    prof = sub.add_parser("profile", help="profile N training steps (TensorBoard and Perfetto traces)")
+    add_train_arguments(prof)
+    prof.add_argument("--steps", type=int, default=10, help="profiled (active) steps")
+    prof.add_argument("--wait", type=int, default=1, help="steps skipped before the warm-up")
+    prof.add_argument("--warmup", type=int, default=2, help="steps traced but discarded")
+    prof.add_argument("--record-shapes", action=argparse.BooleanOptionalAction, default=True)
+    prof.add_argument("--profile-memory", action=argparse.BooleanOptionalAction, default=False)
+    prof.add_argument("--with-stack", action=argparse.BooleanOptionalAction, default=False)
+    prof.set_defaults(func=cmd_profile, out="profile")
+
+    bench = sub.add_parser("bench", help="fused-loss and training-throughput benchmarks with the machine's roofline")
+    bench.add_argument("--quick", action="store_true", help="one small case and few repeats (under a minute on CPU)")
+    bench.add_argument("--device")
+    bench.add_argument("--out", default="vaefast-bench.json", help="JSON result file")
+    bench.set_defaults(func=cmd_bench)
 
     ev = sub.add_parser("eval", help="test negative ELBO, bits/dim, IWAE NLL and active units of a checkpoint")
     ev.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")

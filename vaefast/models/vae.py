@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..ops import reparameterize_kl
+from ..profiling import stage
 from .likelihoods import Likelihood, make_likelihood
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
@@ -66,10 +67,14 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> VAEOutput:
-        mu, logvar = self.encode(x)
-        z, kl, kl_per_dim = reparameterize_kl(mu, logvar, eps, clamp=self.clamp, backend=self.backend,
-                                              return_kl_per_dim=True)
-        return VAEOutput(self.decode(z), z, kl, kl_per_dim, mu, logvar)
+        with stage("encoder"):
+            mu, logvar = self.encode(x)
+        with stage("reparam/KL"):
+            z, kl, kl_per_dim = reparameterize_kl(mu, logvar, eps, clamp=self.clamp, backend=self.backend,
+                                                  return_kl_per_dim=True)
+        with stage("decoder"):
+            decoded = self.decode(z)
+        return VAEOutput(decoded, z, kl, kl_per_dim, mu, logvar)
 
     def nll(self, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.likelihood.nll(decoded, x)

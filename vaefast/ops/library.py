@@ -124,23 +124,22 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
     bce_fwd.register_autograd(bce_grad(bce_bwd), setup_context=bce_setup_context)
 
     # Old-style forward(ctx, ...): the separate setup_context form costs an inspect.signature bind per call.
-    class LatentFunction(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, mu, logvar, eps, lo, hi, per_dim):
-            inputs = (mu, logvar, eps, lo, hi, per_dim)
-            out = latent_forward(*inputs)
-            latent_setup_context(ctx, inputs, out)
-            return out
+    def latent_function_forward(ctx, mu, logvar, eps, lo, hi, per_dim):
+        inputs = (mu, logvar, eps, lo, hi, per_dim)
+        out = latent_forward(*inputs)
+        latent_setup_context(ctx, inputs, out)
+        return out
 
-        backward = staticmethod(latent_grad(latent_backward))
+    def bce_function_forward(ctx, logits, target):
+        bce_setup_context(ctx, (logits, target), None)
+        return bce_forward(logits, target)
 
-    class BCEFunction(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, logits, target):
-            bce_setup_context(ctx, (logits, target), None)
-            return bce_forward(logits, target)
-
-        backward = staticmethod(bce_grad(bce_backward))
+    # Named per backend (the autograd node becomes e.g. "vaefast_latent_nativeBackward"), so that profiles and
+    # traces say which kernel ran.
+    LatentFunction = type(f"vaefast_latent_{name}", (torch.autograd.Function,), {
+        "forward": staticmethod(latent_function_forward), "backward": staticmethod(latent_grad(latent_backward))})
+    BCEFunction = type(f"vaefast_bce_{name}", (torch.autograd.Function,), {
+        "forward": staticmethod(bce_function_forward), "backward": staticmethod(bce_grad(bce_backward))})
 
     def latent(mu, logvar, eps, lo, hi, per_dim):
         if torch.compiler.is_compiling():

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..data import ImageDataset, load_dataset, make_loader
 from ..eval import evaluate_elbo
 from ..models import build_model
+from ..profiling import stage
 from .checkpoint import Checkpointer, load_checkpoint
 from .config import TrainConfig, save_resolved
 from .distributed import DistContext
@@ -92,7 +93,8 @@ class NegativeELBO(nn.Module):
     def forward(self, x: torch.Tensor, kl_w: torch.Tensor, scale: torch.Tensor):
         """``scale`` turns the local sums into this rank's share of the global mean (world_size / global count)."""
         out = self.model(x)
-        nll = self.model.nll(out.decoded, x)
+        with stage("recon loss"):
+            nll = self.model.nll(out.decoded, x)
         nll_sum = nll.sum()
         loss = (nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, x.shape[0], self.free_bits)) * scale
         return loss, nll_sum.detach(), out.kl.sum().detach(), out.kl_per_dim.detach()
@@ -186,7 +188,8 @@ class Trainer:
             with sync:
                 with self.autocast():
                     loss, nll_sum, kl_sum, kl_per_dim = self.loss_fn(x, self._kl_w, scale)
-                self.scaler.scale(loss).backward()
+                with stage("backward"):
+                    self.scaler.scale(loss).backward()
             finite = finite & torch.isfinite(loss)
             part = (nll_sum, kl_sum, kl_per_dim)
             sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
@@ -203,8 +206,9 @@ class Trainer:
         # The one host sync per step: whether to apply the update must be known before the optimizer runs.
         ok = not bool(bad)
         if ok:
-            self.scaler.step(self.optimizer)
-            self.scheduler.step()
+            with stage("optimizer"):
+                self.scaler.step(self.optimizer)
+                self.scheduler.step()
         self.scaler.update()
         self.guard.record(ok, lambda: self.diagnose(torch.cat(micro_batches)))
         return sums if ok else (None, None, None)
@@ -239,7 +243,12 @@ class Trainer:
     def _step_groups(self):
         """The epoch's remaining micro-batches, grad_accum at a time (the last group may be smaller)."""
         group = []
-        for x in self.loader.batches(self.batch_in_epoch):
+        batches = iter(self.loader.batches(self.batch_in_epoch))
+        while True:
+            with stage("data"):
+                x = next(batches, None)
+            if x is None:
+                break
             group.append(x)
             if len(group) == self.cfg.grad_accum:
                 yield group

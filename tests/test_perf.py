@@ -1,0 +1,50 @@
+"""`vaefast profile` and `vaefast bench --quick`: traces with the stage labels and op names, valid JSON."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+STAGES = ["data", "encoder", "reparam/KL", "decoder", "recon loss", "backward", "optimizer"]
+
+
+def test_profile_writes_a_trace_with_stages_and_fused_ops(tmp_path):
+    out = tmp_path / "prof"
+    proc = subprocess.run([sys.executable, "-m", "vaefast", "profile", "--steps", "3", "--out", str(out),
+                           "--backend", "native", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    traces = glob.glob(str(out / "*.pt.trace.json"))
+    assert traces and report["traces"] == sorted(traces)
+    with open(traces[0]) as f:
+        trace = json.load(f)  # Chrome trace-event JSON: what Perfetto and chrome://tracing open
+    names = {e.get("name") for e in trace["traceEvents"]}
+    for stage in STAGES:
+        assert stage in names, f"stage {stage!r} missing from the trace"
+    assert "vaefast_latent_native" in names and "vaefast_bce_native" in names
+    assert "vaefast_latent_nativeBackward" in names
+    shares = [report["stages"][s]["share_of_step"] for s in STAGES]
+    assert all(0 < s < 1 for s in shares) and sum(shares) <= 1.0 + 1e-6
+    assert report["top_ops"] and report["step_time_us"] > 0
+
+
+def test_bench_quick_json(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "vaefast", "bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for key in ("cpu", "cores", "torch", "triton", "dali", "gpu", "date"):
+        assert key in result["machine"]
+    case = result["loss"][0]
+    assert {"eager", "compile", "torch"} <= set(case["variants"])
+    for row in case["variants"].values():
+        assert row["median_s"] > 0 and row["effective_GBps"] > 0 and 0 < row["fraction_of_copy_bandwidth"]
+    assert case["copy_GBps"] > 0 and case["clone_GBps"] > 0
+    assert [t["precision"] in ("fp32", "bf16") for t in result["train"]] == [True, True]
+    assert all(t["images_per_s"] > 0 for t in result["train"])
+    assert result["roofline"]["cases"][0]["fused"]["eager"]["fraction_of_copy"] > 0

@@ -1,0 +1,1 @@
+"""Performance tools: `vaefast profile` and `vaefast bench`."""

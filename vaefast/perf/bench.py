@@ -1,0 +1,84 @@
+"""`vaefast bench`: the fused-loss benchmark and the training throughput, with the machine and the roofline."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import ImageDataset, load_dataset
+from ..train import TrainConfig, Trainer
+from .loss_bench import CASES, QUICK_CASES, run_case
+from .machine import machine_info
+
+
+def training_throughput(precision: str, steps: int, batch_size: int = 128, device: str | None = None) -> dict:
+    """Steady-state images/s of the training step for the classic MLP on the embedded data (batches preloaded)."""
+    full = load_dataset(None)
+    data = ImageDataset("embedded", full.train, full.test[:500])
+    cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=False, progress=False, tensorboard=False,
+                      out="/tmp/vaefast-bench-run", device=device)
+    trainer = Trainer(cfg, data)
+    trainer.loader.set_epoch(0)
+    batches = [b for _, b in zip(range(steps + 5), trainer.loader.batches())]
+    for x in batches[:5]:
+        trainer.train_step(x)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for x in batches[5:]:
+        trainer.train_step(x)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    trainer.close()
+    return {"model": "mlp 784-400-20", "batch_size": batch_size, "precision": trainer.precision,
+            "steps": len(batches) - 5, "images_per_s": (len(batches) - 5) * batch_size / seconds}
+
+
+def run_bench(*, quick: bool = False, device: str | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rounds, min_time = (3, 0.01) if quick else (20, 0.05)
+    loss = [run_case(n, ls, ps, batch=256, rounds=rounds, min_time=min_time, device=device, dtype=dtype)
+            for n, ls, ps in (QUICK_CASES if quick else CASES)]
+    steps = 20 if quick else 200
+    train = [training_throughput(p, steps, device=str(device)) for p in ("fp32", "auto")]
+    roofline = {
+        "reference": "copy_ into a preallocated buffer" + (" (device memcpy)" if device.type == "cuda" else ""),
+        "cases": [{"case": r["case"], "copy_GBps": r["copy_GBps"], "clone_GBps": r["clone_GBps"],
+                   "fused": {name: {"effective_GBps": v["effective_GBps"],
+                                    "fraction_of_copy": v["fraction_of_copy_bandwidth"],
+                                    "fraction_of_clone": v["fraction_of_clone_bandwidth"]}
+                             for name, v in r["variants"].items()}} for r in loss],
+    }
+    return {"benchmark": "vaefast bench", "quick": quick, "device": str(device), "dtype": str(dtype),
+            "machine": machine_info(device), "loss": loss, "train": train, "roofline": roofline}
+
+
+def format_bench(result: dict) -> str:
+    lines = [f"machine: {result['machine']['cpu']} ({result['machine']['cores']} cores), torch "
+             f"{result['machine']['torch']}, triton {result['machine']['triton']}, DALI {result['machine']['dali']}, "
+             f"GPU {result['machine']['gpu']}", "",
+             f"{'loss case':<22} {'variant':<8} {'ms':>8} {'GB/s':>7} {'% copy':>7} {'x eager':>8} {'x compile':>9}"]
+    for r in result["loss"]:
+        v = r["variants"]
+        for name, row in v.items():
+            lines.append(f"{r['case']:<22} {name:<8} {row['median_s'] * 1e3:>8.3f} {row['effective_GBps']:>7.1f} "
+                         f"{100 * row['fraction_of_copy_bandwidth']:>6.0f}% "
+                         f"{v['eager']['median_s'] / row['median_s']:>8.2f} "
+                         f"{v['compile']['median_s'] / row['median_s']:>9.2f}")
+        lines.append(f"{r['case']:<22} {'copy':<8} {'':>8} {r['copy_GBps']:>7.1f}   (clone {r['clone_GBps']:.1f} GB/s)")
+    lines.append("")
+    for t in result["train"]:
+        lines.append(f"train step, {t['model']}, batch {t['batch_size']}, {t['precision']}: "
+                     f"{t['images_per_s']:,.0f} images/s")
+    return "\n".join(lines)
+
+
+def write(result: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

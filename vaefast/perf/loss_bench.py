@@ -1,0 +1,163 @@
+"""The fused-loss benchmark core, shared by `vaefast bench` and benchmarks/bench_loss.py.
+
+Every variant computes z, the per-sample KL and the per-sample BCE, then one backward with fixed upstream
+gradients to mu, logvar and the logits (``torch.autograd.grad`` with grad_outputs, so no extra reduction ops are
+timed). CUDA uses ``triton.testing.do_bench``; CPU uses ``torch.utils.benchmark`` with the variants interleaved
+round by round and the median taken, so noise on a shared machine hits all of them alike. The roofline is
+``dst.copy_(src)`` into a preallocated float32 buffer whose read + write bytes equal the op's minimal traffic
+(10 latent element-passes + 5 pixel element-passes), measured in the same run; ``torch.clone`` of the same bytes
+is reported beside it (it also pays first-touch page faults).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+import vaefast
+
+CLAMP = (-10.0, 10.0)
+# (name, latent shape without B, pixel shape without B)
+CASES = [
+    ("D=20, 784 px", (20,), (784,)),
+    ("D=512, 784 px", (512,), (784,)),
+    ("D=4096, 784 px", (4096,), (784,)),
+    ("4x32x32, 3x64x64 px", (4, 32, 32), (3, 64, 64)),
+]
+QUICK_CASES = [("D=512, 784 px", (512,), (784,))]
+
+
+def eager_composition(mu, logvar, eps, logits, target):
+    """The plain PyTorch composition a user would write."""
+    lv = torch.clamp(logvar, *CLAMP)
+    std = torch.exp(0.5 * lv)
+    z = mu + std * eps
+    kl = 0.5 * (mu.pow(2) + lv.exp() - 1.0 - lv).flatten(1).sum(1)
+    recon = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
+    return z, kl, recon
+
+
+def fused(backend):
+    def run(mu, logvar, eps, logits, target):
+        z, kl = vaefast.reparameterize_kl(mu, logvar, eps, clamp=CLAMP, backend=backend)
+        return z, kl, vaefast.bce_with_logits(logits, target, backend=backend)
+
+    return run
+
+
+def make_inputs(batch, latent_shape, pixel_shape, dtype, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(shape, scale=1.0):
+        return (torch.randn(shape, generator=g) * scale).to(device=device, dtype=dtype)
+
+    latent, pixels = (batch, *latent_shape), (batch, *pixel_shape)
+    leaves = {
+        "mu": rand(latent).requires_grad_(),
+        "logvar": rand(latent, 3.0).requires_grad_(),
+        "eps": rand(latent),
+        "logits": rand(pixels, 3.0).requires_grad_(),
+        "target": torch.rand(pixels, generator=g).to(device=device, dtype=dtype),
+    }
+    upstream = (rand(latent), torch.randn(batch, generator=g).to(device), torch.randn(batch, generator=g).to(device))
+    return leaves, upstream
+
+
+def step_fn(fn, leaves, upstream):
+    args = [leaves[k] for k in ("mu", "logvar", "eps", "logits", "target")]
+    wrt = [leaves["mu"], leaves["logvar"], leaves["logits"]]
+
+    def step():
+        outs = fn(*args)
+        return torch.autograd.grad(outs, wrt, upstream)
+
+    return step
+
+
+def saved_bytes(fn, leaves, upstream):
+    """Bytes autograd keeps for backward: all distinct storages, and those that are not the op's own inputs."""
+    inputs = {t.untyped_storage().data_ptr() for t in leaves.values()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step_fn(fn, leaves, upstream)()
+    total = sum(seen.values())
+    extra = sum(n for ptr, n in seen.items() if ptr not in inputs)
+    return total, extra
+
+
+def minimal_bytes(batch, latent_shape, pixel_shape, dtype):
+    size = torch.tensor([], dtype=dtype).element_size()
+    n_latent, n_pixel = batch * math.prod(latent_shape), batch * math.prod(pixel_shape)
+    # latent: read mu, logvar, eps, write z; backward read gz, mu, logvar, eps, write dmu, dlogvar.
+    # pixels: read x, t; backward read x, t, write dx.
+    return size * (10 * n_latent + 5 * n_pixel)
+
+
+def time_cpu(steps: dict, rounds: int, min_time: float) -> dict:
+    from torch.utils.benchmark import Timer
+
+    samples = {name: [] for name in steps}
+    numbers = {}
+    for name, step in steps.items():  # calibrate each to about min_time per sample
+        t = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads()).timeit(1).mean
+        numbers[name] = max(1, int(min_time / max(t, 1e-6)))
+    for _ in range(rounds):
+        order = list(steps)
+        random.shuffle(order)
+        for name in order:
+            samples[name].append(Timer("step()", globals={"step": steps[name]}, num_threads=torch.get_num_threads()).timeit(numbers[name]).mean)
+    return {name: {"median_s": statistics.median(v), "p10_s": sorted(v)[len(v) // 10],
+                   "p90_s": sorted(v)[(len(v) * 9) // 10], "rounds": len(v)} for name, v in samples.items()}
+
+
+def time_cuda(steps: dict, rounds: int, min_time: float) -> dict:
+    from triton.testing import do_bench
+
+    out = {}
+    for name, step in steps.items():
+        ms = do_bench(step, warmup=25, rep=max(100, int(min_time * 1000 * rounds)), return_mode="all")
+        ms = sorted(ms)
+        out[name] = {"median_s": statistics.median(ms) / 1e3, "p10_s": ms[len(ms) // 10] / 1e3,
+                     "p90_s": ms[(len(ms) * 9) // 10] / 1e3, "rounds": len(ms)}
+    return out
+
+
+def run_case(name, latent_shape, pixel_shape, *, batch, rounds, min_time, device, dtype):
+    leaves, upstream = make_inputs(batch, latent_shape, pixel_shape, dtype, device)
+    floor = minimal_bytes(batch, latent_shape, pixel_shape, dtype)
+    variants = {"eager": eager_composition, "compile": torch.compile(eager_composition), "torch": fused("torch")}
+    for backend in ("native", "triton"):
+        # The Triton interpreter on CPU is for correctness, not for timing.
+        if vaefast.available_backends(device)[backend] is None and not (backend == "triton" and device.type == "cpu"):
+            variants[backend] = fused(backend)
+    steps = {k: step_fn(fn, leaves, upstream) for k, fn in variants.items()}
+    src = torch.randn(floor // 8, device=device)  # float32: copy reads and writes floor bytes in all
+    dst = torch.empty_like(src)
+    steps["copy (roofline)"] = lambda: dst.copy_(src)
+    steps["clone"] = lambda: src.clone()
+    for step in steps.values():  # warm-up: compilation, autotuning, first-touch allocation
+        for _ in range(3):
+            step()
+    timer = time_cuda if device.type == "cuda" else time_cpu
+    timings = timer(steps, rounds, min_time)
+    copy_bw = floor / timings["copy (roofline)"]["median_s"]
+    clone_bw = floor / timings["clone"]["median_s"]
+    rows = {}
+    for variant in variants:
+        t = timings[variant]["median_s"]
+        total, extra = saved_bytes(variants[variant], leaves, upstream)
+        rows[variant] = {**timings[variant], "effective_GBps": floor / t / 1e9,
+                         "fraction_of_copy_bandwidth": floor / t / copy_bw,
+                         "fraction_of_clone_bandwidth": floor / t / clone_bw,
+                         "saved_bytes_total": total, "saved_bytes_not_inputs": extra}
+    return {"case": name, "batch": batch, "latent_shape": list(latent_shape), "pixel_shape": list(pixel_shape),
+            "minimal_bytes": floor, "copy_GBps": copy_bw / 1e9, "clone_GBps": clone_bw / 1e9, "variants": rows}
