@@ -17,6 +17,7 @@ run. Results go to benchmarks/results/bench_loss-<device>-<dtype>.json and a tab
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DTYPES, machine_info, update_readme_section, write_result  # noqa: E402
 
-from vaefast.perf.loss_bench import CASES, QUICK_CASES, run_case  # noqa: E402
+from vaefast.perf.loss_bench import CASES, GPU_CASES, QUICK_CASES, run_case  # noqa: E402
 
 
 def table(results: list[dict], fused_name: str) -> str:
@@ -54,21 +55,30 @@ def main(argv=None):
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds per timed sample")
     parser.add_argument("--quick", action="store_true", help="one case, few rounds: a smoke test")
     parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
+    parser.add_argument("--suite", choices=["default", "gpu"], default="default",
+                        help="gpu: D in {20, 512, 4096, 16384} and a 4x64x64 spatial latent")
+    parser.add_argument("--results", help="write the JSON here instead of benchmarks/results/")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.min_time = 3, 0.01
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     results = [run_case(n, ls, ps, batch=args.batch, rounds=args.rounds, min_time=args.min_time, device=device,
-                        dtype=dtype) for n, ls, ps in (QUICK_CASES if args.quick else CASES)]
+                        dtype=dtype) for n, ls, ps in (QUICK_CASES if args.quick else GPU_CASES if args.suite == "gpu" else CASES)]
     command = "python benchmarks/bench_loss.py " + " ".join(argv if argv is not None else sys.argv[1:])
     payload = {"benchmark": "bench_loss", "command": command.strip(), "dtype": args.dtype,
                "machine": machine_info(device), "results": results}
-    path = write_result(f"bench_loss-{device.type}-{args.dtype}", payload, quick=args.quick)
+    name = f"bench_loss-{device.type}-{args.dtype}" + ("-gpu-suite" if args.suite == "gpu" else "")
+    if args.results:
+        path = Path(args.results) / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+    else:
+        path = write_result(name, payload, quick=args.quick)
     text = table(results, "native" if device.type == "cpu" else "triton")
     print(text)
     print(f"\nwrote {path}")
     if not args.quick and not args.no_readme:
-        update_readme_section(f"bench_loss-{device.type}-{args.dtype}", payload, text)
+        update_readme_section(name, payload, text)
     return payload
 
 

@@ -21,8 +21,9 @@ ARCHS = (80, 90)
 BLOCK = 1024
 
 
-def kernel_specs(elem: str) -> dict[str, tuple[dict, dict, list[int]]]:
+def kernel_specs(elem: str, block: int = BLOCK) -> dict[str, tuple[dict, dict, list[int]]]:
     """Per kernel: its signature, constexprs, and the argument indices that get the divisibility hint."""
+    BLOCK = block  # noqa: N806 - the constexpr's own name
     f32p = "*fp32"
     return {
         "latent_fwd_kernel": (
@@ -60,17 +61,17 @@ def _cuobjdump(*args: str) -> str:
     return subprocess.run([tool, *args], check=True, capture_output=True, text=True).stdout
 
 
-def inspect_kernel(name: str, dtype: str, arch: int) -> dict:
+def inspect_kernel(name: str, dtype: str, arch: int, block: int = BLOCK, num_warps: int = 4) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from . import triton_backend
 
-    signature, constexprs, hinted = kernel_specs(DTYPES[dtype])[name]
+    signature, constexprs, hinted = kernel_specs(DTYPES[dtype], block)[name]
     attrs = {(i,): [["tt.divisibility", 16]] for i in hinted}
     source = ASTSource(fn=getattr(triton_backend, name), signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
@@ -80,7 +81,7 @@ def inspect_kernel(name: str, dtype: str, arch: int) -> dict:
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage))
     memory_ops = re.findall(r"\b((?:LDG|STG)\.E(?:\.[A-Z0-9]+)*)\b", sass)
     return {
-        "kernel": name, "dtype": dtype, "arch": f"sm_{arch}",
+        "kernel": name, "dtype": dtype, "arch": f"sm_{arch}", "block": block, "num_warps": num_warps,
         "registers": int(fields["REG"]), "stack": int(fields["STACK"]), "local": int(fields["LOCAL"]),
         "shared": int(fields["SHARED"]),
         "global_memory_ops": sorted(set(memory_ops)),

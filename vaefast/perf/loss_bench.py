@@ -29,6 +29,9 @@ CASES = [
     ("4x32x32, 3x64x64 px", (4, 32, 32), (3, 64, 64)),
 ]
 QUICK_CASES = [("D=512, 784 px", (512,), (784,))]
+# The GPU table of benchmarks/gpu_suite.sh.
+GPU_CASES = [(f"D={d}, 784 px", (d,), (784,)) for d in (20, 512, 4096, 16384)] + [
+    ("4x64x64, 3x64x64 px", (4, 64, 64), (3, 64, 64))]
 
 
 def eager_composition(mu, logvar, eps, logits, target):

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole GPU table in one go, on a machine with one CUDA GPU:
+#   bash benchmarks/gpu_suite.sh                 # results under benchmarks/results/gpu/, tables in benchmarks/README.md
+#   bash benchmarks/gpu_suite.sh --cpu-smoke     # every step in its quick form on CPU (what CI runs)
+#
+# 1. the fused ops vs eager vs torch.compile, forward+backward, fp32/bf16/fp16, B=256, D in {20, 512, 4096, 16384}
+#    and a 4x64x64 spatial latent;
+# 2. the Triton kernels autotuned over BLOCK/num_warps (triton.autotune), the chosen configs logged;
+# 3. end-to-end images/s for the MLP and the conv VAE, with and without torch.compile and AMP;
+# 4. registers and load widths of the kernels (no GPU needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+
+if [[ "${1:-}" == "--cpu-smoke" ]]; then
+  out=${2:-$(mktemp -d)}
+  echo "gpu_suite: CPU smoke run into $out"
+  for dtype in fp32 bf16 fp16; do
+    TRITON_INTERPRET= $PY benchmarks/bench_loss.py --quick --dtype "$dtype" --device cpu --results "$out"
+  done
+  TRITON_INTERPRET=1 $PY benchmarks/triton_autotune.py --smoke --results "$out"
+  TRITON_INTERPRET= $PY benchmarks/triton_autotune.py --check --quick --results "$out"
+  TRITON_INTERPRET= $PY benchmarks/bench_throughput.py --quick --device cpu --results "$out"
+  echo "gpu_suite: CPU smoke run passed"
+  exit 0
+fi
+
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu_suite: no CUDA GPU visible to torch; run with --cpu-smoke to check the scripts on CPU" >&2
+  exit 2
+fi
+unset TRITON_INTERPRET
+out=benchmarks/results/gpu
+mkdir -p "$out"
+$PY -c "import torch; print('GPU:', torch.cuda.get_device_name())"
+for dtype in fp32 bf16 fp16; do
+  $PY benchmarks/bench_loss.py --suite gpu --dtype "$dtype" --device cuda
+done
+$PY benchmarks/triton_autotune.py --results "$out"
+$PY benchmarks/bench_throughput.py --device cuda
+$PY benchmarks/triton_sass.py
+cp benchmarks/results/bench_loss-cuda-*.json benchmarks/results/bench_throughput-cuda.json "$out"/ 2>/dev/null || true
+echo "gpu_suite: done; results in $out and benchmarks/results/, tables in benchmarks/README.md"
