@@ -17,7 +17,6 @@ run. Results go to benchmarks/results/bench_loss-<device>-<dtype>.json and a tab
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from common import DTYPES, machine_info, update_readme_section, write_result  # 
 from vaefast.perf.loss_bench import CASES, GPU_CASES, QUICK_CASES, run_case  # noqa: E402
 
 
-def table(results: list[dict], fused_name: str) -> str:
-    lines = [f"| case | variant | median ms | GB/s | % of copy | x eager | x compile | saved MB (not inputs) |",
+def table(results: list[dict]) -> str:
+    lines = ["| case | variant | median ms | GB/s | % of copy | x eager | x compile | saved MB (not inputs) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         v = r["variants"]
@@ -68,13 +67,8 @@ def main(argv=None):
     payload = {"benchmark": "bench_loss", "command": command.strip(), "dtype": args.dtype,
                "machine": machine_info(device), "results": results}
     name = f"bench_loss-{device.type}-{args.dtype}" + ("-gpu-suite" if args.suite == "gpu" else "")
-    if args.results:
-        path = Path(args.results) / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-    else:
-        path = write_result(name, payload, quick=args.quick)
-    text = table(results, "native" if device.type == "cpu" else "triton")
+    path = write_result(name, payload, quick=args.quick, folder=args.results)
+    text = table(results)
     print(text)
     print(f"\nwrote {path}")
     if not args.quick and not args.no_readme:

@@ -10,7 +10,6 @@ that absorb compilation.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -77,12 +76,7 @@ def main(argv=None):
                + " ".join(argv if argv is not None else sys.argv[1:]), "batch": batch, "steps": steps,
                "machine": machine_info(device), "rows": rows}
     name = f"bench_throughput-{device.type}"
-    if args.results:
-        path = Path(args.results) / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-    else:
-        path = write_result(name, payload, quick=args.quick)
+    path = write_result(name, payload, quick=args.quick, folder=args.results)
     lines = ["| model | precision | compile | images/s |", "|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['precision']} | {r['compile']} | {r['images_per_s']:,.0f} |" for r in rows]
     table = "\n".join(lines)

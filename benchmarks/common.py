@@ -16,8 +16,9 @@ README = HERE / "README.md"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def write_result(name: str, payload: dict, *, quick: bool = False) -> Path:
-    folder = RESULTS / "quick" if quick else RESULTS
+def write_result(name: str, payload: dict, *, quick: bool = False, folder: str | Path | None = None) -> Path:
+    """benchmarks/results/NAME.json (results/quick/ for smoke runs), or FOLDER/NAME.json when given."""
+    folder = Path(folder) if folder else (RESULTS / "quick" if quick else RESULTS)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")

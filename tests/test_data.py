@@ -1,6 +1,5 @@
 """Data sources and loaders on fixtures built from the real Fashion-MNIST files, DALI in CPU mode included."""
 
-import gzip
 import os
 from collections import Counter
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 STAGES = ["data", "encoder", "reparam/KL", "decoder", "recon loss", "backward", "optimizer"]
 

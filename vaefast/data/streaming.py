@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
