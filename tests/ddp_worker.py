@@ -32,9 +32,10 @@ def main():
     n = args["n_images"]
     data = ImageDataset("subset", full.train[:n].clone(), full.test[:64].clone())
     cfg = TrainConfig(out=args["out"], epochs=args.get("epochs", 1), batch_size=args["batch_size"],
-                      precision="fp32", compile=False, progress=False, tensorboard=False, lr=3e-3,
+                      progress=False, tensorboard=False, lr=3e-3,
                       checkpoint_every=args.get("checkpoint_every", 0), grad_accum=args.get("grad_accum", 1),
-                      max_steps=args.get("max_steps", 0), resume=args.get("resume"))
+                      max_steps=args.get("max_steps", 0), resume=args.get("resume"),
+                      compile=args.get("compile", False), precision=args.get("precision", "fp32"))
     cfg.model.hidden, cfg.model.latent_dim = [32], 4
     dist = DistContext.from_env("cpu", None, args.get("timeout", 60))
     trainer = Trainer(cfg, data, dist=dist)
