@@ -202,3 +202,42 @@ def test_dali_names_the_corrupt_file(tmp_path, png_folder):
         list(loader.batches())
     loader, _, _ = make_loader("dali", d, batch_size=8, device="cpu", num_workers=1, skip_bad=True)
     assert sum(len(b) for b in loader.batches()) == len(d.folder.train_files) == 46
+
+
+@pytest.fixture(scope="module")
+def npy_folder(tmp_path_factory, fashion):
+    """Array shards: one [H, W, 1] uint8 image per .npy file."""
+    root = tmp_path_factory.mktemp("npy")
+    for i, img in enumerate(fashion[0][:96]):
+        np.save(root / f"{i:05d}.npy", img[0].numpy()[..., None])
+    return root
+
+
+@pytest.mark.parametrize("kind", LOADER_KINDS)
+def test_npy_shard_folder(npy_folder, fashion, kind):
+    d = load_dataset(str(npy_folder), test_fraction=0.25)
+    assert d.image_shape == (1, 28, 28)
+    loader, _, _ = make_loader(kind, d, batch_size=16, device="cpu", num_workers=1)
+    seen = _seen(loader, 0)
+    source = Counter(img.numpy().tobytes() for img in fashion[0][:96])
+    assert sum(seen.values()) == d.num_train and all(k in source for k in seen)
+
+
+@pytest.mark.parametrize("kind", LOADER_KINDS)
+def test_flip_mirrors_about_half_of_the_images(png_folder, kind):
+    d = load_dataset(str(png_folder), test_fraction=0.1)
+    plain = _seen(make_loader(kind, d, batch_size=16, device="cpu", num_workers=1)[0], 0)
+    d = load_dataset(str(png_folder), test_fraction=0.1)
+    flipped = _seen(make_loader(kind, d, batch_size=16, device="cpu", num_workers=1, flip=True)[0], 0)
+    mirrors = Counter(np.frombuffer(k, np.uint8).reshape(28, 28)[:, ::-1].tobytes() for k in plain.elements())
+    unchanged = sum((flipped & plain).values())
+    mirrored = sum((flipped & mirrors).values())
+    assert unchanged + mirrored >= sum(flipped.values())
+    assert 0.25 * len(list(plain.elements())) < mirrored < 0.75 * len(list(plain.elements()))
+
+
+def test_npy_folder_mixed_with_images_is_refused(tmp_path, fashion):
+    np.save(tmp_path / "a.npy", fashion[0][0, 0].numpy())
+    Image.fromarray(fashion[0][1, 0].numpy()).save(tmp_path / "b.png")
+    with pytest.raises(DataError, match="mixes 1 .npy files with 1 image files"):
+        load_dataset(str(tmp_path))

@@ -15,7 +15,7 @@ from .train.guard import NonFiniteTraining
 TRAIN_FLAGS = {
     "data": (None, "data"), "test_fraction": (None, "test_fraction"), "loader": (None, "loader"),
     "image_size": (None, "image_size"), "skip_bad_images": (None, "skip_bad_images"),
-    "num_workers": (None, "num_workers"), "epochs": (None, "epochs"),
+    "num_workers": (None, "num_workers"), "flip": (None, "flip"), "epochs": (None, "epochs"),
     "batch_size": (None, "batch_size"), "lr": (None, "lr"), "optimizer": (None, "optimizer"),
     "weight_decay": (None, "weight_decay"), "grad_accum": (None, "grad_accum"),
     "dist_backend": (None, "dist_backend"), "dist_timeout": (None, "dist_timeout"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
@@ -63,6 +63,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad-images", action=argparse.BooleanOptionalAction, default=S,
                    help="image folders: skip undecodable files (counted in the log) instead of failing")
     p.add_argument("--num-workers", type=int, default=S, help="decoding workers for the dali/torch loaders")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=S,
+                   help="random horizontal flips of the training images")
     p.add_argument("--epochs", type=int, default=S)
     p.add_argument("--batch-size", type=int, default=S)
     p.add_argument("--lr", type=float, default=S)

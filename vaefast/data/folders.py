@@ -1,4 +1,6 @@
-"""Image folders: JPEG/PNG files found recursively, decoded with Pillow (in-memory and torch loaders) or DALI.
+"""Image folders: JPEG/PNG files found recursively, decoded with Pillow (in-memory and torch loaders) or DALI;
+and folders of ``.npy`` array shards, one image per file (``[H, W]``, ``[H, W, C]`` or ``[C, H, W]``, resolved as
+for NumPy sources), read with NumPy or DALI's numpy reader.
 
 With ``image_size`` every image is resized so that its shorter side is that size and then center-cropped to a
 square; without it all images must share one size. The channel count follows the first image: grayscale stays one
@@ -18,6 +20,7 @@ import torch
 from .errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+ARRAY_SUFFIX = ".npy"
 # The held-out test images are kept in memory for the metrics: a fraction of the folder, at most this many.
 MAX_TEST_IMAGES = 10_000
 log = logging.getLogger("vaefast.data")
@@ -29,10 +32,19 @@ def list_images(root: str | Path) -> list[Path]:
         raise DataError(f"image folder not found: {root}")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES | {ARRAY_SUFFIX}
+                   and p.is_file())
     if not files:
         raise DataError(f"image folder {root} holds no .png, .jpg or .jpeg files (searched recursively)")
+    arrays = sum(p.suffix.lower() == ARRAY_SUFFIX for p in files)
+    if 0 < arrays < len(files):
+        raise DataError(f"{root} mixes {arrays} .npy files with {len(files) - arrays} image files; keep one kind "
+                        "per folder")
     return files
+
+
+def is_array_folder(files: list[Path]) -> bool:
+    return files[0].suffix.lower() == ARRAY_SUFFIX
 
 
 def _open(path: Path):
@@ -46,10 +58,24 @@ def _open(path: Path):
         raise DataError(f"cannot decode image {path}: {exc}") from None
 
 
+def _load_array(path: Path) -> np.ndarray:
+    from .arrays import to_nchw, to_uint8
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read array shard {path}: {exc}") from None
+    return to_uint8(to_nchw(array[None], str(path)), str(path))[0]
+
+
 def decode(path: Path, channels: int, size: int | None) -> np.ndarray:
     """One image as uint8 [C, H, W]."""
     from PIL import Image
 
+    if path.suffix.lower() == ARRAY_SUFFIX:
+        if size is not None:
+            raise DataError(f"{path}: --image-size resizes image files; .npy shards must already share one size")
+        return _load_array(path)
     img = _open(path).convert("L" if channels == 1 else "RGB")
     if size is not None:
         w, h = img.size
@@ -104,9 +130,12 @@ def image_folder(root: str | Path, *, size: int | None = None, test_fraction: fl
                  seed: int = 0) -> ImageFolder:
     root = Path(root)
     files = list_images(root)
-    first = _open(files[0])
-    channels = 1 if first.mode in ("L", "1", "I;16", "I") else 3
-    shape = decode(files[0], channels, size).shape
+    if is_array_folder(files):
+        shape = decode(files[0], 0, size).shape
+        channels = shape[0]
+    else:
+        channels = 1 if _open(files[0]).mode in ("L", "1", "I;16", "I") else 3
+        shape = decode(files[0], channels, size).shape
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(files))
     n_test = min(MAX_TEST_IMAGES, max(1, int(round(len(files) * test_fraction))))
@@ -119,25 +148,22 @@ def image_folder(root: str | Path, *, size: int | None = None, test_fraction: fl
     return ImageFolder(root, train, test, channels, size, tuple(shape), classes)
 
 
+def _readable(path: Path) -> bool:
+    try:
+        _load_array(path) if path.suffix.lower() == ARRAY_SUFFIX else _open(path)
+        return True
+    except DataError:
+        return False
+
+
 def first_undecodable(files) -> Path | None:
-    """The first file Pillow cannot decode, or None."""
-    for path in files:
-        try:
-            _open(path)
-        except DataError:
-            return path
-    return None
+    """The first file that cannot be decoded, or None."""
+    return next((path for path in files if not _readable(path)), None)
 
 
 def without_undecodable(folder: ImageFolder) -> ImageFolder:
     """The folder with its undecodable train files left out, and the count logged (for --skip-bad-images)."""
-    good = []
-    for path in folder.train_files:
-        try:
-            _open(path)
-            good.append(path)
-        except DataError:
-            continue
+    good = [path for path in folder.train_files if _readable(path)]
     skipped = len(folder.train_files) - len(good)
     if skipped:
         log.warning("skipping %d undecodable images of %d", skipped, len(folder.train_files))

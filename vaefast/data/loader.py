@@ -32,15 +32,27 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return iter(list(super().__iter__())[: self.real_len])
 
 
+class RandomFlip:
+    """Horizontal flips of a random half of each batch, seeded by (seed, rank, epoch, batch): reproducible and the
+    same on resume."""
+
+    def __init__(self, seed: int, rank: int):
+        self.seed, self.rank = seed, rank
+
+    def __call__(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(hash((self.seed, self.rank, epoch, batch)) % 2**63)
+        mask = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(mask, x.flip(-1), x)
+
+
 class InMemoryLoader:
     def __init__(self, images: torch.Tensor, batch_size: int, *, device: torch.device | str = "cpu",
-                 shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 labels: torch.Tensor | None = None):
+                 shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, flip: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self.images = images.to(device)
-        self.labels = None if labels is None else labels.to(device)
         self.batch_size = batch_size
+        self.flipper = RandomFlip(seed, rank) if flip else None
         self.sampler = UnpaddedDistributedSampler(len(images), num_replicas=world_size, rank=rank, shuffle=shuffle,
                                                   seed=seed)
         self.epoch = 0
@@ -58,4 +70,5 @@ class InMemoryLoader:
         order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.images.device)
         for b in range(start_batch, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self.images.index_select(0, idx).float().div_(255.0)
+            x = self.images.index_select(0, idx).float().div_(255.0)
+            yield self.flipper(x, self.epoch, b) if self.flipper else x

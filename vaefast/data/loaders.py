@@ -45,11 +45,11 @@ def choose_loader(kind: str, dataset: ImageDataset, device: torch.device) -> tup
 
 
 def make_loader(kind: str, dataset: ImageDataset, batch_size: int, *, device, seed: int = 0, rank: int = 0,
-                world_size: int = 1, skip_bad: bool = False, num_workers: int = 2):
+                world_size: int = 1, skip_bad: bool = False, num_workers: int = 2, flip: bool = False):
     device = torch.device(device)
     kind, why = choose_loader(kind, dataset, device)
     log.info("loader: %s (%s)", kind, why)
-    common = dict(device=device, seed=seed, rank=rank, world_size=world_size)
+    common = dict(device=device, seed=seed, rank=rank, world_size=world_size, flip=flip)
     if kind == "memory":
         dataset.materialize(skip_bad)
         return InMemoryLoader(dataset.train, batch_size, **common), kind, why

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
-from .folders import ImageFolder, decode, first_undecodable
-from .loader import UnpaddedDistributedSampler
+from .folders import ImageFolder, decode, first_undecodable, is_array_folder
+from .loader import RandomFlip, UnpaddedDistributedSampler
 
 log = logging.getLogger("vaefast.data")
 
@@ -50,9 +51,10 @@ class TorchLoader:
     (the fallback without DALI), plain indexing for in-memory arrays."""
 
     def __init__(self, source: ImageFolder | torch.Tensor, batch_size: int, *, device="cpu", seed: int = 0,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 2):
+                 rank: int = 0, world_size: int = 1, num_workers: int = 2, flip: bool = False):
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.flipper = RandomFlip(seed, rank) if flip else None
         if isinstance(source, ImageFolder):
             self.dataset, self.image_shape = _FolderItems(source, source.train_files), source.image_shape
         else:  # indexing memory needs no worker processes
@@ -75,7 +77,8 @@ class TorchLoader:
         produced = start_batch
         for batch in loader:
             produced += 1
-            yield batch.to(self.device, non_blocking=True).float().div_(255.0)
+            x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+            yield self.flipper(x, self.sampler.epoch, produced) if self.flipper else x
         shape = (0, *self.image_shape)
         for _ in range(produced, len(self)):  # a smaller share ends in empty batches: every rank steps alike
             yield torch.empty(shape, device=self.device)
@@ -92,7 +95,8 @@ def dali_available() -> str | None:
 
 
 class DALIFolderLoader:
-    """fn.readers.file + fn.decoders.image + resize/crop + normalize, output through DALIGenericIterator.
+    """fn.readers.file + fn.decoders.image + resize/crop/flip/normalize (or fn.readers.numpy for .npy shards),
+    output through DALIGenericIterator.
 
     The same pipeline runs on CPU and GPU: only the decoder's device ("mixed" vs "cpu") and ``device_id`` (0.. vs
     None, which CPU-only DALI requires) come from ``torch.cuda.is_available()``. Sharding uses shard_id/num_shards
@@ -102,7 +106,7 @@ class DALIFolderLoader:
     """
 
     def __init__(self, folder: ImageFolder, batch_size: int, *, device="cpu", seed: int = 0, rank: int = 0,
-                 world_size: int = 1, num_threads: int = 2):
+                 world_size: int = 1, num_threads: int = 2, flip: bool = False):
         reason = dali_available()
         if reason:
             raise DataError(reason)
@@ -116,20 +120,33 @@ class DALIFolderLoader:
         files = [str(p) for p in folder.train_files]
         channels, size = folder.channels, folder.size
         out_h, out_w = folder.image_shape[1:]
+        arrays = is_array_folder(folder.train_files)
+        array_layout = np.load(files[0], mmap_mode="r").shape if arrays else None
 
         @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=(self.device.index or 0) if gpu else None,
                       seed=seed, prefetch_queue_depth=2)
         def pipeline():
-            jpegs, _ = fn.readers.file(files=files, shard_id=rank, num_shards=world_size, random_shuffle=True,
-                                       pad_last_batch=True, name="reader", seed=seed)
+            shard = dict(shard_id=rank, num_shards=world_size, random_shuffle=True, pad_last_batch=True,
+                         name="reader", seed=seed)
+            if arrays:  # .npy shards: numpy reader, then CHW float in [0, 1] (and a random flip, if asked)
+                images = fn.readers.numpy(files=files, device="gpu" if gpu else "cpu", **shard)
+                if len(array_layout) == 2:
+                    images = fn.reshape(images, shape=[1, *array_layout])
+                elif array_layout[-1] in (1, 3, 4) and array_layout[0] not in (1, 3, 4):
+                    images = fn.transpose(images, perm=[2, 0, 1])
+                images = fn.cast(images, dtype=types.FLOAT) * (1.0 / 255.0)
+                if flip:
+                    images = fn.flip(images, horizontal=fn.random.coin_flip(), layout="CHW")
+                return images
+            jpegs, _ = fn.readers.file(files=files, **shard)
             images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu",
                                        output_type=types.GRAY if channels == 1 else types.RGB)
             if size is not None:
                 images = fn.resize(images, resize_shorter=size, antialias=True)
             # Crop to the target size (centered), move channels first and scale to [0, 1] in one operator.
             return fn.crop_mirror_normalize(images, crop=(out_h, out_w), crop_pos_x=0.5, crop_pos_y=0.5,
-                                            dtype=types.FLOAT, output_layout="CHW", mean=[0.0] * channels,
-                                            std=[255.0] * channels)
+                                            mirror=fn.random.coin_flip() if flip else 0, dtype=types.FLOAT,
+                                            output_layout="CHW", mean=[0.0] * channels, std=[255.0] * channels)
 
         self.pipe = pipeline()
         self.pipe.build()

@@ -21,6 +21,7 @@ class TrainConfig:
     image_size: int | None = None  # image folders: resize the shorter side and center-crop to this square
     skip_bad_images: bool = False  # image folders: leave undecodable files out (and log the count) instead of failing
     num_workers: int = 2  # decoding workers (torch DataLoader processes, DALI threads)
+    flip: bool = False  # random horizontal flips of the training images (for natural images, not digits)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3

@@ -113,7 +113,7 @@ class Trainer:
             cfg.data, cfg.test_fraction, cfg.seed, image_size=cfg.image_size, skip_bad=cfg.skip_bad_images)
         self.loader, self.loader_kind, why = make_loader(
             cfg.loader, self.data, cfg.batch_size, device=self.device, seed=cfg.seed, rank=rank,
-            world_size=world_size, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers)
+            world_size=world_size, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers, flip=cfg.flip)
         if rank == 0 and cfg.progress:
             print(f"vaefast: {self.data.describe()}; loader {self.loader_kind} ({why}); "
                   f"{world_size} process{'es' if world_size > 1 else ''}", file=sys.stderr)
