@@ -25,9 +25,26 @@ def test_profile_writes_a_trace_with_stages_and_fused_ops(tmp_path):
         assert stage in names, f"stage {stage!r} missing from the trace"
     assert "vaefast_latent_native" in names and "vaefast_bce_native" in names
     assert "vaefast_latent_nativeBackward" in names
+    _opens_in_the_tensorboard_plugin(traces[0], steps=3)
     shares = [report["stages"][s]["share_of_step"] for s in STAGES]
     assert all(0 < s < 1 for s in shares) and sum(shares) <= 1.0 + 1e-6
     assert report["top_ops"] and report["step_time_us"] > 0
+
+
+def _opens_in_the_tensorboard_plugin(trace: str, steps: int) -> None:
+    """torch-tb-profiler's own parser (what `tensorboard --logdir` runs) reads the steps and the fused ops."""
+    import tempfile
+
+    try:
+        from torch_tb_profiler.profiler.data import RunProfileData
+    except ImportError:
+        return  # the plugin is optional (and deprecated upstream); Perfetto needs only the JSON checked above
+    data = RunProfileData.parse("vaefast", None, trace, tempfile.mkdtemp())
+    data.process()
+    data.analyze()
+    assert len(data.steps_names) == steps
+    names = {op.name for op in data.op_list_groupby_name}
+    assert "vaefast_latent_native" in names and "vaefast_bce_nativeBackward" in names
 
 
 def test_bench_quick_json(tmp_path):
