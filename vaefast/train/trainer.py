@@ -148,14 +148,13 @@ class Trainer:
             save_resolved(cfg, self.out)
 
     def should_compile(self) -> bool:
-        """An explicit --compile/--no-compile wins; otherwise compile when the run is long enough to repay it.
-
-        Measured on the 2-core CPU (benchmarks/README.md): compiling the forward and loss cost 4-20 s and was not
-        faster per step there, so CPU runs compile only when very long; on CUDA it pays much sooner.
+        """An explicit --compile/--no-compile wins. Otherwise: never on CPU, where compiling the forward and loss
+        (or the whole step) cost 4-20 s and measured no faster per step (benchmarks/README.md); on CUDA for runs of
+        2,000+ steps, long enough to amortize the compilation (an expectation: no GPU was available to measure).
         """
         if self.cfg.compile is not None:
             return self.cfg.compile
-        return self.total_steps >= (2_000 if self.device.type == "cuda" else 20_000)
+        return self.device.type == "cuda" and self.total_steps >= 2_000
 
     def autocast(self):
         if self.precision == "fp32":
