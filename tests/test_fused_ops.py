@@ -15,12 +15,20 @@ CLAMPS = [(-10.0, 10.0), (-30.0, 20.0), None, (-2.0, 3.0)]
 
 
 @st.composite
-def latent_shapes(draw):
-    """Flat [B, D] and spatial [B, C, H, W] latents, B in 1..64, up to about 5k elements per sample."""
+def shapes(draw, max_channels: int, max_side: int):
+    """Flat [B, D] and spatial [B, C, H, W] tensors, B in 1..64, up to about 5k elements per sample."""
     batch = draw(st.integers(1, 64))
     if draw(st.booleans()):
         return (batch, draw(st.integers(1, 5000 // max(1, batch // 8))))
-    return (batch, draw(st.integers(1, 4)), draw(st.integers(1, 24)), draw(st.integers(1, 24)))
+    return (batch, draw(st.integers(1, max_channels)), draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+
+
+def latent_shapes():
+    return shapes(max_channels=4, max_side=24)
+
+
+def pixel_shapes():
+    return shapes(max_channels=3, max_side=32)
 
 
 def _make(shape, scale, dtype, generator, noncontiguous):
@@ -86,14 +94,6 @@ def test_reparameterize_kl_matches_reference(fused_backend, shape, dtype, clamp,
         assert_close_scaled(got[2], ref[2], mag["kl_per_dim"], torch.float32, "kl_per_dim")
     assert_close_scaled(grads[fused_backend][0], grads["torch"][0], mag["dmu"], dtype, "d mu")
     assert_close_scaled(grads[fused_backend][1], grads["torch"][1], mag["dlogvar"], dtype, "d logvar")
-
-
-@st.composite
-def pixel_shapes(draw):
-    batch = draw(st.integers(1, 64))
-    if draw(st.booleans()):
-        return (batch, draw(st.integers(1, 5000 // max(1, batch // 8))))
-    return (batch, draw(st.integers(1, 3)), draw(st.integers(1, 32)), draw(st.integers(1, 32)))
 
 
 @given(

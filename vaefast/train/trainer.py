@@ -139,6 +139,7 @@ class Trainer:
         self.guard = NaNGuard(cfg.max_bad_steps)
         self.step = self.epoch = self.batch_in_epoch = 0
         self._kl_w_value, self._kl_w = None, None
+        self._scale_count, self._scale = None, None
         self.compiled = self.should_compile()
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
         self.loss_fn = torch.compile(self.objective) if self.compiled else self.objective
@@ -174,12 +175,9 @@ class Trainer:
         if w != self._kl_w_value:
             # A tensor, not a float: torch.compile would specialize on (and recompile for) each new Python float.
             self._kl_w_value, self._kl_w = w, torch.tensor(w, device=self.device)
-        count = torch.tensor([float(sum(len(x) for x in micro_batches))], device=self.device)
-        global_count = self.dist.all_reduce_(count.clone())
-        scale = self.dist.world_size / global_count.clamp_min(1.0)
+        scale = self._loss_scale(sum(len(x) for x in micro_batches))
         self.optimizer.zero_grad(set_to_none=True)
-        finite = torch.ones((), dtype=torch.bool, device=self.device)
-        sums = None
+        finite = sums = None
         for i, x in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             # DDP all-reduces gradients only on the last micro-batch of the step.
@@ -189,7 +187,7 @@ class Trainer:
                     loss, nll_sum, kl_sum, kl_per_dim = self.loss_fn(x, self._kl_w, scale)
                 with stage("backward"):
                     self.scaler.scale(loss).backward()
-            finite = finite & torch.isfinite(loss)
+            finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
             part = (nll_sum, kl_sum, kl_per_dim)
             sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
         self.scaler.unscale_(self.optimizer)
@@ -200,10 +198,11 @@ class Trainer:
             grads_finite = self._grads_finite()
         if not self.scaler.is_enabled():  # with fp16 the scaler itself skips steps whose gradients overflowed
             finite = finite & grads_finite
-        # All ranks take the same decision, so they never diverge: any rank's NaN skips the step everywhere.
-        bad = self.dist.all_reduce_((~finite).float().view(1))
+        if self.dist.enabled:
+            # All ranks take the same decision, so they never diverge: any rank's NaN skips the step everywhere.
+            finite = self.dist.all_reduce_((~finite).float().view(1)) == 0
         # The one host sync per step: whether to apply the update must be known before the optimizer runs.
-        ok = not bool(bad)
+        ok = bool(finite)
         if ok:
             with stage("optimizer"):
                 self.scaler.step(self.optimizer)
@@ -211,6 +210,18 @@ class Trainer:
         self.scaler.update()
         self.guard.record(ok, lambda: self.diagnose(torch.cat(micro_batches)))
         return sums if ok else (None, None, None)
+
+    def _loss_scale(self, local_count: int) -> torch.Tensor:
+        """world_size / global batch size, as a tensor (a Python float would make torch.compile specialize).
+
+        One process needs no collective, and the tensor is reused while the batch size stays the same."""
+        if self.dist.enabled:
+            count = self.dist.all_reduce_(torch.tensor([float(local_count)], device=self.device))
+            return self.dist.world_size / count.clamp_min(1.0)
+        if local_count != self._scale_count:
+            self._scale_count = local_count
+            self._scale = torch.tensor(1.0 / max(local_count, 1), device=self.device)
+        return self._scale
 
     def _grads_finite(self) -> torch.Tensor:
         """One multi-tensor pass (GradScaler's own kernel, with a scale of 1) instead of a norm per parameter."""
@@ -257,8 +268,10 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, device = self.cfg, self.device
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # nll, kl, images since the last log
-        kl_dim_sum, epoch_images = None, torch.zeros(1, dtype=torch.float64, device=device)
+        # Per-step metrics stay on the device: a list of (nll, kl) sums read on log steps, one in-place add for the
+        # per-dim KL; images are counted on the host.
+        logged, logged_images = [], 0
+        kl_dim_sum, epoch_images = None, 0
         train_time, train_images, checkpoint, test = 0.0, 0, None, None
         stopped = False
         for epoch in range(self.epoch, cfg.epochs):
@@ -274,14 +287,13 @@ class Trainer:
                     train_time += time.perf_counter() - step_start
                     train_images += images
                 if nll_sum is not None:
-                    sums[0] += nll_sum
-                    sums[1] += kl_sum
-                    sums[2] += images
+                    logged.append((nll_sum, kl_sum))
+                    logged_images += images
                     epoch_images += images
                     kl_dim_sum = kl_per_dim.double() if kl_dim_sum is None else kl_dim_sum.add_(kl_per_dim)
                 if self.step % cfg.log_every == 0:
-                    self._log(sums, self.dist.world_size * train_images / max(train_time, 1e-9))
-                    sums.zero_()
+                    self._log(logged, logged_images, self.dist.world_size * train_images / max(train_time, 1e-9))
+                    logged, logged_images = [], 0
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     checkpoint = self.save()
                 if cfg.max_steps and self.step >= cfg.max_steps:
@@ -292,14 +304,14 @@ class Trainer:
                 break
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             test = self.evaluate()
+            if kl_dim_sum is None:  # every step of the epoch was skipped here; the reduction is still collective
+                kl_dim_sum = torch.zeros(self.model.latent_shape, dtype=torch.float64, device=device)
+            self.dist.all_reduce_(kl_dim_sum)
+            images_seen = self.dist.all_reduce_(torch.tensor([float(epoch_images)], device=device))
             collapse = {}
-            if kl_dim_sum is not None:  # every rank holds a tensor of the same shape: the reduction is collective
-                self.dist.all_reduce_(kl_dim_sum)
-                self.dist.all_reduce_(epoch_images)
-                collapse = self.monitor.check_collapse((kl_dim_sum / epoch_images.clamp_min(1)).float().cpu(),
-                                                       self.step)
-            kl_dim_sum = None
-            epoch_images.zero_()
+            if float(images_seen) > 0:
+                collapse = self.monitor.check_collapse((kl_dim_sum / images_seen).float().cpu(), self.step)
+            kl_dim_sum, epoch_images = None, 0
             self.monitor.log(self.step, {"epoch": self.epoch, "epoch_seconds": time.perf_counter() - t0,
                                          **{f"test/{k}": v for k, v in test.items() if k != "kl_per_dim"},
                                          **{f"train/{k}": v for k, v in collapse.items()}})
@@ -335,8 +347,11 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
 
-    def _log(self, sums: torch.Tensor, images_per_s: float) -> None:
-        nll, kl, n = self.dist.all_reduce_(sums.clone()).tolist()  # host sync, on log steps only
+    def _log(self, logged: list, images: int, images_per_s: float) -> None:
+        sums = torch.stack([torch.stack(pair) for pair in logged]).double().sum(0) if logged else \
+            torch.zeros(2, dtype=torch.float64, device=self.device)
+        totals = torch.cat([sums, torch.tensor([float(images)], dtype=torch.float64, device=self.device)])
+        nll, kl, n = self.dist.all_reduce_(totals).tolist()  # host sync, on log steps only
         n = max(n, 1.0)
         metrics = {"train/recon_nats": nll / n, "train/kl_nats": kl / n, "train/neg_elbo_nats": (nll + kl) / n,
                    "train/images_per_s": images_per_s, "train/lr": self.optimizer.param_groups[0]["lr"],
