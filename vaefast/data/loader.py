@@ -45,12 +45,18 @@ class RandomFlip:
         return torch.where(mask, x.flip(-1), x)
 
 
+# Up to this many bytes as float32 the dataset is kept pre-scaled, so that a batch is a single index_select; above
+# it the uint8 bytes are kept (a quarter of the memory) and each batch is converted.
+FLOAT_CACHE_BYTES = 512 * 2**20
+
+
 class InMemoryLoader:
     def __init__(self, images: torch.Tensor, batch_size: int, *, device: torch.device | str = "cpu",
                  shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, flip: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
-        self.images = images.to(device)
+        as_float = images.numel() * 4 <= FLOAT_CACHE_BYTES
+        self.images = images.to(device).float().div_(255.0) if as_float else images.to(device)
         self.batch_size = batch_size
         self.flipper = RandomFlip(seed, rank) if flip else None
         self.sampler = UnpaddedDistributedSampler(len(images), num_replicas=world_size, rank=rank, shuffle=shuffle,
@@ -70,5 +76,7 @@ class InMemoryLoader:
         order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.images.device)
         for b in range(start_batch, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = self.images.index_select(0, idx).float().div_(255.0)
+            x = self.images.index_select(0, idx)
+            if x.dtype == torch.uint8:
+                x = x.float().div_(255.0)
             yield self.flipper(x, self.epoch, b) if self.flipper else x

@@ -131,7 +131,17 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     return name
 
 
+_SELECTED: dict[tuple, str] = {}
+
+
 def select(backend: str, device: torch.device, dtype: torch.dtype) -> FusedOps | None:
     """The fused ops to call, or None for the PyTorch reference. Raises BackendUnavailable with the reason."""
-    name = resolve(backend, device, dtype)
+    if torch.compiler.is_compiling():
+        name = resolve(backend, device, dtype)
+    else:
+        # Eager calls repeat the same few (backend, device, dtype) triples: remember the answers.
+        key = (backend, device, dtype)
+        name = _SELECTED.get(key)
+        if name is None:
+            name = _SELECTED[key] = resolve(backend, device, dtype)
     return None if name == "torch" else _LOADED[name]
