@@ -107,7 +107,7 @@ def _auto(device: torch.device, dtype: torch.dtype) -> str:
             f"vaefast: the {preferred} backend is unavailable on {device.type}, so backend='auto' falls back to "
             f"the PyTorch reference (slower, same results). Reason: {reason}",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of reparameterize_kl / bce_with_logits
         )
     return "torch"
 
