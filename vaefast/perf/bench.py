@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def training_throughput(precision: str, steps: int, batch_size: int = 128, devic
     full = load_dataset(None)
     data = ImageDataset("embedded", full.train, full.test[:500])
     cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=False, progress=False, tensorboard=False,
-                      out="/tmp/vaefast-bench-run", device=device)
+                      out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device)
     trainer = Trainer(cfg, data)
     trainer.loader.set_epoch(0)
     batches = [b for _, b in zip(range(steps + 5), trainer.loader.batches())]
