@@ -30,7 +30,6 @@ class ImageDataset:
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     folder: ImageFolder | None = None  # set for image folders: the files behind the streaming loaders
-    split_seed: int = 0
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -130,7 +129,7 @@ def _folder_dataset(root: Path, image_size, test_fraction, seed, skip_bad) -> Im
     folder = image_folder(root, size=image_size, test_fraction=test_fraction, seed=seed)
     test, test_labels = folder.decode_all(folder.test_files, skip_bad)
     return ImageDataset(f"image folder {root} (seeded test split of {len(folder.test_files)})", None, test,
-                        None, test_labels, folder=folder, split_seed=seed)
+                        None, test_labels, folder=folder)
 
 
 def _is_idx_dir(path: Path) -> bool:
@@ -160,7 +159,7 @@ def load_dataset(spec: str | None, test_fraction: float = DEFAULT_TEST_FRACTION,
     if path.suffix in (".npy", ".npz"):
         images = numpy_images(path)
         train, test, _, _ = split(images, None, test_fraction, seed)
-        return ImageDataset(f"NumPy {path} (seeded {test_fraction:.0%} test split)", train, test, split_seed=seed)
+        return ImageDataset(f"NumPy {path} (seeded {test_fraction:.0%} test split)", train, test)
     if "idx" in path.name:
         images = _as_nchw(read_idx(path), str(path))
         return ImageDataset(f"IDX {path} (seeded {test_fraction:.0%} test split)",

@@ -69,13 +69,6 @@ class DistContext:
             dist.all_reduce(tensor, op=op)
         return tensor
 
-    def broadcast_object(self, obj):
-        if not self.enabled:
-            return obj
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
