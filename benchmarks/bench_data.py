@@ -21,7 +21,7 @@ from common import machine_info, update_readme_section, write_result  # noqa: E4
 
 from vaefast.data import load_dataset, make_loader  # noqa: E402
 from vaefast.data.streaming import dali_available  # noqa: E402
-from vaefast.train import TrainConfig, Trainer  # noqa: E402
+from vaefast.perf.bench import step_throughput  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
 
@@ -53,26 +53,6 @@ def loader_rate(kind, dataset, batch_size, workers) -> dict:
             "images": n}
 
 
-def step_rate(dataset, model_kwargs: dict, batch_size: int, steps: int = 60) -> float:
-    cfg = TrainConfig(batch_size=batch_size, progress=False, tensorboard=False, out="/tmp/vaefast-bench-data-run",
-                      compile=False)
-    for k, v in model_kwargs.items():
-        setattr(cfg.model, k, v)
-    trainer = Trainer(cfg, dataset)
-    trainer.loader.set_epoch(0)
-    batches = []
-    for b in trainer.loader.batches():
-        batches.append(b)
-        if len(batches) == steps:
-            break
-    for x in batches[:10]:
-        trainer.train_step(x)
-    t0 = time.perf_counter()
-    for x in batches[10:]:
-        trainer.train_step(x)
-    return (len(batches) - 10) * batch_size / (time.perf_counter() - t0)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -89,7 +69,8 @@ def main(argv=None):
     fmnist = load_dataset(args.data)
     for kind in ("memory", "torch"):  # DALI reads files; the array source has none (see the analysis)
         rows.append({"dataset": "Fashion-MNIST 60k 28x28 (IDX)", **loader_rate(kind, fmnist, 128, args.workers)})
-    mlp_rate = step_rate(fmnist, {"kind": "mlp", "hidden": [400], "latent_dim": 20}, 128)
+    mlp_rate, _ = step_throughput(fmnist, model={"kind": "mlp", "hidden": [400], "latent_dim": 20}, steps=50,
+                                  warmup=10)
 
     t0 = time.perf_counter()
     folder = jpeg_folder(fmnist, Path(args.jpeg_dir), args.jpegs)
@@ -99,7 +80,8 @@ def main(argv=None):
         jpegs = load_dataset(str(folder), test_fraction=0.02)  # fresh: the memory loader decodes in place
         rows.append({"dataset": f"{args.jpegs} JPEGs 64x64 RGB", **loader_rate(kind, jpegs, 128, args.workers)})
     conv_data = load_dataset(str(folder), test_fraction=0.02).materialize()
-    conv_rate = step_rate(conv_data, {"kind": "conv", "channels": [32, 64], "latent_channels": 4}, 128, steps=40)
+    conv_rate, _ = step_throughput(conv_data, model={"kind": "conv", "channels": [32, 64], "latent_channels": 4},
+                                   steps=30, warmup=10)
 
     payload = {"benchmark": "bench_data", "command": "python benchmarks/bench_data.py " + " ".join(argv or sys.argv[1:]),
                "machine": machine_info("cpu"), "workers": args.workers, "rows": rows,

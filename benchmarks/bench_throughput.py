@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, update_readme_section, write_result  # noqa: E402
 
 from vaefast.data import ImageDataset  # noqa: E402
-from vaefast.train import TrainConfig, Trainer  # noqa: E402
+from vaefast.perf.bench import step_throughput  # noqa: E402
 
 MODELS = {
     "mlp 784-400-20 on 28x28": ((1, 28, 28), {"kind": "mlp", "hidden": [400], "latent_dim": 20}),
@@ -32,24 +31,9 @@ MODELS = {
 def measure(shape, model_kwargs, *, precision, compile_, batch, steps, warmup, device) -> float:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch * (steps + warmup), *shape), generator=g, dtype=torch.uint8)
-    data = ImageDataset("synthetic", images, images[:batch])
-    cfg = TrainConfig(batch_size=batch, precision=precision, compile=compile_, progress=False, tensorboard=False,
-                      out="/tmp/vaefast-bench-throughput", device=device)
-    for k, v in model_kwargs.items():
-        setattr(cfg.model, k, v)
-    trainer = Trainer(cfg, data)
-    trainer.loader.set_epoch(0)
-    batches = list(trainer.loader.batches())
-    for x in batches[:warmup]:
-        trainer.train_step(x)
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for x in batches[warmup:]:
-        trainer.train_step(x)
-    sync()
-    rate = steps * batch / (time.perf_counter() - t0)
-    trainer.close()
+    rate, _ = step_throughput(ImageDataset("synthetic", images, images[:batch]), model=model_kwargs,
+                              precision=precision, compile_=compile_, batch_size=batch, steps=steps, warmup=warmup,
+                              device=device)
     return rate
 
 

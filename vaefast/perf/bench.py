@@ -15,28 +15,38 @@ from .loss_bench import CASES, QUICK_CASES, run_case
 from .machine import machine_info
 
 
-def training_throughput(precision: str, steps: int, batch_size: int = 128, device: str | None = None) -> dict:
-    """Steady-state images/s of the training step for the classic MLP on the embedded data (batches preloaded)."""
-    full = load_dataset(None)
-    data = ImageDataset("embedded", full.train, full.test[:500])
-    cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=False, progress=False, tensorboard=False,
-                      out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device)
-    trainer = Trainer(cfg, data)
+def step_throughput(dataset: ImageDataset, *, model: dict | None = None, precision: str = "auto",
+                    compile_: bool = False, batch_size: int = 128, steps: int = 100, warmup: int = 5,
+                    device: str | None = None) -> tuple[float, str]:
+    """Steady-state training images/s on preloaded batches (warm-up steps absorb compilation), and the precision
+    that ran. The one step timer behind `vaefast bench`, bench_data.py and bench_throughput.py."""
+    cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=compile_, progress=False,
+                      tensorboard=False, out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device)
+    for key, value in (model or {}).items():
+        setattr(cfg.model, key, value)
+    trainer = Trainer(cfg, dataset)
     trainer.loader.set_epoch(0)
-    batches = [b for _, b in zip(range(steps + 5), trainer.loader.batches())]
-    for x in batches[:5]:
+    batches = [b for _, b in zip(range(warmup + steps), trainer.loader.batches())]
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    for x in batches[:warmup]:
         trainer.train_step(x)
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
-    for x in batches[5:]:
+    for x in batches[warmup:]:
         trainer.train_step(x)
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     seconds = time.perf_counter() - t0
     trainer.close()
-    return {"model": "mlp 784-400-20", "batch_size": batch_size, "precision": trainer.precision,
-            "steps": len(batches) - 5, "images_per_s": (len(batches) - 5) * batch_size / seconds}
+    return (len(batches) - warmup) * batch_size / seconds, trainer.precision
+
+
+def training_throughput(precision: str, steps: int, batch_size: int = 128, device: str | None = None) -> dict:
+    """The classic MLP on the embedded data."""
+    full = load_dataset(None)
+    rate, ran = step_throughput(ImageDataset("embedded", full.train, full.test[:500]), precision=precision,
+                                batch_size=batch_size, steps=steps, device=device)
+    return {"model": "mlp 784-400-20", "batch_size": batch_size, "precision": ran, "steps": steps,
+            "images_per_s": rate}
 
 
 def run_bench(*, quick: bool = False, device: str | None = None, dtype: torch.dtype = torch.float32) -> dict:
