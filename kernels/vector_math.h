@@ -19,40 +19,60 @@ static inline uint32_t float_to_bits(float f) {
     return u;
 }
 
-// Clamp with comparisons, not fminf/fmaxf: NaN fails both tests and passes through, and the selects vectorize.
+// Clamp that keeps NaN, written as the two selects that x86 MINPS/MAXPS compute exactly (each returns its second
+// operand when either is NaN), so it compiles to one min and one max. fminf/fmaxf would drop the NaN, and a nested
+// select compiled to four compares and two blends.
 static inline float clamp_keep_nan(float x, float lo, float hi) {
-    return x < lo ? lo : (x > hi ? hi : x);
+    float below_hi = hi < x ? hi : x;
+    return lo > below_hi ? lo : below_hi;
 }
 
 constexpr float kExpMax = 88.72283905f;   // exp overflows float32 above this
 constexpr float kExpMin = -87.33654475f;  // and is below the smallest normal under this
+// Where 2^n for the rounded n = x / ln2 is still a normal float32 exponent (n in [-126, 127]).
+constexpr float kExpScaleSafe = 87.0f;
 
-// exp(x) for x in [kExpMin, kExpMax]: Cody-Waite range reduction x = n*ln2 + r, |r| <= ln2/2, then Cephes'
-// degree-6 polynomial. NaN propagates through the arithmetic.
-static inline float exp_in_range(float x) {
+// e^r for |r| <= ln2/2, as 1 + r(1 + r q(r)): a degree-6 near-minimax fit (relative error 3e-9, far below
+// float32's rounding), six FMAs in Horner form.
+static inline float exp_reduced(float r) {
+    float q = 1.381461275741458e-3f;
+    q = q * r + 8.368710055947304e-3f;
+    q = q * r + 4.166838899254799e-2f;
+    q = q * r + 1.666652113199234e-1f;
+    q = q * r + 4.999999403953552e-1f;
+    return (q * r + 1.0f) * r + 1.0f;
+}
+
+// exp(x) = 2^n e^r with x = n ln2 + r (Cody-Waite: ln2 split in two, so r is exact enough at any n).
+// WIDE=false needs |x| <= kExpScaleSafe, where 2^n is one exponent field; WIDE=true reaches kExpMax (n = 128) by
+// building 2^(n-1) * 2, one multiply more. NaN propagates through the arithmetic.
+template <bool WIDE>
+static inline float exp_reduce_and_scale(float x) {
     // Adding 1.5 * 2^23 rounds to the nearest integer in the low mantissa bits without a round instruction.
     constexpr float kShift = 12582912.0f;
     float t = x * 1.44269504088896341f + kShift;
-    int32_t n = static_cast<int32_t>(float_to_bits(t) - float_to_bits(kShift));
     float nf = t - kShift;
     float r = x - nf * 0.693359375f;
     r = r + nf * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * (r * r) + r + 1.0f;
-    // 2^n built as 2^(n-1) * 2, so that n = 128 at the top of the range stays a finite exponent.
-    float scale = bits_to_float(static_cast<uint32_t>(n + 126) << 23);
-    return y * scale * 2.0f;
+    float y = exp_reduced(r);
+    constexpr int32_t bias = WIDE ? 126 : 127;
+    // n sits in the low bits of t's representation: n + bias = bits(t) - bits(kShift) + bias, then shifted into
+    // the exponent field.
+    uint32_t e = float_to_bits(t) + static_cast<uint32_t>(bias - static_cast<int32_t>(float_to_bits(kShift)));
+    float scale = bits_to_float(e << 23);
+    return WIDE ? y * scale * 2.0f : y * scale;
 }
 
-// exp(x) for any x. RANGE_CHECKS=false is for arguments known to lie in range (half a clamped logvar).
+// exp(x) for x in [kExpMin, kExpMax].
+static inline float exp_in_range(float x) { return exp_reduce_and_scale<true>(x); }
+
+// exp(x) for |x| <= kExpScaleSafe, e.g. half a logvar clamped to at most +-170.
+static inline float exp_bounded(float x) { return exp_reduce_and_scale<false>(x); }
+
+// exp(x) for any x. RANGE_CHECKS=false is for arguments known to satisfy |x| <= kExpScaleSafe.
 template <bool RANGE_CHECKS = true>
 static inline float exp_f32(float x) {
-    if constexpr (!RANGE_CHECKS) return exp_in_range(x);
+    if constexpr (!RANGE_CHECKS) return exp_bounded(x);
     float xc = x > kExpMax ? kExpMax : x;
     xc = xc < kExpMin ? kExpMin : xc;
     float result = exp_in_range(xc);
@@ -60,10 +80,11 @@ static inline float exp_f32(float x) {
     return x < kExpMin ? 0.0f : result;
 }
 
-// exp(x) for x <= 0 (or NaN): only underflow needs handling.
+// exp(x) for x <= 0 (or NaN), where the result only feeds 1 + e or a product with a bounded factor: below
+// -kExpScaleSafe it returns exp(-kExpScaleSafe) = 1.6e-38 instead of underflowing towards 0, an absolute error
+// under 2e-38 that no float32 sum with 1 or with an O(1) term can see. One max instead of a range check.
 static inline float exp_nonpositive(float x) {
-    float result = exp_in_range(x < kExpMin ? kExpMin : x);
-    return x < kExpMin ? 0.0f : result;
+    return exp_bounded(-kExpScaleSafe > x ? -kExpScaleSafe : x);
 }
 
 // log(1 + f) for f in [sqrt(1/2) - 1, sqrt(2) - 1]: f - f^2/2 + f^3 P(f), Cephes' logf polynomial. No division.
