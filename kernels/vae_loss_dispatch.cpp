@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "dtypes.h"
+#include "optimizer.h"
 #include "vae_loss.h"
 
 #define VF_DECLARE(isa)                                                                                          \
@@ -13,9 +14,12 @@
                                        const void*, void*, void*, int64_t, int64_t, float, float, int);         \
     extern "C" int vf_bce_fwd_##isa(int, int, const void*, const void*, float*, int64_t, int64_t, int);         \
     extern "C" int vf_bce_bwd_##isa(int, int, const float*, const void*, const void*, void*, int64_t, int64_t, \
-                                    int);
+                                    int);                                                                       \
+    extern "C" int vf_adam_master_step_##isa(int, int64_t, float*, const void*, float*, float*, void*, float,   \
+                                             float, float, float, float, int, float, float, int);
 
-#define VF_TABLE(isa, name) {name, vf_latent_fwd_##isa, vf_latent_bwd_##isa, vf_bce_fwd_##isa, vf_bce_bwd_##isa}
+#define VF_TABLE(isa, name) \
+    {name, vf_latent_fwd_##isa, vf_latent_bwd_##isa, vf_bce_fwd_##isa, vf_bce_bwd_##isa, vf_adam_master_step_##isa}
 
 VF_DECLARE(baseline)
 #ifdef VF_HAVE_X86_64_V3
@@ -33,6 +37,7 @@ struct KernelTable {
     decltype(&vf_latent_bwd_baseline) latent_bwd;
     decltype(&vf_bce_fwd_baseline) bce_fwd;
     decltype(&vf_bce_bwd_baseline) bce_bwd;
+    decltype(&vf_adam_master_step_baseline) adam_master_step;
 };
 
 bool isa_allowed(const char* name) {
@@ -74,7 +79,7 @@ const KernelTable& kernels() {
 
 extern "C" {
 
-int vf_abi_version(void) { return 1; }
+int vf_abi_version(void) { return 2; }
 
 const char* vf_isa(void) { return kernels().isa; }
 
@@ -103,6 +108,14 @@ int vf_bce_bwd(int x_dtype, int t_dtype, const float* g, const void* x, const vo
                int64_t P, int num_threads) {
     if (B < 0 || P < 0) return VF_BAD_SIZE;
     return kernels().bce_bwd(x_dtype, t_dtype, g, x, t, dx, B, P, num_threads);
+}
+
+int vf_adam_master_step(int dtype, int64_t n, float* master, const void* grad, float* exp_avg, float* exp_avg_sq,
+                        void* param, float lr, float beta1, float beta2, float eps, float weight_decay, int decoupled,
+                        float step_size, float inv_bias_correction2_sqrt, int num_threads) {
+    if (n < 0) return VF_BAD_SIZE;
+    return kernels().adam_master_step(dtype, n, master, grad, exp_avg, exp_avg_sq, param, lr, beta1, beta2, eps,
+                                      weight_decay, decoupled, step_size, inv_bias_correction2_sqrt, num_threads);
 }
 
 }  // extern "C"

@@ -32,21 +32,24 @@ def _params(trainer):
     return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("stop", ["epoch end", "mid-epoch stop", "crash"])
-def test_resume_is_bit_exact(tmp_path, small_data, stop):
-    """A run interrupted (a graceful stop, or a crash after a checkpoint) and resumed ends bit-identical."""
-    full = Trainer(_cfg(tmp_path, "full", epochs=3), small_data)
+def test_resume_is_bit_exact(tmp_path, small_data, stop, precision):
+    """A run interrupted (a graceful stop, or a crash after a checkpoint) and resumed ends bit-identical: in fp32,
+    and in bf16 with float32 master weights (the CPU default)."""
+    full = Trainer(_cfg(tmp_path, "full", epochs=3, precision=precision), small_data)
     full.fit()
     steps_per_epoch = len(full.loader)
 
     if stop == "epoch end":
-        part = Trainer(_cfg(tmp_path, "part", epochs=3, max_steps=steps_per_epoch), small_data)
+        part = Trainer(_cfg(tmp_path, "part", epochs=3, max_steps=steps_per_epoch, precision=precision), small_data)
         part.fit()
     elif stop == "mid-epoch stop":
-        part = Trainer(_cfg(tmp_path, "part", epochs=3, max_steps=steps_per_epoch + 3), small_data)
+        part = Trainer(_cfg(tmp_path, "part", epochs=3, max_steps=steps_per_epoch + 3, precision=precision),
+                       small_data)
         part.fit()
     else:
-        part = Trainer(_cfg(tmp_path, "part", epochs=3, checkpoint_every=7), small_data)
+        part = Trainer(_cfg(tmp_path, "part", epochs=3, checkpoint_every=7, precision=precision), small_data)
         original = part.train_step
 
         def dies_at_step_17(x):
@@ -61,10 +64,29 @@ def test_resume_is_bit_exact(tmp_path, small_data, stop):
     assert load_checkpoint(latest)["step"] == {"epoch end": steps_per_epoch, "mid-epoch stop": steps_per_epoch + 3,
                                                "crash": 14}[stop]
 
-    resumed = Trainer(_cfg(tmp_path, "resumed", epochs=3, resume=str(latest)), small_data)
+    resumed = Trainer(_cfg(tmp_path, "resumed", epochs=3, resume=str(latest), precision=precision), small_data)
     resumed.fit()
     assert resumed.step == full.step
     assert torch.equal(_params(resumed), _params(full))
+    if resumed.master_weights:
+        masters = [resumed.optimizer.state[p]["master"] for p in resumed.model.parameters()]
+        assert all(torch.equal(m, full.optimizer.state[p]["master"]) for m, p in zip(masters, full.model.parameters()))
+
+
+def test_bf16_on_cpu_keeps_float32_master_weights(tmp_path, small_data):
+    """The CPU bf16 default: a bf16 model, float32 masters in the optimizer and in the checkpoint, which a float32
+    model loads as is; explicit settings win, and master weights with fp32 training are refused."""
+    trainer = Trainer(_cfg(tmp_path, "mw", precision="bf16", epochs=1), small_data)
+    assert trainer.master_weights and next(trainer.model.parameters()).dtype == torch.bfloat16
+    summary = trainer.fit()
+    assert summary["master_weights"] and 100 < summary["test_neg_elbo_nats"] < 600
+    saved = load_checkpoint(summary["checkpoint"])["model"]
+    assert all(v.dtype == torch.float32 for v in saved.values())
+    for name, p in trainer.model.named_parameters():
+        assert torch.equal(saved[name].bfloat16(), p.detach())
+    assert not Trainer(_cfg(tmp_path, "off", precision="bf16", master_weights=False), small_data).master_weights
+    with pytest.raises(ValueError, match="master weights are for bf16"):
+        Trainer(_cfg(tmp_path, "bad", precision="fp32", master_weights=True), small_data)
 
 
 def test_nan_guard_skips_then_stops_with_diagnosis(tmp_path, small_data):

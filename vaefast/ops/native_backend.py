@@ -1,8 +1,9 @@
 """Loader and launchers of the native fused CPU kernel (C++ in ``kernels/``, built by the top-level CMakeLists.txt).
 
-The library exposes a plain C ABI over raw contiguous buffers (``kernels/vae_loss.h``) and is called through
-ctypes, which releases the GIL for the call. The torch.library registration in ``library.py`` makes these
-launchers custom ops, so torch.compile sees one opaque node per kernel.
+The library exposes a plain C ABI over raw contiguous buffers (``kernels/vae_loss.h``, ``kernels/optimizer.h``) and
+is called through ctypes, which releases the GIL for the call. The torch.library registration in ``library.py``
+makes the loss launchers custom ops, so torch.compile sees one opaque node per kernel; the optimizer launcher
+serves ``vaefast.train.optim.MasterWeightAdam``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 LIBRARY_ENV = "VAEFAST_NATIVE_LIBRARY"
 _LIB_NAMES = {"linux": "libvaefast_kernels.so", "darwin": "libvaefast_kernels.dylib", "win32": "vaefast_kernels.dll"}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -43,6 +44,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         "vf_latent_bwd": [i32, vp, vp, vp, vp, vp, vp, vp, vp, i64, i64, f32, f32, i32],
         "vf_bce_fwd": [i32, i32, vp, vp, vp, i64, i64, i32],
         "vf_bce_bwd": [i32, i32, vp, vp, vp, vp, i64, i64, i32],
+        "vf_adam_master_step": [i32, i64, vp, vp, vp, vp, vp, f32, f32, f32, f32, f32, i32, f32, f32, i32],
     }
     for fn, argtypes in signatures.items():
         getattr(lib, fn).argtypes = argtypes
@@ -161,3 +163,17 @@ def bce_backward(g, logits, target):
     )
     _check(status, "BCE backward")
     return dx
+
+
+def adam_master_step(master, grad, exp_avg, exp_avg_sq, param, *, lr: float, beta1: float, beta2: float, eps: float,
+                     weight_decay: float, decoupled: bool, step: int) -> None:
+    """One fused Adam/AdamW step in place: float32 ``master``/``exp_avg``/``exp_avg_sq``, low-precision ``grad`` and
+    ``param`` (param becomes master rounded to its dtype). All contiguous CPU tensors of the same size."""
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    status = library().vf_adam_master_step(
+        _dtype_code(param), param.numel(), master.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(),
+        exp_avg_sq.data_ptr(), param.data_ptr(), lr, beta1, beta2, eps, weight_decay, int(decoupled),
+        lr / bias_correction1, 1.0 / math.sqrt(bias_correction2), _threads(),
+    )
+    _check(status, "Adam step")

@@ -30,6 +30,7 @@ from .config import TrainConfig, save_resolved
 from .distributed import DistContext
 from .guard import NaNGuard, non_finite_report
 from .monitor import Monitor
+from .optim import make_optimizer, native_master_step_available
 from .schedules import kl_objective, kl_weight
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,13 +76,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
-def make_optimizer(cfg: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    # The fused implementation updates all parameters in one kernel per step on CPU and CUDA alike.
-    fused = device.type in ("cpu", "cuda")
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused, foreach=None if fused else True)
-
-
 class NegativeELBO(nn.Module):
     """The model and its loss as one module, so that DDP wraps (and synchronizes) every parameter the loss uses,
     the likelihood's learned scale included."""
@@ -119,12 +113,15 @@ class Trainer:
                   f"{world_size} process{'es' if world_size > 1 else ''}", file=sys.stderr)
         torch.manual_seed(cfg.seed)  # the same initial weights whatever the rank and the data source
         self.model = build_model(cfg.model, self.data.image_shape).to(self.device)
+        self.master_weights = self.use_master_weights()
+        # Built before the DDP wrap: with master weights it takes the float32 weights and converts the model to bf16.
+        self.optimizer = make_optimizer(cfg.optimizer, self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                        device=self.device, master_weights=self.master_weights)
         torch.manual_seed(cfg.seed + rank)
         self.objective = NegativeELBO(self.model, cfg.free_bits)
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = DDP(self.objective, device_ids=device_ids)
-        self.optimizer = make_optimizer(cfg, self.model.parameters(), self.device)
         self.steps_per_epoch = math.ceil(len(self.loader) / cfg.grad_accum)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.lr_schedule == "cosine":
@@ -156,6 +153,17 @@ class Trainer:
         if self.cfg.compile is not None:
             return self.cfg.compile
         return self.device.type == "cuda" and self.total_steps >= 2_000
+
+    def use_master_weights(self) -> bool:
+        """An explicit setting wins (bf16 only). Otherwise on for bf16 on CPU in one process with the native
+        kernel: there the weight casts it removes were ~15% of a step (benchmarks/README.md). Under DDP the bf16
+        model would all-reduce bf16 gradients, so it stays opt-in there."""
+        if self.cfg.master_weights is not None:
+            if self.cfg.master_weights and self.precision != "bf16":
+                raise ValueError(f"master weights are for bf16 training, but precision resolved to {self.precision}")
+            return self.cfg.master_weights
+        return (self.precision == "bf16" and self.device.type == "cpu" and not self.dist.enabled
+                and native_master_step_available())
 
     def autocast(self):
         if self.precision == "fp32":
@@ -342,6 +350,7 @@ class Trainer:
             "skipped_steps": self.guard.skipped,
             "compiled": self.compiled,
             "precision": self.precision,
+            "master_weights": self.master_weights,
             "device": str(device),
             "loader": self.loader_kind,
             "world_size": self.dist.world_size,
@@ -381,7 +390,8 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(),
+            # With master weights: the float32 masters, loadable by any float32 copy of the model.
+            "model": self.optimizer.master_state_dict(self.model) if self.master_weights else self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "scheduler": self.scheduler.state_dict(),

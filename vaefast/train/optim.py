@@ -1,0 +1,141 @@
+"""Optimizers: torch's fused Adam/AdamW, or the same update over float32 master weights for a bf16 model.
+
+Under bf16 autocast a model keeps float32 weights: every forward casts each weight to bf16 and every backward casts
+each weight gradient back to float32, two extra passes over the weights per step. On the CPU MLP VAE those casts
+and their cache misses were ~15% of a step (benchmarks/README.md). ``MasterWeightAdam`` instead leaves the model
+in bf16, so the forward and backward read and write bf16 only, and keeps the float32 weights in the optimizer
+state. Its step is one pass per tensor (the native kernel in ``kernels/optimizer_impl.cpp``) that reads the bf16
+gradient and the float32 master and moments, and writes them back together with the new bf16 weights. The
+float32 master is what lets updates smaller than a bf16 ulp accumulate, so training matches autocast's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.adam import adam as adam_update
+from torch.optim.adamw import adamw as adamw_update
+
+from ..ops import native_backend
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def make_optimizer(name: str, module: nn.Module, *, lr: float, weight_decay: float, device: torch.device,
+                   master_weights: bool = False) -> torch.optim.Optimizer:
+    """Adam or AdamW (``name``) over ``module``'s parameters: torch's fused implementation (one kernel per step on
+    CPU and CUDA alike), or with ``master_weights`` a ``MasterWeightAdam`` that also converts ``module`` to bf16."""
+    decoupled = name == "adamw"
+    if master_weights:
+        return MasterWeightAdam.for_module(module, lr=lr, weight_decay=weight_decay,
+                                           decoupled_weight_decay=decoupled)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    fused = device.type in ("cpu", "cuda")
+    return cls(module.parameters(), lr=lr, weight_decay=weight_decay, fused=fused, foreach=None if fused else True)
+
+
+def native_master_step_available() -> bool:
+    return native_backend.load_error() is None
+
+
+class MasterWeightAdam(torch.optim.Optimizer):
+    """Adam (or AdamW with ``decoupled_weight_decay=True``) with the torch.optim update rule, for parameters held
+    in bfloat16 or float16 whose float32 master weights this optimizer keeps.
+
+    Build it with ``for_module``, which takes the master weights from the module's float32 parameters and then
+    converts the module, so that no precision of the initialization is lost. The state (``state_dict``) holds the
+    masters, so a run resumed from a checkpoint continues bit for bit. CPU tensors use the native fused kernel;
+    elsewhere, or without the kernel, the same update runs through torch.optim's functional Adam on the masters
+    followed by a copy into the parameters.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False):
+        if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
+            raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                # Taken now, while a parameter built in float32 still is float32 (see for_module).
+                state["master"] = p.detach().to(torch.float32, copy=True)
+                state["exp_avg"] = torch.zeros_like(state["master"])
+                state["exp_avg_sq"] = torch.zeros_like(state["master"])
+                state["step"] = torch.tensor(0.0)
+
+    @classmethod
+    def for_module(cls, module: nn.Module, dtype: torch.dtype = torch.bfloat16, **kwargs) -> "MasterWeightAdam":
+        """Masters from ``module``'s current (float32) parameters, then ``module.to(dtype)``: the parameters stay
+        the same objects, now holding the low-precision copies."""
+        if dtype not in LOW_PRECISION:
+            raise ValueError(f"master weights are for bfloat16 or float16 models, not {dtype}")
+        optimizer = cls(module.parameters(), **kwargs)
+        module.to(dtype)
+        return optimizer
+
+    def _check(self, p: torch.Tensor) -> None:
+        if p.dtype not in LOW_PRECISION:
+            raise TypeError(f"MasterWeightAdam updates bfloat16/float16 parameters, got one of {p.dtype} with shape "
+                            f"{tuple(p.shape)}: convert the model after building the optimizer "
+                            "(MasterWeightAdam.for_module does both)")
+        if p.grad is not None and p.grad.dtype != p.dtype:
+            raise TypeError(f"gradient dtype {p.grad.dtype} differs from its parameter's {p.dtype}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self._check(p)
+                state = self.state[p]
+                hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                             weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"])
+                if self._native(p):
+                    state["step"] += 1
+                    native_backend.adam_master_step(
+                        state["master"], p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], p,
+                        step=int(state["step"].item()), **hyper)
+                else:
+                    self._torch_step(p, state, hyper)
+        return loss
+
+    @staticmethod
+    def _native(p: torch.Tensor) -> bool:
+        return p.device.type == "cpu" and p.is_contiguous() and native_master_step_available()
+
+    @staticmethod
+    def _torch_step(p: torch.Tensor, state: dict, hyper: dict) -> None:
+        update = adamw_update if hyper["decoupled"] else adam_update
+        # The functional form increments the (CPU) step count itself.
+        update([state["master"]], [p.grad.float()], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+               foreach=False, amsgrad=False, beta1=hyper["beta1"], beta2=hyper["beta2"], lr=hyper["lr"],
+               weight_decay=hyper["weight_decay"], eps=hyper["eps"], maximize=False)
+        p.copy_(state["master"])
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        # torch.optim casts each floating state tensor to its parameter's dtype on load; here the masters and the
+        # moments must stay float32, as saved.
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict["state"].items():
+            state = self.state[params[index]]
+            for key in ("master", "exp_avg", "exp_avg_sq"):
+                state[key] = saved[key].to(device=params[index].device, dtype=torch.float32, copy=True)
+
+    def master_state_dict(self, module: nn.Module) -> dict:
+        """``module.state_dict()`` with each parameter replaced by its float32 master (buffers as they are): the
+        full-precision weights, loadable into a float32 copy of the model."""
+        masters = {id(p): self.state[p]["master"] for group in self.param_groups for p in group["params"]}
+        by_name = {name: masters[id(p)] for name, p in module.named_parameters() if id(p) in masters}
+        return {name: by_name.get(name, value) for name, value in module.state_dict().items()}
+
