@@ -15,6 +15,10 @@ int vf_adam_master_step(int dtype, int64_t n, float* master, const void* grad, f
                         void* param, float lr, float beta1, float beta2, float eps, float weight_decay, int decoupled,
                         float step_size, float inv_bias_correction2_sqrt, int num_threads);
 
+// 1 if all n elements of `data` (of `dtype`) are finite, else 0: the NaN/Inf guard's check of the gradients
+// before a step, read-only (torch's multi-tensor check also rewrites them, multiplied by an unscale factor).
+int vf_all_finite(int dtype, const void* data, int64_t n, int num_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,6 +5,7 @@
 // gradient back to float32 in every backward. With bf16 model weights and this step, the forward and backward
 // read and write bf16 only, and the casts become the loads and stores of the optimizer pass that runs anyway.
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "dtypes.h"
@@ -64,7 +65,39 @@ void adam_master_step(int64_t n, float* master, const T* grad, float* exp_avg, f
     }
 }
 
+// Non-finite means an all-ones exponent field; checking the bits needs no float compare and no conversion.
+template <typename T>
+bool all_finite(const T* data, int64_t n, int num_threads) {
+    static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16- or 32-bit floats");
+    using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>;
+    constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7F800000u)
+                              : std::is_same_v<T, vf::bf16> ? Bits(0x7F80u) : Bits(0x7C00u);
+    const Bits* bits = reinterpret_cast<const Bits*>(data);
+    const int64_t chunks = (n + kChunk - 1) / kChunk;
+    int bad = 0;
+#pragma omp parallel for num_threads(num_threads) schedule(static) reduction(| : bad) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t b = c * kChunk, e = n - b < kChunk ? n : b + kChunk;
+        int chunk_bad = 0;
+#pragma omp simd reduction(| : chunk_bad)
+        for (int64_t i = b; i < e; ++i) chunk_bad |= (bits[i] & exponent) == exponent;
+        bad |= chunk_bad;
+    }
+    return bad == 0;
+}
+
 }  // namespace
+
+extern "C" int VF_EXPORT(vf_all_finite)(int dtype, const void* data, int64_t n, int num_threads) {
+    switch (dtype) {
+        case VF_FLOAT32: return all_finite(static_cast<const float*>(data), n, num_threads) ? 1 : 0;
+        case VF_BFLOAT16: return all_finite(static_cast<const vf::bf16*>(data), n, num_threads) ? 1 : 0;
+#if VF_HAVE_FLOAT16
+        case VF_FLOAT16: return all_finite(static_cast<const vf::f16*>(data), n, num_threads) ? 1 : 0;
+#endif
+        default: return -VF_BAD_DTYPE;
+    }
+}
 
 extern "C" int VF_EXPORT(vf_adam_master_step)(int dtype, int64_t n, float* master, const void* grad, float* exp_avg,
                                               float* exp_avg_sq, void* param, float lr, float beta1, float beta2,

@@ -16,10 +16,12 @@
     extern "C" int vf_bce_bwd_##isa(int, int, const float*, const void*, const void*, void*, int64_t, int64_t, \
                                     int);                                                                       \
     extern "C" int vf_adam_master_step_##isa(int, int64_t, float*, const void*, float*, float*, void*, float,   \
-                                             float, float, float, float, int, float, float, int);
+                                             float, float, float, float, int, float, float, int);            \
+    extern "C" int vf_all_finite_##isa(int, const void*, int64_t, int);
 
 #define VF_TABLE(isa, name) \
-    {name, vf_latent_fwd_##isa, vf_latent_bwd_##isa, vf_bce_fwd_##isa, vf_bce_bwd_##isa, vf_adam_master_step_##isa}
+    {name, vf_latent_fwd_##isa, vf_latent_bwd_##isa, vf_bce_fwd_##isa, vf_bce_bwd_##isa, vf_adam_master_step_##isa, \
+     vf_all_finite_##isa}
 
 VF_DECLARE(baseline)
 #ifdef VF_HAVE_X86_64_V3
@@ -38,6 +40,7 @@ struct KernelTable {
     decltype(&vf_bce_fwd_baseline) bce_fwd;
     decltype(&vf_bce_bwd_baseline) bce_bwd;
     decltype(&vf_adam_master_step_baseline) adam_master_step;
+    decltype(&vf_all_finite_baseline) all_finite;
 };
 
 bool isa_allowed(const char* name) {
@@ -116,6 +119,11 @@ int vf_adam_master_step(int dtype, int64_t n, float* master, const void* grad, f
     if (n < 0) return VF_BAD_SIZE;
     return kernels().adam_master_step(dtype, n, master, grad, exp_avg, exp_avg_sq, param, lr, beta1, beta2, eps,
                                       weight_decay, decoupled, step_size, inv_bias_correction2_sqrt, num_threads);
+}
+
+int vf_all_finite(int dtype, const void* data, int64_t n, int num_threads) {
+    if (n < 0) return -VF_BAD_SIZE;
+    return kernels().all_finite(dtype, data, n, num_threads);
 }
 
 }  // extern "C"

@@ -135,3 +135,34 @@ def test_make_optimizer_choices():
                             master_weights=True)
     assert isinstance(master, MasterWeightAdam) and master.param_groups[0]["decoupled_weight_decay"]
     assert next(module.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_grads_finite_finds_any_non_finite_gradient(path, bad):
+    model = _module()
+    opt = MasterWeightAdam.for_module(model)
+    for p, grad in zip(model, _grads(0)):
+        p.grad = grad
+    model[0].grad[0, 0] = torch.finfo(torch.bfloat16).max  # large but finite
+    assert opt.grads_finite()
+    for index in (0, 150 * 37 + 5, 300 * 37 - 1):
+        model[0].grad.view(-1)[index] = bad
+        assert not opt.grads_finite()
+        model[0].grad.view(-1)[index] = 1.0
+    model[2].grad[4, 3, 2] = bad
+    assert not opt.grads_finite()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_native_all_finite_checks_every_element(dtype):
+    from vaefast.ops import native_backend
+
+    if native_backend.load_error():
+        pytest.skip(native_backend.load_error())
+    x = torch.randn(100_003).to(dtype)  # several parallel chunks and a ragged tail
+    assert native_backend.all_finite(x) and native_backend.all_finite(x[:0])
+    for index in (0, 16383, 16384, 50_000, 100_002):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            y = x.clone()
+            y[index] = bad
+            assert not native_backend.all_finite(y), (index, bad)

@@ -45,6 +45,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         "vf_bce_fwd": [i32, i32, vp, vp, vp, i64, i64, i32],
         "vf_bce_bwd": [i32, i32, vp, vp, vp, vp, i64, i64, i32],
         "vf_adam_master_step": [i32, i64, vp, vp, vp, vp, vp, f32, f32, f32, f32, f32, i32, f32, f32, i32],
+        "vf_all_finite": [i32, vp, i64, i32],
     }
     for fn, argtypes in signatures.items():
         getattr(lib, fn).argtypes = argtypes
@@ -177,3 +178,11 @@ def adam_master_step(master, grad, exp_avg, exp_avg_sq, param, *, lr: float, bet
         lr / bias_correction1, 1.0 / math.sqrt(bias_correction2), _threads(),
     )
     _check(status, "Adam step")
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every element of the contiguous CPU tensor ``t`` is finite (a read-only pass)."""
+    result = library().vf_all_finite(_dtype_code(t), t.data_ptr(), t.numel(), _threads())
+    if result < 0:
+        _check(-result, "finiteness check")
+    return result == 1

@@ -109,6 +109,19 @@ class MasterWeightAdam(torch.optim.Optimizer):
                     self._torch_step(p, state, hyper)
         return loss
 
+    @torch.no_grad()
+    def grads_finite(self) -> bool:
+        """Whether every gradient is finite: the NaN guard's check, one read-only pass over the bf16 gradients."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                finite = native_backend.all_finite(g) if self._native(g) else bool(torch.isfinite(g).all())
+                if not finite:
+                    return False
+        return True
+
     @staticmethod
     def _native(p: torch.Tensor) -> bool:
         return p.device.type == "cpu" and p.is_contiguous() and native_master_step_available()

@@ -232,7 +232,10 @@ class Trainer:
         return self._scale
 
     def _grads_finite(self) -> torch.Tensor:
-        """One multi-tensor pass (GradScaler's own kernel, with a scale of 1) instead of a norm per parameter."""
+        """One multi-tensor pass (GradScaler's own kernel, with a scale of 1) instead of a norm per parameter, or
+        with master weights the optimizer's read-only native check of the bf16 gradients."""
+        if self.master_weights:
+            return torch.tensor(self.optimizer.grads_finite(), device=self.device)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         found_inf = torch.zeros(1, device=self.device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones(1, device=self.device))
