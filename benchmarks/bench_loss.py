@@ -3,6 +3,10 @@
     python benchmarks/bench_loss.py                 # CPU: native vs eager vs compile, fp32
     python benchmarks/bench_loss.py --dtype bf16    # another input dtype
     python benchmarks/bench_loss.py --quick         # one small case, few repeats (smoke test)
+    python benchmarks/bench_loss.py --malloc default   # glibc's default allocator behaviour
+
+By default every variant runs with glibc told to keep freed memory mapped (vaefast.perf.allocator), so that the
+ops' fresh output tensors do not page-fault on every step; that spread the native op's timings by +-20% here.
 
 Every variant computes z, the per-sample KL and the per-sample BCE, then one backward with fixed upstream
 gradients to mu, logvar and the logits (``torch.autograd.grad`` with grad_outputs, so no extra reduction ops are
@@ -25,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DTYPES, machine_info, update_readme_section, write_result  # noqa: E402
 
+from vaefast.perf.allocator import keep_freed_memory  # noqa: E402
 from vaefast.perf.loss_bench import CASES, GPU_CASES, QUICK_CASES, run_case  # noqa: E402
 
 
@@ -57,18 +62,24 @@ def main(argv=None):
     parser.add_argument("--suite", choices=["default", "gpu"], default="default",
                         help="gpu: D in {20, 512, 4096, 16384} and a 4x64x64 spatial latent")
     parser.add_argument("--results", help="write the JSON here instead of benchmarks/results/")
+    parser.add_argument("--malloc", choices=["keep-freed", "default"], default="keep-freed",
+                        help="keep-freed: glibc keeps freed memory mapped for all variants (default); default: as is")
     args = parser.parse_args(argv)
+    allocator = "glibc default"
+    if args.malloc == "keep-freed" and keep_freed_memory():
+        allocator = "glibc, freed memory kept (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB)"
     if args.quick:
         args.rounds, args.min_time = 3, 0.01
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     results = [run_case(n, ls, ps, batch=args.batch, rounds=args.rounds, min_time=args.min_time, device=device,
                         dtype=dtype) for n, ls, ps in (QUICK_CASES if args.quick else GPU_CASES if args.suite == "gpu" else CASES)]
     command = "python benchmarks/bench_loss.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    payload = {"benchmark": "bench_loss", "command": command.strip(), "dtype": args.dtype,
+    payload = {"benchmark": "bench_loss", "command": command.strip(), "dtype": args.dtype, "allocator": allocator,
                "machine": machine_info(device), "results": results}
-    name = f"bench_loss-{device.type}-{args.dtype}" + ("-gpu-suite" if args.suite == "gpu" else "")
+    name = (f"bench_loss-{device.type}-{args.dtype}" + ("-gpu-suite" if args.suite == "gpu" else "")
+            + ("-default-malloc" if args.malloc == "default" else ""))
     path = write_result(name, payload, quick=args.quick, folder=args.results)
-    text = table(results)
+    text = f"Allocator: {allocator}.\n\n" + table(results)
     print(text)
     print(f"\nwrote {path}")
     if not args.quick and not args.no_readme:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 STAGES = ["data", "encoder", "reparam/KL", "decoder", "recon loss", "backward", "optimizer"]
 
@@ -64,3 +65,29 @@ def test_bench_quick_json(tmp_path):
     assert [t["precision"] in ("fp32", "bf16") for t in result["train"]] == [True, True]
     assert all(t["images_per_s"] > 0 for t in result["train"])
     assert result["roofline"]["cases"][0]["fused"]["eager"]["fraction_of_copy"] > 0
+
+
+def test_keep_freed_memory_sets_glibc_thresholds():
+    import platform
+
+    from vaefast.perf.allocator import MAX_MMAP_THRESHOLD, keep_freed_memory
+
+    with pytest.raises(ValueError, match="mmap_threshold"):
+        keep_freed_memory(mmap_threshold=MAX_MMAP_THRESHOLD + 1)
+    applied = keep_freed_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_bench_loss_quick_records_the_allocator(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_loss
+
+    payload = bench_loss.main(["--quick", "--results", str(tmp_path)])
+    assert payload["allocator"].startswith("glibc")
+    variants = payload["results"][0]["variants"]
+    assert variants["eager"]["median_s"] > 0 and variants["eager"]["saved_bytes_not_inputs"] > 0
+    if "native" in variants:  # absent only where the library was not built
+        assert variants["native"]["median_s"] > 0 and variants["native"]["saved_bytes_not_inputs"] == 0
