@@ -9,15 +9,9 @@
 #include <type_traits>
 
 #include "dtypes.h"
+#include "isa_suffix.h"
 #include "optimizer.h"
 #include "vae_loss.h"
-
-#ifndef VF_ISA_SUFFIX
-#define VF_ISA_SUFFIX baseline
-#endif
-#define VF_CONCAT_(a, b) a##_##b
-#define VF_CONCAT(a, b) VF_CONCAT_(a, b)
-#define VF_EXPORT(name) VF_CONCAT(name, VF_ISA_SUFFIX)
 
 namespace {
 

@@ -9,14 +9,8 @@
 #include <vector>
 
 #include "dtypes.h"
+#include "isa_suffix.h"
 #include "vae_loss.h"
-
-#ifndef VF_ISA_SUFFIX
-#define VF_ISA_SUFFIX baseline
-#endif
-#define VF_CONCAT_(a, b) a##_##b
-#define VF_CONCAT(a, b) VF_CONCAT_(a, b)
-#define VF_EXPORT(name) VF_CONCAT(name, VF_ISA_SUFFIX)
 
 namespace {
 
