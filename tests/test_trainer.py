@@ -208,3 +208,16 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "error: --data path not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_across_master_weight_settings(tmp_path, small_data):
+    """A master-weights checkpoint resumes without them (its model weights are the float32 masters); the other way
+    round there are no masters to resume, and the error says which flag to use."""
+    with_masters = Trainer(_cfg(tmp_path, "mw", precision="bf16", epochs=1), small_data)
+    ckpt = with_masters.fit()["checkpoint"]
+    plain = Trainer(_cfg(tmp_path, "plain", precision="bf16", epochs=2, master_weights=False, resume=ckpt),
+                    small_data)
+    assert plain.fit()["epochs"] == 2
+    ckpt = Trainer(_cfg(tmp_path, "plain2", precision="bf16", epochs=1, master_weights=False), small_data).fit()
+    with pytest.raises(ValueError, match="no float32 master weights.*--no-master-weights"):
+        Trainer(_cfg(tmp_path, "mw2", precision="bf16", epochs=2, resume=ckpt["checkpoint"]), small_data)

@@ -136,6 +136,9 @@ class MasterWeightAdam(torch.optim.Optimizer):
         p.copy_(state["master"])
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if any("master" not in saved for saved in state_dict["state"].values()):
+            raise ValueError("this optimizer state has no float32 master weights: it was saved by another "
+                             "optimizer (e.g. torch.optim.Adam without master weights)")
         super().load_state_dict(state_dict)
         # torch.optim casts each floating state tensor to its parameter's dtype on load; here the masters and the
         # moments must stay float32, as saved.

@@ -418,7 +418,11 @@ class Trainer:
         except RuntimeError as exc:
             raise ValueError(f"checkpoint {path} does not fit this model (was it trained with other model flags? "
                              f"its model config: {state['config'].get('model')}): {exc}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            flag = "--no-master-weights" if self.master_weights else "the settings it was trained with"
+            raise ValueError(f"cannot resume {path}: {exc}; resume it with {flag}") from None
         self.scaler.load_state_dict(state["scaler"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
