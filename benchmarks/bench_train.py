@@ -6,7 +6,8 @@
 The recipe is reproduced in plain eager PyTorch below: 784-400-20-400-784 MLP with ReLU, sigmoid output, BCE
 summed over pixels plus the analytic KL, Adam at lr 1e-3, batch 128, and a per-sample Dataset + DataLoader with
 num_workers=0 as that recipe uses on CPU, with torchvision's MNIST item path (uint8 -> PIL image -> ToTensor)
-reproduced line for line, since torchvision does not import beside the CPU build of torch here. The runs of both are interleaved seed by seed; images/s counts the training loop only, and the test negative ELBO
+reproduced line for line, since torchvision does not import beside the CPU build of torch here. The runs are interleaved seed by seed; images/s counts each training loop with its data loading (the recipe's
+DataLoader, vaefast's loader) and per-step bookkeeping, not the test evaluation, and the test negative ELBO
 is nats per test image with one posterior sample, as the recipe's test loss.
 """
 

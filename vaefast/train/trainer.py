@@ -287,16 +287,14 @@ class Trainer:
         stopped = False
         for epoch in range(self.epoch, cfg.epochs):
             self.loader.set_epoch(epoch)
-            t0 = time.perf_counter()
+            t0 = loop_mark = time.perf_counter()
+            # Throughput counts the whole loop, data loading and metric logging included, but not checkpoint
+            # writes or the per-epoch evaluation.
             for group in self._step_groups():
-                step_start = time.perf_counter()
                 nll_sum, kl_sum, kl_per_dim = self.train_step(group)
                 self.step += 1
                 self.batch_in_epoch += len(group)
                 images = sum(len(x) for x in group)
-                if self.step > WARMUP_STEPS:
-                    train_time += time.perf_counter() - step_start
-                    train_images += images
                 if nll_sum is not None:
                     logged.append((nll_sum, kl_sum))
                     logged_images += images
@@ -305,8 +303,12 @@ class Trainer:
                 if self.step % cfg.log_every == 0:
                     self._log(logged, logged_images, self.dist.world_size * train_images / max(train_time, 1e-9))
                     logged, logged_images = [], 0
+                if self.step > WARMUP_STEPS:
+                    train_time += time.perf_counter() - loop_mark
+                    train_images += images
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     checkpoint = self.save()
+                loop_mark = time.perf_counter()
                 if cfg.max_steps and self.step >= cfg.max_steps:
                     stopped = True
                     break
