@@ -2,7 +2,7 @@
 
 Under bf16 autocast a model keeps float32 weights: every forward casts each weight to bf16 and every backward casts
 each weight gradient back to float32, two extra passes over the weights per step. On the CPU MLP VAE those casts
-and their cache misses were ~15% of a step (benchmarks/README.md). ``MasterWeightAdam`` instead leaves the model
+and their cache misses were ~12% of a step (benchmarks/README.md). ``MasterWeightAdam`` instead leaves the model
 in bf16, so the forward and backward read and write bf16 only, and keeps the float32 weights in the optimizer
 state. Its step is one pass per tensor (the native kernel in ``kernels/optimizer_impl.cpp``) that reads the bf16
 gradient and the float32 master and moments, and writes them back together with the new bf16 weights. The

@@ -156,7 +156,7 @@ class Trainer:
 
     def use_master_weights(self) -> bool:
         """An explicit setting wins (bf16 only). Otherwise on for bf16 on CPU in one process with the native
-        kernel: there the weight casts it removes were ~15% of a step (benchmarks/README.md). Under DDP the bf16
+        kernel: there the weight casts it removes were ~12% of a step (benchmarks/README.md). Under DDP the bf16
         model would all-reduce bf16 gradients, so it stays opt-in there."""
         if self.cfg.master_weights is not None:
             if self.cfg.master_weights and self.precision != "bf16":
