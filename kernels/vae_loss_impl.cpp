@@ -20,6 +20,9 @@ constexpr int64_t kColChunk = 2048;
 constexpr int64_t kRowBlock = 8;
 // Below this many elements a parallel region's fork and join cost more than the loop itself.
 constexpr int64_t kParallelMinElements = 32768;
+// Rows shorter than this are processed kRowBlock at a time as one flat run: row by row, a 20-wide latent spent
+// 4 of every 20 elements in the loop's scalar tail and paid a call per row (10 us for 128 x 20, 2.5 us flat).
+constexpr int64_t kShortRow = 256;
 
 struct Tiling {
     int64_t rows, cols, n_chunks, n_row_blocks;
@@ -49,23 +52,36 @@ void finish_row_sums(const std::vector<float>& partial, float* out, const Tiling
 // True when 0.5 * clamp(lv, lo, hi) cannot leave [-85, 85], inside vf::exp_bounded's range.
 bool exp_range_is_safe(float lo, float hi) { return lo >= -170.0f && hi <= 170.0f; }
 
+// z of one latent element, and twice its KL (the 0.5 is applied once per row instead of once per element).
+template <typename T, bool BOUNDED>
+inline float latent_fwd_element(T mu, T logvar, T eps, T& z, float lo, float hi) {
+    const float m = vf::to_float(mu);
+    const float lv = vf::clamp_keep_nan(vf::to_float(logvar), lo, hi);
+    const float std = vf::exp_f32<!BOUNDED>(0.5f * lv);
+    z = vf::from_float<T>(m + std * vf::to_float(eps));
+    // (std^2 - 1) - lv: the two terms that cancel near the prior are formed first, in one FMA.
+    return m * m + ((std * std - 1.0f) - lv);
+}
+
 template <typename T, bool PER_DIM, bool BOUNDED>
 float latent_fwd_row(const T* __restrict mu, const T* __restrict logvar, const T* __restrict eps, T* __restrict z,
                      float* __restrict dim_acc, int64_t n, float lo, float hi) {
-    // Twice the KL: the 0.5 is applied once per row instead of once per element.
     float acc2 = 0.0f;
 #pragma omp simd reduction(+ : acc2)
     for (int64_t i = 0; i < n; ++i) {
-        float m = vf::to_float(mu[i]);
-        float lv = vf::clamp_keep_nan(vf::to_float(logvar[i]), lo, hi);
-        float std = vf::exp_f32<!BOUNDED>(0.5f * lv);
-        z[i] = vf::from_float<T>(m + std * vf::to_float(eps[i]));
-        // (std^2 - 1) - lv: the two terms that cancel near the prior are formed first, in one FMA.
-        float kl2 = m * m + ((std * std - 1.0f) - lv);
+        const float kl2 = latent_fwd_element<T, BOUNDED>(mu[i], logvar[i], eps[i], z[i], lo, hi);
         acc2 += kl2;
         if constexpr (PER_DIM) dim_acc[i] += 0.5f * kl2;
     }
     return 0.5f * acc2;
+}
+
+// Whole rows shorter than kShortRow, as one flat run: the twice-KL terms go to kl2 for the caller to sum per row.
+template <typename T, bool BOUNDED>
+void latent_fwd_flat(const T* __restrict mu, const T* __restrict logvar, const T* __restrict eps, T* __restrict z,
+                     float* __restrict kl2, int64_t n, float lo, float hi) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) kl2[i] = latent_fwd_element<T, BOUNDED>(mu[i], logvar[i], eps[i], z[i], lo, hi);
 }
 
 template <typename T>
@@ -82,6 +98,24 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         float* dim_acc = kl_per_dim ? dim_partial.data() + (tile / t.n_chunks) * N + c0 : nullptr;
         if (dim_acc) std::fill(dim_acc, dim_acc + n, 0.0f);
+        if (N < kShortRow) {  // then one column chunk: the tile is whole rows, contiguous
+            const int64_t r0 = t.row_begin(tile), rows = t.row_end(tile) - r0;
+            float kl2[kRowBlock * kShortRow];
+            (bounded ? latent_fwd_flat<T, true> : latent_fwd_flat<T, false>)(
+                mu + r0 * N, logvar + r0 * N, eps + r0 * N, z + r0 * N, kl2, rows * N, lo, hi);
+            for (int64_t r = 0; r < rows; ++r) {
+                const float* __restrict terms = kl2 + r * N;
+                float acc2 = 0.0f;
+#pragma omp simd reduction(+ : acc2)
+                for (int64_t i = 0; i < N; ++i) acc2 += terms[i];
+                row_partial[r0 + r] = 0.5f * acc2;
+                if (dim_acc) {
+#pragma omp simd
+                    for (int64_t i = 0; i < N; ++i) dim_acc[i] += 0.5f * terms[i];
+                }
+            }
+            continue;
+        }
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
             const int64_t off = r * N + c0;
             auto row = dim_acc ? (bounded ? latent_fwd_row<T, true, true> : latent_fwd_row<T, true, false>)
@@ -109,31 +143,45 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
     }
 }
 
+// dmu and dlogvar of one latent element. w is its KL weight: the sample's upstream gradient plus the per-dim KL's.
+template <typename T, bool BOUNDED>
+inline void latent_bwd_element(T gz, float w, T mu, T logvar, T eps, T& dmu, T& dlogvar, float lo, float hi) {
+    const float g = vf::to_float(gz);
+    const float m = vf::to_float(mu);
+    const float raw = vf::to_float(logvar);
+    const float lv = vf::clamp_keep_nan(raw, lo, hi);
+    const float std = vf::exp_f32<!BOUNDED>(0.5f * lv);
+    // torch.clamp's gradient passes where lo <= raw <= hi, exactly where the clamp left raw unchanged (a NaN
+    // compares unequal and gets 0, as in torch).
+    const bool passes = lv == raw;
+    dmu = vf::from_float<T>(g + w * m);
+    // dz/dlv = 0.5 * eps * std and d(0.5*w*(exp(lv) - lv))/dlv = 0.5*w*std*std - 0.5*w, so
+    // d = 0.5 * std * (g*eps + w*std) - 0.5*w. w*std is formed before the product with std, never std*std
+    // alone, which keeps it finite wherever the true value is (exp(lv) overflows float32 above lv = 88.7
+    // even when w is small).
+    const float d = 0.5f * (std * (g * vf::to_float(eps) + w * std) - w);
+    dlogvar = vf::from_float<T>(passes ? d : 0.0f);
+}
+
 template <typename T, bool HAS_GD, bool BOUNDED>
 void latent_bwd_row(const T* __restrict gz, float gk, const float* __restrict gd, const T* __restrict mu,
                     const T* __restrict logvar, const T* __restrict eps, T* __restrict dmu, T* __restrict dlogvar,
                     int64_t n, float lo, float hi) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-        // The KL weight of this element: the sample's upstream gradient plus the per-dim KL's, if used.
-        float w = gk;
-        if constexpr (HAS_GD) w += gd[i];
-        const float g = vf::to_float(gz[i]);
-        const float m = vf::to_float(mu[i]);
-        const float raw = vf::to_float(logvar[i]);
-        const float lv = vf::clamp_keep_nan(raw, lo, hi);
-        const float std = vf::exp_f32<!BOUNDED>(0.5f * lv);
-        // torch.clamp's gradient passes where lo <= raw <= hi, exactly where the clamp left raw unchanged (a NaN
-        // compares unequal and gets 0, as in torch).
-        const bool passes = lv == raw;
-        dmu[i] = vf::from_float<T>(g + w * m);
-        // dz/dlv = 0.5 * eps * std and d(0.5*w*(exp(lv) - lv))/dlv = 0.5*w*std*std - 0.5*w, so
-        // d = 0.5 * std * (g*eps + w*std) - 0.5*w. w*std is formed before the product with std, never std*std
-        // alone, which keeps it finite wherever the true value is (exp(lv) overflows float32 above lv = 88.7
-        // even when w is small).
-        const float d = 0.5f * (std * (g * vf::to_float(eps[i]) + w * std) - w);
-        dlogvar[i] = vf::from_float<T>(passes ? d : 0.0f);
+        const float w = HAS_GD ? gk + gd[i] : gk;
+        latent_bwd_element<T, BOUNDED>(gz[i], w, mu[i], logvar[i], eps[i], dmu[i], dlogvar[i], lo, hi);
     }
+}
+
+// Whole rows shorter than kShortRow, as one flat run with the KL weight of every element in w.
+template <typename T, bool BOUNDED>
+void latent_bwd_flat(const T* __restrict gz, const float* __restrict w, const T* __restrict mu,
+                     const T* __restrict logvar, const T* __restrict eps, T* __restrict dmu, T* __restrict dlogvar,
+                     int64_t n, float lo, float hi) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        latent_bwd_element<T, BOUNDED>(gz[i], w[i], mu[i], logvar[i], eps[i], dmu[i], dlogvar[i], lo, hi);
 }
 
 template <typename T>
@@ -145,6 +193,16 @@ void latent_bwd(const T* gz, const float* gk, const float* gd, const T* mu, cons
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
+        if (N < kShortRow) {  // then one column chunk: the tile is whole rows, contiguous
+            const int64_t r0 = t.row_begin(tile), rows = t.row_end(tile) - r0;
+            float w[kRowBlock * kShortRow];
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t i = 0; i < N; ++i) w[r * N + i] = gd ? gk[r0 + r] + gd[i] : gk[r0 + r];
+            const int64_t off = r0 * N;
+            (bounded ? latent_bwd_flat<T, true> : latent_bwd_flat<T, false>)(
+                gz + off, w, mu + off, logvar + off, eps + off, dmu + off, dlogvar + off, rows * N, lo, hi);
+            continue;
+        }
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
             const int64_t off = r * N + c0;
             auto row = gd ? (bounded ? latent_bwd_row<T, true, true> : latent_bwd_row<T, true, false>)
