@@ -58,7 +58,7 @@ def test_matches_torch_adam_on_float32(path, decoupled, weight_decay):
         # Different association of the same float32 operations: a few ulp over 25 steps.
         torch.testing.assert_close(master, ref.detach(), rtol=1e-5, atol=1e-6)
         assert torch.equal(p.detach(), master.bfloat16())
-        assert opt.state[p]["step"].item() == 25
+        assert opt.state[p]["step"] == 25
 
 
 def test_for_module_keeps_the_float32_initialization():

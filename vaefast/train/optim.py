@@ -65,7 +65,9 @@ class MasterWeightAdam(torch.optim.Optimizer):
                 state["master"] = p.detach().to(torch.float32, copy=True)
                 state["exp_avg"] = torch.zeros_like(state["master"])
                 state["exp_avg_sq"] = torch.zeros_like(state["master"])
-                state["step"] = torch.tensor(0.0)
+                # A Python int, not torch.optim's 0-dim tensor: a tensor increment per parameter per step was
+                # ~20 µs of a 1.5 ms CPU step.
+                state["step"] = 0
 
     @classmethod
     def for_module(cls, module: nn.Module, dtype: torch.dtype = torch.bfloat16, **kwargs) -> "MasterWeightAdam":
@@ -93,18 +95,18 @@ class MasterWeightAdam(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                         weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"])
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 self._check(p)
                 state = self.state[p]
-                hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                             weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"])
                 if self._native(p):
-                    state["step"] += 1
+                    state["step"] = int(state["step"]) + 1
                     native_backend.adam_master_step(
                         state["master"], p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], p,
-                        step=int(state["step"].item()), **hyper)
+                        step=state["step"], **hyper)
                 else:
                     self._torch_step(p, state, hyper)
         return loss
@@ -129,10 +131,12 @@ class MasterWeightAdam(torch.optim.Optimizer):
     @staticmethod
     def _torch_step(p: torch.Tensor, state: dict, hyper: dict) -> None:
         update = adamw_update if hyper["decoupled"] else adam_update
-        # The functional form increments the (CPU) step count itself.
-        update([state["master"]], [p.grad.float()], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
+        # The functional form takes the step count as a CPU tensor and increments it itself.
+        step = torch.tensor(float(state["step"]))
+        update([state["master"]], [p.grad.float()], [state["exp_avg"]], [state["exp_avg_sq"]], [], [step],
                foreach=False, amsgrad=False, beta1=hyper["beta1"], beta2=hyper["beta2"], lr=hyper["lr"],
                weight_decay=hyper["weight_decay"], eps=hyper["eps"], maximize=False)
+        state["step"] = int(step.item())
         p.copy_(state["master"])
 
     def load_state_dict(self, state_dict: dict) -> None:
