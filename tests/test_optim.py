@@ -166,3 +166,14 @@ def test_native_all_finite_checks_every_element(dtype):
             y = x.clone()
             y[index] = bad
             assert not native_backend.all_finite(y), (index, bad)
+
+
+def test_param_groups_added_later_get_masters():
+    model, extra = _module(), torch.nn.Parameter(torch.randn(7) * 0.1)
+    opt = MasterWeightAdam.for_module(model, lr=1e-2)
+    opt.add_param_group({"params": [extra], "lr": 1e-3})
+    extra.data = extra.data.bfloat16()
+    extra.grad = torch.ones(7, dtype=torch.bfloat16)
+    before = opt.state[extra]["master"].clone()
+    opt.step()
+    assert torch.allclose(opt.state[extra]["master"], before - 1e-3, atol=1e-6)  # Adam's first step is lr

@@ -58,16 +58,18 @@ class MasterWeightAdam(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state[p]
-                # Taken now, while a parameter built in float32 still is float32 (see for_module).
-                state["master"] = p.detach().to(torch.float32, copy=True)
-                state["exp_avg"] = torch.zeros_like(state["master"])
-                state["exp_avg_sq"] = torch.zeros_like(state["master"])
-                # A Python int, not torch.optim's 0-dim tensor: a tensor increment per parameter per step was
-                # ~20 µs of a 1.5 ms CPU step.
-                state["step"] = 0
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            state = self.state[p]
+            # Taken now, while a parameter built in float32 still is float32 (see for_module).
+            state["master"] = p.detach().to(torch.float32, copy=True)
+            state["exp_avg"] = torch.zeros_like(state["master"])
+            state["exp_avg_sq"] = torch.zeros_like(state["master"])
+            # A Python int, not torch.optim's 0-dim tensor: a tensor increment per parameter per step was ~20 µs
+            # of a 1.5 ms CPU step.
+            state["step"] = 0
 
     @classmethod
     def for_module(cls, module: nn.Module, dtype: torch.dtype = torch.bfloat16, **kwargs) -> "MasterWeightAdam":
