@@ -15,6 +15,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 FUSED_BACKENDS = ("triton", "native")
+# (backend, device) pairs the property tests hold to the reference. Triton on CPU runs under the interpreter (CI);
+# Triton on CUDA is the compiled kernel, where a GPU is present (run with TRITON_INTERPRET=0 there).
+FUSED_TARGETS = (("triton", "cpu"), ("native", "cpu"), ("triton", "cuda"))
 
 
 @pytest.fixture(params=FUSED_BACKENDS, scope="session")
@@ -26,3 +29,17 @@ def fused_backend(request):
     if reason is not None:
         pytest.skip(reason)
     return request.param
+
+
+@pytest.fixture(params=FUSED_TARGETS, ids=lambda t: f"{t[0]}-{t[1]}", scope="session")
+def fused_target(request):
+    """(backend, device) for each fused backend on each device it can run on here; the others are skipped."""
+    import vaefast
+
+    backend, device = request.param
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    reason = vaefast.available_backends(device)[backend]
+    if reason is not None:
+        pytest.skip(reason)
+    return backend, torch.device(device)

@@ -31,18 +31,18 @@ def pixel_shapes():
     return shapes(max_channels=3, max_side=32)
 
 
-def _make(shape, scale, dtype, generator, noncontiguous):
-    """A tensor of the given shape; non-contiguous as a strided view into a larger buffer."""
+def _make(shape, scale, dtype, generator, noncontiguous, device="cpu"):
+    """A tensor of the given shape on ``device``; non-contiguous as a strided view into a larger buffer."""
     if noncontiguous:
         wide = torch.randn(*shape[:-1], 2 * shape[-1], generator=generator) * scale
-        return wide.to(dtype)[..., ::2]
-    return (torch.randn(*shape, generator=generator) * scale).to(dtype)
+        return wide.to(device, dtype)[..., ::2]
+    return (torch.randn(*shape, generator=generator) * scale).to(device, dtype)
 
 
 def _plant(t, values, generator):
     """Overwrite a few random positions with exact special values (clamp bounds, zeros), in place, views too."""
     for v in values:
-        idx = torch.randint(0, t.numel(), (max(1, t.numel() // 50),), generator=generator)
+        idx = torch.randint(0, t.numel(), (max(1, t.numel() // 50),), generator=generator).to(t.device)
         t[torch.unravel_index(idx, t.shape)] = v
     return t
 
@@ -56,12 +56,13 @@ def _plant(t, values, generator):
     per_dim=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_reparameterize_kl_matches_reference(fused_backend, shape, dtype, clamp, logvar_scale, noncontiguous,
+def test_reparameterize_kl_matches_reference(fused_target, shape, dtype, clamp, logvar_scale, noncontiguous,
                                              per_dim, seed):
+    fused_backend, device = fused_target
     g = torch.Generator().manual_seed(seed)
-    mu = _make(shape, 3.0, dtype, g, noncontiguous)
-    logvar = _make(shape, logvar_scale, dtype, g, noncontiguous)
-    eps = _make(shape, 1.0, dtype, g, noncontiguous)
+    mu = _make(shape, 3.0, dtype, g, noncontiguous, device)
+    logvar = _make(shape, logvar_scale, dtype, g, noncontiguous, device)
+    eps = _make(shape, 1.0, dtype, g, noncontiguous, device)
     if clamp is not None:
         # Values exactly on the clamp bounds, where torch.clamp's gradient still passes.
         _plant(logvar, [clamp[0], clamp[1]], g)
@@ -70,9 +71,9 @@ def test_reparameterize_kl_matches_reference(fused_backend, shape, dtype, clamp,
         logvar = logvar.clamp(-20, 20)  # exp(lv) of float16 overflows above ~11: inf in both, tested elsewhere
 
     outs, grads = {}, {}
-    gz = torch.randn(shape, generator=g).to(dtype)
-    gk = torch.randn(shape[0], generator=g)
-    gd = torch.randn(shape[1:], generator=g)
+    gz = torch.randn(shape, generator=g).to(device, dtype)
+    gk = torch.randn(shape[0], generator=g).to(device)
+    gd = torch.randn(shape[1:], generator=g).to(device)
     for backend in ("torch", fused_backend):
         m = mu.detach().clone().requires_grad_()
         lv = logvar.detach().clone().requires_grad_()
@@ -105,16 +106,17 @@ def test_reparameterize_kl_matches_reference(fused_backend, shape, dtype, clamp,
     noncontiguous=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_bce_with_logits_matches_reference(fused_backend, shape, dtype, target_dtype, logit_scale, binary_target,
+def test_bce_with_logits_matches_reference(fused_target, shape, dtype, target_dtype, logit_scale, binary_target,
                                            noncontiguous, seed):
+    fused_backend, device = fused_target
     g = torch.Generator().manual_seed(seed)
-    logits = _make(shape, logit_scale, dtype, g, noncontiguous)
+    logits = _make(shape, logit_scale, dtype, g, noncontiguous, device)
     _plant(logits, [0.0], g)  # the derivative at exactly 0 is 0.5 - t
     target = torch.rand(shape, generator=g)
     if binary_target:
         target = target.round()
-    target = target.to(target_dtype or dtype)
-    upstream = torch.randn(shape[0], generator=g)
+    target = target.to(device, target_dtype or dtype)
+    upstream = torch.randn(shape[0], generator=g).to(device)
 
     results = {}
     for backend in ("torch", fused_backend):
@@ -131,9 +133,10 @@ def test_bce_with_logits_matches_reference(fused_backend, shape, dtype, target_d
     assert_close_scaled(results[fused_backend][1], results["torch"][1], mag["dx"], dtype, "d logits")
 
 
-def test_bce_extreme_logits_are_exact(fused_backend):
-    x = torch.tensor([[1e4, -1e4, 0.0, 30.0, -30.0]])
-    t = torch.tensor([[1.0, 0.0, 0.3, 1.0, 0.0]])
+def test_bce_extreme_logits_are_exact(fused_target):
+    fused_backend, device = fused_target
+    x = torch.tensor([[1e4, -1e4, 0.0, 30.0, -30.0]], device=device)
+    t = torch.tensor([[1.0, 0.0, 0.3, 1.0, 0.0]], device=device)
     recon = vaefast.bce_with_logits(x, t, backend=fused_backend)
     expected = 0.0 + 0.0 + math.log(2.0) + math.log1p(math.exp(-30.0)) * 2
     assert recon.item() == pytest.approx(expected, rel=1e-6)
@@ -143,12 +146,13 @@ def test_bce_extreme_logits_are_exact(fused_backend):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_kl_per_dim_gradient_flows(fused_backend, dtype):
+def test_kl_per_dim_gradient_flows(fused_target, dtype):
     """Free bits differentiate through the per-dim KL; its gradient must match the reference."""
+    fused_backend, device = fused_target
     g = torch.Generator().manual_seed(0)
-    mu = torch.randn(6, 40, generator=g).to(dtype)
-    logvar = torch.randn(6, 40, generator=g).to(dtype)
-    eps = torch.randn(6, 40, generator=g).to(dtype)
+    mu = torch.randn(6, 40, generator=g).to(device, dtype)
+    logvar = torch.randn(6, 40, generator=g).to(device, dtype)
+    eps = torch.randn(6, 40, generator=g).to(device, dtype)
     results = []
     for backend in ("torch", fused_backend):
         m, lv = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
