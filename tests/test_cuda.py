@@ -68,11 +68,11 @@ def test_autocast_on_cuda_matches_reference(amp_dtype):
     results = {}
     for backend in ("torch", "triton"):
         mu, logvar, eps, logits, target = _inputs(seed=3)
-        lin = torch.nn.Linear(16, 16).to(CUDA)
         torch.manual_seed(0)
+        latent_lin, pixel_lin = torch.nn.Linear(8, 8).to(CUDA), torch.nn.Linear(16, 16).to(CUDA)
         with torch.autocast("cuda", dtype=amp_dtype):
-            z, kl = vaefast.reparameterize_kl(lin(mu), lin(logvar), eps.to(amp_dtype), backend=backend)
-            recon = vaefast.bce_with_logits(lin(logits), target, backend=backend)
+            z, kl = vaefast.reparameterize_kl(latent_lin(mu), latent_lin(logvar), eps.to(amp_dtype), backend=backend)
+            recon = vaefast.bce_with_logits(pixel_lin(logits), target, backend=backend)
         loss = (recon + kl).mean() + z.float().square().mean()
         results[backend] = (loss.detach(), *torch.autograd.grad(loss, (mu, logvar, logits)))
     for a, b in zip(results["triton"], results["torch"]):
