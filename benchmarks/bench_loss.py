@@ -62,6 +62,8 @@ def main(argv=None):
     parser.add_argument("--suite", choices=["default", "gpu"], default="default",
                         help="gpu: D in {20, 512, 4096, 16384} and a 4x64x64 spatial latent")
     parser.add_argument("--results", help="write the JSON here instead of benchmarks/results/")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="CUDA: time each step replayed from a CUDA graph (GPU time alone, no launch overhead)")
     parser.add_argument("--malloc", choices=["keep-freed", "default"], default="keep-freed",
                         help="keep-freed: glibc keeps freed memory mapped for all variants (default); default: as is")
     args = parser.parse_args(argv)
@@ -72,14 +74,17 @@ def main(argv=None):
         args.rounds, args.min_time = 3, 0.01
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     results = [run_case(n, ls, ps, batch=args.batch, rounds=args.rounds, min_time=args.min_time, device=device,
-                        dtype=dtype) for n, ls, ps in (QUICK_CASES if args.quick else GPU_CASES if args.suite == "gpu" else CASES)]
+                        dtype=dtype, cuda_graphs=args.cuda_graphs) for n, ls, ps in (QUICK_CASES if args.quick else GPU_CASES if args.suite == "gpu" else CASES)]
     command = "python benchmarks/bench_loss.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    timer = ("CUDA graph replay (GPU time)" if args.cuda_graphs else "CUDA events around Python calls (launch "
+             "overhead included)") if device.type == "cuda" else "torch.utils.benchmark, variants interleaved"
     payload = {"benchmark": "bench_loss", "command": command.strip(), "dtype": args.dtype, "allocator": allocator,
+               "timer": timer,
                "machine": machine_info(device), "results": results}
     name = (f"bench_loss-{device.type}-{args.dtype}" + ("-gpu-suite" if args.suite == "gpu" else "")
-            + ("-default-malloc" if args.malloc == "default" else ""))
+            + ("-default-malloc" if args.malloc == "default" else "") + ("-graphs" if args.cuda_graphs else ""))
     path = write_result(name, payload, quick=args.quick, folder=args.results)
-    text = f"Allocator: {allocator}.\n\n" + table(results)
+    text = f"Timer: {timer}. Allocator: {allocator}.\n\n" + table(results)
     print(text)
     print(f"\nwrote {path}")
     if not args.quick and not args.no_readme:
