@@ -131,7 +131,9 @@ def time_cuda(steps: dict, rounds: int, min_time: float, graphs: bool = False) -
     out = {}
     for name, step in steps.items():
         rep = max(100, int(min_time * 1000 * rounds))
-        ms = do_bench_cudagraph(step, rep=rep, return_mode="all") if graphs else do_bench(
+        # do_bench_cudagraph captures rep / (time per call) calls into one graph, and capturing is host-bound: a
+        # 10 us step at rep=1500 ms meant capturing 150k steps. 20 ms keeps the capture to a few thousand.
+        ms = do_bench_cudagraph(step, rep=20, return_mode="all") if graphs else do_bench(
             step, warmup=25, rep=rep, return_mode="all")
         ms = sorted(ms) if isinstance(ms, list) else [ms]
         out[name] = {"median_s": statistics.median(ms) / 1e3, "p10_s": ms[len(ms) // 10] / 1e3,
