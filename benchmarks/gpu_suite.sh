@@ -3,8 +3,9 @@
 #   bash benchmarks/gpu_suite.sh                 # results under benchmarks/results/gpu/, tables in benchmarks/README.md
 #   bash benchmarks/gpu_suite.sh --cpu-smoke     # every step in its quick form on CPU (what CI runs)
 #
+# 0. the CUDA tests: the property tests on the compiled Triton kernels, opcheck, inductor, autocast, training;
 # 1. the fused ops vs eager vs torch.compile, forward+backward, fp32/bf16/fp16, B=256, D in {20, 512, 4096, 16384}
-#    and a 4x64x64 spatial latent;
+#    and a 4x64x64 spatial latent, timed from Python (launch overhead included) and from CUDA graphs (GPU time);
 # 2. the Triton kernels autotuned over BLOCK/num_warps (triton.autotune), the chosen configs logged;
 # 3. end-to-end images/s for the MLP and the conv VAE, with and without torch.compile and AMP;
 # 4. registers and load widths of the kernels (no GPU needed).
@@ -33,8 +34,10 @@ unset TRITON_INTERPRET
 out=benchmarks/results/gpu
 mkdir -p "$out"
 $PY -c "import torch; print('GPU:', torch.cuda.get_device_name())"
+TRITON_INTERPRET=0 $PY -m pytest -q tests/test_cuda.py tests/test_fused_ops.py -k cuda
 for dtype in fp32 bf16 fp16; do
   $PY benchmarks/bench_loss.py --suite gpu --dtype "$dtype" --device cuda
+  $PY benchmarks/bench_loss.py --suite gpu --dtype "$dtype" --device cuda --cuda-graphs --rounds 5
 done
 $PY benchmarks/triton_autotune.py --results "$out"
 $PY benchmarks/bench_throughput.py --device cuda
