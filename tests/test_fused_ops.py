@@ -47,14 +47,16 @@ def _plant(t, values, generator):
     return t
 
 
+# Drawn by both property tests: the input dtype, strided views, and the seed of the tensors' values.
+COMMON = dict(dtype=st.sampled_from(DTYPES), noncontiguous=st.booleans(), seed=st.integers(0, 2**31 - 1))
+
+
 @given(
     shape=latent_shapes(),
-    dtype=st.sampled_from(DTYPES),
     clamp=st.sampled_from(CLAMPS),
     logvar_scale=st.sampled_from([1.0, 8.0, 25.0]),
-    noncontiguous=st.booleans(),
     per_dim=st.booleans(),
-    seed=st.integers(0, 2**31 - 1),
+    **COMMON,
 )
 def test_reparameterize_kl_matches_reference(fused_target, shape, dtype, clamp, logvar_scale, noncontiguous,
                                              per_dim, seed):
@@ -99,12 +101,10 @@ def test_reparameterize_kl_matches_reference(fused_target, shape, dtype, clamp, 
 
 @given(
     shape=pixel_shapes(),
-    dtype=st.sampled_from(DTYPES),
     target_dtype=st.sampled_from([None, torch.float32]),
     logit_scale=st.sampled_from([1.0, 10.0, 1e4]),
     binary_target=st.booleans(),
-    noncontiguous=st.booleans(),
-    seed=st.integers(0, 2**31 - 1),
+    **COMMON,
 )
 def test_bce_with_logits_matches_reference(fused_target, shape, dtype, target_dtype, logit_scale, binary_target,
                                            noncontiguous, seed):
