@@ -221,3 +221,10 @@ def test_resume_across_master_weight_settings(tmp_path, small_data):
     ckpt = Trainer(_cfg(tmp_path, "plain2", precision="bf16", epochs=1, master_weights=False), small_data).fit()
     with pytest.raises(ValueError, match="no float32 master weights.*--no-master-weights"):
         Trainer(_cfg(tmp_path, "mw2", precision="bf16", epochs=2, resume=ckpt["checkpoint"]), small_data)
+
+
+def test_compile_mode_is_validated(tmp_path, small_data):
+    with pytest.raises(ValueError, match="compile mode must be one of"):
+        Trainer(_cfg(tmp_path, "bad", compile=True, compile_mode="fastest"), small_data)
+    trainer = Trainer(_cfg(tmp_path, "ro", compile=True, compile_mode="reduce-overhead", epochs=1), small_data)
+    assert not trainer.cuda_graphs  # CUDA graphs exist on CUDA only; on CPU the mode compiles without them

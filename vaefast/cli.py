@@ -21,7 +21,7 @@ TRAIN_FLAGS = {
     "dist_backend": (None, "dist_backend"), "dist_timeout": (None, "dist_timeout"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
     "beta": (None, "beta"), "kl_warmup_steps": (None, "kl_warmup_steps"), "kl_cycles": (None, "kl_cycles"),
     "free_bits": (None, "free_bits"), "precision": (None, "precision"), "compile": (None, "compile"),
-    "master_weights": (None, "master_weights"),
+    "compile_mode": (None, "compile_mode"), "master_weights": (None, "master_weights"),
     "device": (None, "device"), "seed": (None, "seed"), "out": (None, "out"), "resume": (None, "resume"),
     "keep_checkpoints": (None, "keep_checkpoints"), "checkpoint_every": (None, "checkpoint_every"),
     "max_steps": (None, "max_steps"), "max_bad_steps": (None, "max_bad_steps"),
@@ -86,6 +86,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 where the hardware computes it natively (CUDA, AMX/AVX512-BF16 CPUs), else fp32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S,
                    help="torch.compile the forward and loss (default: when the run is long enough to repay it)")
+    p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune",
+                                              "max-autotune-no-cudagraphs"], default=S,
+                   help="torch.compile mode; reduce-overhead replays the step's forward and backward as CUDA graphs")
     p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=S,
                    help="bf16: keep the model in bf16 and float32 master weights in the optimizer instead of casting "
                         "the weights every step (default: on for bf16 on CPU in one process)")

@@ -16,12 +16,14 @@ from .machine import machine_info
 
 
 def step_throughput(dataset: ImageDataset, *, model: dict | None = None, precision: str = "auto",
-                    compile_: bool = False, batch_size: int = 128, steps: int = 100, warmup: int = 5,
+                    compile_mode: str | None = None, batch_size: int = 128, steps: int = 100, warmup: int = 5,
                     device: str | None = None) -> tuple[float, str]:
     """Steady-state training images/s on preloaded batches (warm-up steps absorb compilation), and the precision
-    that ran. The one step timer behind `vaefast bench`, bench_data.py and bench_throughput.py."""
-    cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=compile_, progress=False,
-                      tensorboard=False, out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device)
+    that ran; ``compile_mode`` None runs eagerly. The one step timer behind `vaefast bench`, bench_data.py and
+    bench_throughput.py."""
+    cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=compile_mode is not None,
+                      compile_mode=compile_mode or "default", progress=False, tensorboard=False,
+                      out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device)
     for key, value in (model or {}).items():
         setattr(cfg.model, key, value)
     trainer = Trainer(cfg, dataset)

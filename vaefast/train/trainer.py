@@ -139,7 +139,10 @@ class Trainer:
         self._scale_count, self._scale = None, None
         self.compiled = self.should_compile()
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
-        self.loss_fn = torch.compile(self.objective) if self.compiled else self.objective
+        self.loss_fn = torch.compile(self.objective, mode=cfg.compile_mode) if self.compiled else self.objective
+        # CUDA-graph replays reuse their output buffers: what a step keeps past the next one must be copied out.
+        self.cuda_graphs = (self.compiled and self.device.type == "cuda"
+                            and cfg.compile_mode in ("reduce-overhead", "max-autotune"))
         if cfg.resume:
             self.load(cfg.resume)
         if self.dist.is_main:
@@ -191,12 +194,16 @@ class Trainer:
             # DDP all-reduces gradients only on the last micro-batch of the step.
             sync = nullcontext() if last or not self.dist.enabled else self.objective.no_sync()
             with sync:
+                if self.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with self.autocast():
                     loss, nll_sum, kl_sum, kl_per_dim = self.loss_fn(x, self._kl_w, scale)
                 with stage("backward"):
                     self.scaler.scale(loss).backward()
             finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
             part = (nll_sum, kl_sum, kl_per_dim)
+            if self.cuda_graphs:
+                part = tuple(t.clone() for t in part)
             sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
         self.scaler.unscale_(self.optimizer)
         if self.cfg.clip_grad is not None:
