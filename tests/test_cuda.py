@@ -79,20 +79,22 @@ def test_autocast_on_cuda_matches_reference(amp_dtype):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-3)
 
 
-@pytest.mark.parametrize("precision, compile_mode", [("bf16", None), ("bf16", "default"), ("bf16", "reduce-overhead"),
-                                                    ("fp16", None), ("fp32", None)])
-def test_training_on_cuda(tmp_path, precision, compile_mode):
+# compile_: False, True (the CUDA default mode: reduce-overhead, CUDA graphs) or a torch.compile mode.
+@pytest.mark.parametrize("precision, compile_", [("bf16", False), ("bf16", "default"), ("bf16", True),
+                                                ("fp16", False), ("fp32", False)])
+def test_training_on_cuda(tmp_path, precision, compile_):
     from vaefast.data import ImageDataset, load_dataset
     from vaefast.train import TrainConfig, Trainer
 
     full = load_dataset(None)
     data = ImageDataset("small", full.train[:2048], full.test[:512], full.train_labels[:2048], full.test_labels[:512])
     cfg = TrainConfig(out=str(tmp_path), batch_size=128, epochs=2, progress=False, tensorboard=False,
-                      precision=precision, compile=compile_mode is not None, compile_mode=compile_mode or "default",
+                      precision=precision, compile=bool(compile_),
+                      compile_mode=compile_ if isinstance(compile_, str) else None,
                       device="cuda", log_every=3)  # metrics kept across steps: CUDA-graph outputs must be copied
     trainer = Trainer(cfg, data)
     assert next(trainer.model.parameters()).is_cuda and not trainer.master_weights
-    assert trainer.cuda_graphs == (compile_mode == "reduce-overhead")
+    assert trainer.cuda_graphs == (compile_ is True)
     summary = trainer.fit()
     assert summary["device"].startswith("cuda") and summary["precision"] == precision
     assert summary["skipped_steps"] <= 2

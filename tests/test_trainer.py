@@ -228,3 +228,6 @@ def test_compile_mode_is_validated(tmp_path, small_data):
         Trainer(_cfg(tmp_path, "bad", compile=True, compile_mode="fastest"), small_data)
     trainer = Trainer(_cfg(tmp_path, "ro", compile=True, compile_mode="reduce-overhead", epochs=1), small_data)
     assert not trainer.cuda_graphs  # CUDA graphs exist on CUDA only; on CPU the mode compiles without them
+    assert trainer.resolved_compile_mode() == "reduce-overhead"
+    # Unset, the mode is reduce-overhead on CUDA (tests/test_cuda.py runs it there) and default elsewhere.
+    assert Trainer(_cfg(tmp_path, "auto", epochs=1), small_data).resolved_compile_mode() == "default"

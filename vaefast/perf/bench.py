@@ -22,7 +22,7 @@ def step_throughput(dataset: ImageDataset, *, model: dict | None = None, precisi
     that ran; ``compile_mode`` None runs eagerly. The one step timer behind `vaefast bench`, bench_data.py and
     bench_throughput.py."""
     cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=compile_mode is not None,
-                      compile_mode=compile_mode or "default", progress=False, tensorboard=False,
+                      compile_mode=compile_mode, progress=False, tensorboard=False,
                       out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device)
     for key, value in (model or {}).items():
         setattr(cfg.model, key, value)

@@ -39,8 +39,9 @@ class TrainConfig:
     free_bits: float = 0.0  # per-latent-dim KL floor in nats (Kingma et al., 2016)
     precision: str = "auto"  # bf16 where the hardware computes it natively (CUDA, AMX / AVX512-BF16 CPUs), else fp32
     compile: bool | None = None  # None: on where it pays (see Trainer.should_compile)
-    # torch.compile mode; "reduce-overhead" also replays the compiled forward and backward as CUDA graphs (CUDA only)
-    compile_mode: str = "default"
+    # torch.compile mode; "reduce-overhead" also replays the compiled forward and backward as CUDA graphs.
+    # None: reduce-overhead on CUDA, default elsewhere (see Trainer.should_compile).
+    compile_mode: str | None = None
     # bf16: hold the model in bf16 and float32 master weights in the optimizer (train/optim.py) instead of casting
     # float32 weights in every step. None: on for bf16 on CPU in one process when the native kernel is built.
     master_weights: bool | None = None
@@ -67,7 +68,7 @@ class TrainConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.compile_mode not in COMPILE_MODES:
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
             problems.append(f"compile mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.master_weights and self.precision not in ("auto", "bf16"):
             problems.append(f"master weights are for bf16 training; precision is {self.precision!r}")

@@ -139,10 +139,10 @@ class Trainer:
         self._scale_count, self._scale = None, None
         self.compiled = self.should_compile()
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
-        self.loss_fn = torch.compile(self.objective, mode=cfg.compile_mode) if self.compiled else self.objective
+        mode = self.resolved_compile_mode()
+        self.loss_fn = torch.compile(self.objective, mode=mode) if self.compiled else self.objective
         # CUDA-graph replays reuse their output buffers: what a step keeps past the next one must be copied out.
-        self.cuda_graphs = (self.compiled and self.device.type == "cuda"
-                            and cfg.compile_mode in ("reduce-overhead", "max-autotune"))
+        self.cuda_graphs = self.compiled and self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
         if cfg.resume:
             self.load(cfg.resume)
         if self.dist.is_main:
@@ -150,12 +150,18 @@ class Trainer:
 
     def should_compile(self) -> bool:
         """An explicit --compile/--no-compile wins. Otherwise: never on CPU, where compiling the forward and loss
-        (or the whole step) cost 4-20 s and measured no faster per step (benchmarks/README.md); on CUDA for runs of
-        2,000+ steps, long enough to amortize the compilation (an expectation: no GPU was available to measure).
-        """
+        (or the whole step) cost 4-20 s and measured no faster per step; on CUDA for runs of 2,000+ steps, in
+        reduce-overhead mode (CUDA graphs): on an H100 the small MLP and conv VAEs are bound by the host's kernel
+        launches, and it measured 2.1-3.3x for the MLP and 1.7x for the fp32 conv VAE, while default-mode compile
+        measured 0.7-1.5x (benchmarks/README.md)."""
         if self.cfg.compile is not None:
             return self.cfg.compile
         return self.device.type == "cuda" and self.total_steps >= 2_000
+
+    def resolved_compile_mode(self) -> str:
+        if self.cfg.compile_mode is not None:
+            return self.cfg.compile_mode
+        return "reduce-overhead" if self.device.type == "cuda" else "default"
 
     def use_master_weights(self) -> bool:
         """An explicit setting wins (bf16 only). Otherwise on for bf16 on CPU in one process with the native
