@@ -159,9 +159,11 @@ class Trainer:
         return self.device.type == "cuda" and self.total_steps >= 2_000
 
     def resolved_compile_mode(self) -> str:
+        """An explicit mode wins. Otherwise reduce-overhead on one CUDA device (measured there), and default under
+        DDP, whose gradient collectives inside CUDA graphs were not run here (one GPU)."""
         if self.cfg.compile_mode is not None:
             return self.cfg.compile_mode
-        return "reduce-overhead" if self.device.type == "cuda" else "default"
+        return "reduce-overhead" if self.device.type == "cuda" and not self.dist.enabled else "default"
 
     def use_master_weights(self) -> bool:
         """An explicit setting wins (bf16 only). Otherwise on for bf16 on CPU in one process with the native
