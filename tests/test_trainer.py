@@ -231,3 +231,23 @@ def test_compile_mode_is_validated(tmp_path, small_data):
     assert trainer.resolved_compile_mode() == "reduce-overhead"
     # Unset, the mode is reduce-overhead on CUDA (tests/test_cuda.py runs it there) and default elsewhere.
     assert Trainer(_cfg(tmp_path, "auto", epochs=1), small_data).resolved_compile_mode() == "default"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tensorboard_scalars_histograms_and_images(tmp_path, small_data, precision):
+    """The CLI's default logging: scalars, the per-dim KL histogram and image grids of reconstructions and samples,
+    also with a bf16 model under master weights."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = Trainer(_cfg(tmp_path, precision, precision=precision, epochs=1, tensorboard=True), small_data)
+    trainer.fit()
+    files = list((tmp_path / precision).rglob("events.out.tfevents.*"))
+    assert files, "no TensorBoard event file"
+    events = EventAccumulator(str(files[0].parent), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"reconstructions", "samples"} <= set(tags["images"])
+    assert "kl_per_dim" in tags["histograms"]
+    assert any(t.startswith("train/") for t in tags["scalars"]) and any(t.startswith("test/") for t in tags["scalars"])
+    image = events.Images("samples")[-1]
+    assert image.width > 28 and image.height > 28

@@ -401,9 +401,11 @@ class Trainer:
             return
         self.model.eval()
         x = self.data.test[:8].to(self.device).float().div_(255.0)
-        recon = self.model.likelihood.mean(self.model(x).decoded)
         z = torch.randn((8, *self.model.latent_shape), device=self.device)
-        samples = self.model.likelihood.mean(self.model.decode(z))
+        # Under the training precision, as the steps run (with master weights the model itself is bf16).
+        with self.autocast():
+            recon = self.model.likelihood.mean(self.model(x).decoded).float()
+            samples = self.model.likelihood.mean(self.model.decode(z)).float()
         self.model.train()
         self.monitor.images("reconstructions", torch.cat([x, recon]), self.step)
         self.monitor.images("samples", samples, self.step)
