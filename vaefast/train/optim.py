@@ -115,16 +115,15 @@ class MasterWeightAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def grads_finite(self) -> bool:
-        """Whether every gradient is finite: the NaN guard's check, one read-only pass over the bf16 gradients."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                finite = native_backend.all_finite(g) if self._native(g) else bool(torch.isfinite(g).all())
-                if not finite:
-                    return False
-        return True
+        """Whether every gradient is finite: the NaN guard's check, one read-only pass over the bf16 gradients.
+        Off the native path the per-tensor flags stay on the device and are read once (one host sync, not one per
+        parameter)."""
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        native = [g for g in grads if self._native(g)]
+        if not all(native_backend.all_finite(g) for g in native):
+            return False
+        others = [torch.isfinite(g).all() for g in grads if not self._native(g)]
+        return not others or bool(torch.stack(others).all())
 
     @staticmethod
     def _native(p: torch.Tensor) -> bool:
