@@ -15,9 +15,9 @@
     extern "C" int vf_bce_fwd_##isa(int, int, const void*, const void*, float*, int64_t, int64_t, int);         \
     extern "C" int vf_bce_bwd_##isa(int, int, const float*, const void*, const void*, void*, int64_t, int64_t, \
                                     int);                                                                       \
-    extern "C" int vf_adam_master_step_##isa(int, int64_t, float*, const void*, float*, float*, void*, float,   \
-                                             float, float, float, float, int, float, float, int);            \
-    extern "C" int vf_all_finite_##isa(int, const void*, int64_t, int);
+    extern "C" int vf_adam_master_step_##isa(int, int64_t, const int64_t*, const float*, float, float, float,   \
+                                             float, float, int, int);                                        \
+    extern "C" int vf_all_finite_##isa(int, int64_t, const int64_t*, const void* const*, int);
 
 #define VF_TABLE(isa, name) \
     {name, vf_latent_fwd_##isa, vf_latent_bwd_##isa, vf_bce_fwd_##isa, vf_bce_bwd_##isa, vf_adam_master_step_##isa, \
@@ -82,7 +82,7 @@ const KernelTable& kernels() {
 
 extern "C" {
 
-int vf_abi_version(void) { return 2; }
+int vf_abi_version(void) { return 3; }
 
 const char* vf_isa(void) { return kernels().isa; }
 
@@ -113,17 +113,20 @@ int vf_bce_bwd(int x_dtype, int t_dtype, const float* g, const void* x, const vo
     return kernels().bce_bwd(x_dtype, t_dtype, g, x, t, dx, B, P, num_threads);
 }
 
-int vf_adam_master_step(int dtype, int64_t n, float* master, const void* grad, float* exp_avg, float* exp_avg_sq,
-                        void* param, float lr, float beta1, float beta2, float eps, float weight_decay, int decoupled,
-                        float step_size, float inv_bias_correction2_sqrt, int num_threads) {
-    if (n < 0) return VF_BAD_SIZE;
-    return kernels().adam_master_step(dtype, n, master, grad, exp_avg, exp_avg_sq, param, lr, beta1, beta2, eps,
-                                      weight_decay, decoupled, step_size, inv_bias_correction2_sqrt, num_threads);
+int vf_adam_master_step(int dtype, int64_t count, const int64_t* meta, const float* factors, float lr, float beta1,
+                        float beta2, float eps, float weight_decay, int decoupled, int num_threads) {
+    if (count < 0) return VF_BAD_SIZE;
+    for (int64_t i = 0; i < count; ++i)
+        if (meta[6 * i] < 0) return VF_BAD_SIZE;
+    return kernels().adam_master_step(dtype, count, meta, factors, lr, beta1, beta2, eps, weight_decay, decoupled,
+                                      num_threads);
 }
 
-int vf_all_finite(int dtype, const void* data, int64_t n, int num_threads) {
-    if (n < 0) return -VF_BAD_SIZE;
-    return kernels().all_finite(dtype, data, n, num_threads);
+int vf_all_finite(int dtype, int64_t count, const int64_t* sizes, const void* const* data, int num_threads) {
+    if (count < 0) return -VF_BAD_SIZE;
+    for (int64_t i = 0; i < count; ++i)
+        if (sizes[i] < 0) return -VF_BAD_SIZE;
+    return kernels().all_finite(dtype, count, sizes, data, num_threads);
 }
 
 }  // extern "C"

@@ -177,3 +177,31 @@ def test_param_groups_added_later_get_masters():
     before = opt.state[extra]["master"].clone()
     opt.step()
     assert torch.allclose(opt.state[extra]["master"], before - 1e-3, atol=1e-6)  # Adam's first step is lr
+
+
+def test_one_call_updates_tensors_of_many_sizes_and_step_counts(path):
+    """All tensors go through one native call (several chunks each, tiny ones, mixed bf16/fp16 dtypes grouped),
+    and a parameter that sat out some steps keeps its own step count, as in torch.optim.Adam."""
+    shapes = [(200, 100), (7,), (33_000,), (1,)]
+    dtypes = [torch.bfloat16, torch.bfloat16, torch.float16, torch.bfloat16]
+    g = torch.Generator().manual_seed(3)
+    init = [torch.randn(*s, generator=g) * 0.1 for s in shapes]
+    reference = [torch.nn.Parameter(t.clone()) for t in init]
+    ref_opt = torch.optim.Adam(reference, lr=1e-2)
+    params = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = MasterWeightAdam(params, lr=1e-2)
+    for p, dtype in zip(params, dtypes):
+        p.data = p.data.to(dtype)
+    for step in range(12):
+        for i, (p, ref) in enumerate(zip(params, reference)):
+            sits_out = i == 1 and step % 3 == 0
+            grad = None if sits_out else torch.randn(*shapes[i], generator=g).to(dtypes[i])
+            p.grad = grad
+            ref.grad = None if grad is None else grad.float()
+        opt.step()
+        ref_opt.step()
+    for p, ref in zip(params, reference):
+        torch.testing.assert_close(opt.state[p]["master"], ref.detach(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(p.detach(), opt.state[p]["master"].to(p.dtype))
+        assert opt.state[p]["step"] == int(ref_opt.state[ref]["step"])
+    assert opt.state[params[1]]["step"] == 8

@@ -115,15 +115,31 @@ def test_nan_guard_skips_then_stops_with_diagnosis(tmp_path, small_data):
     assert list_checkpoints(good.parent) == [good]
 
 
-def test_skipped_step_leaves_parameters_unchanged(tmp_path, small_data):
-    trainer = Trainer(_cfg(tmp_path, "skip", max_bad_steps=5), small_data)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("poisoned", ["loss", "gradient only"])
+def test_skipped_step_leaves_parameters_unchanged(tmp_path, small_data, precision, poisoned):
+    """A non-finite loss, or a finite loss with one non-finite gradient, skips the update: in fp32 (torch's fused
+    Adam, GradScaler's check) and in bf16 with master weights (the native check answered on the host)."""
+    trainer = Trainer(_cfg(tmp_path, "skip", max_bad_steps=5, precision=precision), small_data)
+    assert trainer.master_weights == (precision == "bf16")
     x = small_data.train[:64].float() / 255
     before = _params(trainer).clone()
-    handle = trainer.model.encoder.register_forward_hook(lambda m, i, o: o * float("inf"))
-    trainer.train_step(x)
+    masters = [trainer.optimizer.state[p]["master"].clone() for p in trainer.model.parameters()] \
+        if trainer.master_weights else []
+    if poisoned == "loss":
+        handle = trainer.model.encoder.register_forward_hook(lambda m, i, o: o * float("inf"))
+    else:
+        weight = trainer.model.decoder[0][0].weight
+        handle = weight.register_hook(lambda g: g.index_fill(0, torch.tensor([3]), float("nan")))
+    nll, kl, _ = trainer.train_step(x)
     handle.remove()
+    assert nll is None and kl is None
     assert torch.equal(_params(trainer), before)
+    for p, master in zip(trainer.model.parameters(), masters):
+        assert torch.equal(trainer.optimizer.state[p]["master"], master)
     assert trainer.guard.skipped == 1
+    nll, _, _ = trainer.train_step(x)  # the next, finite step updates
+    assert nll is not None and not torch.equal(_params(trainer), before)
 
 
 def test_checkpoints_are_atomic_and_pruned(tmp_path, small_data, monkeypatch):

@@ -125,6 +125,9 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
 
     # Old-style forward(ctx, ...): the separate setup_context form costs an inspect.signature bind per call.
     def latent_function_forward(ctx, mu, logvar, eps, lo, hi, per_dim):
+        # Outputs without a gradient (the per-dim KL, when only monitored) reach backward as None, not as a
+        # zeros tensor that the kernel would then read.
+        ctx.set_materialize_grads(False)
         inputs = (mu, logvar, eps, lo, hi, per_dim)
         out = latent_forward(*inputs)
         latent_setup_context(ctx, inputs, out)

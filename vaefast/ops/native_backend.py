@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 LIBRARY_ENV = "VAEFAST_NATIVE_LIBRARY"
 _LIB_NAMES = {"linux": "libvaefast_kernels.so", "darwin": "libvaefast_kernels.dylib", "win32": "vaefast_kernels.dll"}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -44,8 +44,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         "vf_latent_bwd": [i32, vp, vp, vp, vp, vp, vp, vp, vp, i64, i64, f32, f32, i32],
         "vf_bce_fwd": [i32, i32, vp, vp, vp, i64, i64, i32],
         "vf_bce_bwd": [i32, i32, vp, vp, vp, vp, i64, i64, i32],
-        "vf_adam_master_step": [i32, i64, vp, vp, vp, vp, vp, f32, f32, f32, f32, f32, i32, f32, f32, i32],
-        "vf_all_finite": [i32, vp, i64, i32],
+        "vf_adam_master_step": [i32, i64, vp, vp, f32, f32, f32, f32, f32, i32, i32],
+        "vf_all_finite": [i32, i64, vp, vp, i32],
     }
     for fn, argtypes in signatures.items():
         getattr(lib, fn).argtypes = argtypes
@@ -166,23 +166,41 @@ def bce_backward(g, logits, target):
     return dx
 
 
-def adam_master_step(master, grad, exp_avg, exp_avg_sq, param, *, lr: float, beta1: float, beta2: float, eps: float,
-                     weight_decay: float, decoupled: bool, step: int) -> None:
-    """One fused Adam/AdamW step in place: float32 ``master``/``exp_avg``/``exp_avg_sq``, low-precision ``grad`` and
-    ``param`` (param becomes master rounded to its dtype). All contiguous CPU tensors of the same size."""
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2 = 1.0 - beta2**step
-    status = library().vf_adam_master_step(
-        _dtype_code(param), param.numel(), master.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(),
-        exp_avg_sq.data_ptr(), param.data_ptr(), lr, beta1, beta2, eps, weight_decay, int(decoupled),
-        lr / bias_correction1, 1.0 / math.sqrt(bias_correction2), _threads(),
-    )
+def adam_master_step(masters, grads, exp_avgs, exp_avg_sqs, params, steps, *, lr: float, beta1: float,
+                     beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+    """One fused Adam/AdamW step in place over lists of tensors, in one call: float32 ``masters``/``exp_avgs``/
+    ``exp_avg_sqs``, low-precision ``grads`` and ``params`` of one dtype (each param becomes its master rounded to
+    that dtype), ``steps`` the step count of each tensor after this step. The caller passes contiguous CPU tensors
+    whose sizes match per position (``MasterWeightAdam`` checks them)."""
+    count = len(params)
+    if count == 0:
+        return
+    meta = (ctypes.c_int64 * (6 * count))()
+    factors = (ctypes.c_float * (2 * count))()
+    corrections = {}
+    for i, (master, grad, exp_avg, exp_avg_sq, param, step) in enumerate(
+            zip(masters, grads, exp_avgs, exp_avg_sqs, params, steps)):
+        meta[6 * i:6 * i + 6] = (param.numel(), master.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(),
+                                 exp_avg_sq.data_ptr(), param.data_ptr())
+        if step not in corrections:
+            corrections[step] = (lr / (1.0 - beta1**step), 1.0 / math.sqrt(1.0 - beta2**step))
+        factors[2 * i:2 * i + 2] = corrections[step]
+    status = library().vf_adam_master_step(_dtype_code(params[0]), count, meta, factors, lr, beta1, beta2, eps,
+                                           weight_decay, int(decoupled), _threads())
     _check(status, "Adam step")
 
 
-def all_finite(t: torch.Tensor) -> bool:
-    """Whether every element of the contiguous CPU tensor ``t`` is finite (a read-only pass)."""
-    result = library().vf_all_finite(_dtype_code(t), t.data_ptr(), t.numel(), _threads())
+def all_finite(tensors) -> bool:
+    """Whether every element of the contiguous CPU ``tensors`` (one tensor or a list, all of one dtype) is finite:
+    one read-only pass in one call."""
+    if isinstance(tensors, torch.Tensor):
+        tensors = [tensors]
+    if not tensors:
+        return True
+    count = len(tensors)
+    sizes = (ctypes.c_int64 * count)(*(t.numel() for t in tensors))
+    data = (ctypes.c_void_p * count)(*(t.data_ptr() for t in tensors))
+    result = library().vf_all_finite(_dtype_code(tensors[0]), count, sizes, data, _threads())
     if result < 0:
         _check(-result, "finiteness check")
     return result == 1

@@ -220,7 +220,10 @@ class Trainer:
         else:
             grads_finite = self._grads_finite()
         if not self.scaler.is_enabled():  # with fp16 the scaler itself skips steps whose gradients overflowed
-            finite = finite & grads_finite
+            if isinstance(grads_finite, bool):  # the native check answered on the host: no tensor op needed
+                finite = finite if grads_finite else torch.zeros_like(finite)
+            else:
+                finite = finite & grads_finite
         if self.dist.enabled:
             # All ranks take the same decision, so they never diverge: any rank's NaN skips the step everywhere.
             finite = self.dist.all_reduce_((~finite).float().view(1)) == 0
@@ -246,11 +249,11 @@ class Trainer:
             self._scale = torch.tensor(1.0 / max(local_count, 1), device=self.device)
         return self._scale
 
-    def _grads_finite(self) -> torch.Tensor:
+    def _grads_finite(self) -> torch.Tensor | bool:
         """One multi-tensor pass (GradScaler's own kernel, with a scale of 1) instead of a norm per parameter, or
-        with master weights the optimizer's read-only native check of the bf16 gradients."""
+        with master weights the optimizer's read-only native check of the bf16 gradients, answered on the host."""
         if self.master_weights:
-            return torch.tensor(self.optimizer.grads_finite(), device=self.device)
+            return self.optimizer.grads_finite()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         found_inf = torch.zeros(1, device=self.device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones(1, device=self.device))
