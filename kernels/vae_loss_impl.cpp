@@ -84,9 +84,19 @@ void latent_fwd_flat(const T* __restrict mu, const T* __restrict logvar, const T
     for (int64_t i = 0; i < n; ++i) kl2[i] = latent_fwd_element<T, BOUNDED>(mu[i], logvar[i], eps[i], z[i], lo, hi);
 }
 
+// Rows r0 .. r0 + rows of a [B, N] input whose rows lie `stride` elements apart, as one contiguous run: the input
+// itself when its rows are adjacent, else a copy in `buf` (kRowBlock * kShortRow elements, on the caller's stack).
+// A chunk of a packed [B, 2N] tensor into mu and logvar arrives this way without a clone per call.
+template <typename T>
+const T* contiguous_rows(const T* base, int64_t stride, int64_t r0, int64_t rows, int64_t N, T* buf) {
+    if (stride == N) return base + r0 * N;
+    for (int64_t r = 0; r < rows; ++r) std::copy(base + (r0 + r) * stride, base + (r0 + r) * stride + N, buf + r * N);
+    return buf;
+}
+
 template <typename T>
 void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, float* kl_per_dim, int64_t B,
-                int64_t N, float lo, float hi, int num_threads) {
+                int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads) {
     const Tiling t(B, N);
     const bool parallel = t.parallel();
     const bool bounded = exp_range_is_safe(lo, hi);
@@ -101,8 +111,11 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
         if (N < kShortRow) {  // then one column chunk: the tile is whole rows, contiguous
             const int64_t r0 = t.row_begin(tile), rows = t.row_end(tile) - r0;
             float kl2[kRowBlock * kShortRow];
+            T mu_rows[kRowBlock * kShortRow], logvar_rows[kRowBlock * kShortRow];
             (bounded ? latent_fwd_flat<T, true> : latent_fwd_flat<T, false>)(
-                mu + r0 * N, logvar + r0 * N, eps + r0 * N, z + r0 * N, kl2, rows * N, lo, hi);
+                contiguous_rows(mu, mu_stride, r0, rows, N, mu_rows),
+                contiguous_rows(logvar, logvar_stride, r0, rows, N, logvar_rows), eps + r0 * N, z + r0 * N, kl2,
+                rows * N, lo, hi);
             for (int64_t r = 0; r < rows; ++r) {
                 const float* __restrict terms = kl2 + r * N;
                 float acc2 = 0.0f;
@@ -120,7 +133,8 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
             const int64_t off = r * N + c0;
             auto row = dim_acc ? (bounded ? latent_fwd_row<T, true, true> : latent_fwd_row<T, true, false>)
                                : (bounded ? latent_fwd_row<T, false, true> : latent_fwd_row<T, false, false>);
-            const float kl_sum = row(mu + off, logvar + off, eps + off, z + off, dim_acc, n, lo, hi);
+            const float kl_sum = row(mu + r * mu_stride + c0, logvar + r * logvar_stride + c0, eps + off, z + off,
+                                     dim_acc, n, lo, hi);
             row_partial[r * t.n_chunks + t.chunk(tile)] = kl_sum;
         }
     }
@@ -185,8 +199,9 @@ void latent_bwd_flat(const T* __restrict gz, const float* __restrict w, const T*
 }
 
 template <typename T>
-void latent_bwd(const T* gz, const float* gk, const float* gd, const T* mu, const T* logvar, const T* eps, T* dmu,
-                T* dlogvar, int64_t B, int64_t N, float lo, float hi, int num_threads) {
+void latent_bwd(const T* gz, const float* gk, int64_t gk_stride, const float* gd, const T* mu, const T* logvar,
+                const T* eps, T* dmu, T* dlogvar, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride,
+                float lo, float hi, int num_threads) {
     const Tiling t(B, N);
     const bool parallel = t.parallel();
     const bool bounded = exp_range_is_safe(lo, hi);
@@ -196,19 +211,24 @@ void latent_bwd(const T* gz, const float* gk, const float* gd, const T* mu, cons
         if (N < kShortRow) {  // then one column chunk: the tile is whole rows, contiguous
             const int64_t r0 = t.row_begin(tile), rows = t.row_end(tile) - r0;
             float w[kRowBlock * kShortRow];
-            for (int64_t r = 0; r < rows; ++r)
-                for (int64_t i = 0; i < N; ++i) w[r * N + i] = gd ? gk[r0 + r] + gd[i] : gk[r0 + r];
+            for (int64_t r = 0; r < rows; ++r) {
+                const float row_weight = gk[(r0 + r) * gk_stride];
+                for (int64_t i = 0; i < N; ++i) w[r * N + i] = gd ? row_weight + gd[i] : row_weight;
+            }
             const int64_t off = r0 * N;
+            T mu_rows[kRowBlock * kShortRow], logvar_rows[kRowBlock * kShortRow];
             (bounded ? latent_bwd_flat<T, true> : latent_bwd_flat<T, false>)(
-                gz + off, w, mu + off, logvar + off, eps + off, dmu + off, dlogvar + off, rows * N, lo, hi);
+                gz + off, w, contiguous_rows(mu, mu_stride, r0, rows, N, mu_rows),
+                contiguous_rows(logvar, logvar_stride, r0, rows, N, logvar_rows), eps + off, dmu + off,
+                dlogvar + off, rows * N, lo, hi);
             continue;
         }
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
             const int64_t off = r * N + c0;
             auto row = gd ? (bounded ? latent_bwd_row<T, true, true> : latent_bwd_row<T, true, false>)
                           : (bounded ? latent_bwd_row<T, false, true> : latent_bwd_row<T, false, false>);
-            row(gz + off, gk[r], gd ? gd + c0 : nullptr, mu + off, logvar + off, eps + off, dmu + off, dlogvar + off,
-                n, lo, hi);
+            row(gz + off, gk[r * gk_stride], gd ? gd + c0 : nullptr, mu + r * mu_stride + c0,
+                logvar + r * logvar_stride + c0, eps + off, dmu + off, dlogvar + off, n, lo, hi);
         }
     }
 }
@@ -272,23 +292,25 @@ bool with_dtype(int dtype, Fn&& fn) {
 extern "C" {
 
 int VF_EXPORT(vf_latent_fwd)(int dtype, const void* mu, const void* logvar, const void* eps, void* z, float* kl,
-                             float* kl_per_dim, int64_t B, int64_t N, float lo, float hi, int num_threads) {
+                             float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride,
+                             float lo, float hi, int num_threads) {
     bool ok = with_dtype(dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         latent_fwd<T>(static_cast<const T*>(mu), static_cast<const T*>(logvar), static_cast<const T*>(eps),
-                      static_cast<T*>(z), kl, kl_per_dim, B, N, lo, hi, num_threads);
+                      static_cast<T*>(z), kl, kl_per_dim, B, N, mu_stride, logvar_stride, lo, hi, num_threads);
     });
     return ok ? VF_OK : VF_BAD_DTYPE;
 }
 
-int VF_EXPORT(vf_latent_bwd)(int dtype, const void* gz, const float* gk, const float* gd, const void* mu,
-                             const void* logvar, const void* eps, void* dmu, void* dlogvar, int64_t B, int64_t N,
-                             float lo, float hi, int num_threads) {
+int VF_EXPORT(vf_latent_bwd)(int dtype, const void* gz, const float* gk, int64_t gk_stride, const float* gd,
+                             const void* mu, const void* logvar, const void* eps, void* dmu, void* dlogvar, int64_t B,
+                             int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi,
+                             int num_threads) {
     bool ok = with_dtype(dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
-        latent_bwd<T>(static_cast<const T*>(gz), gk, gd, static_cast<const T*>(mu), static_cast<const T*>(logvar),
-                      static_cast<const T*>(eps), static_cast<T*>(dmu), static_cast<T*>(dlogvar), B, N, lo, hi,
-                      num_threads);
+        latent_bwd<T>(static_cast<const T*>(gz), gk, gk_stride, gd, static_cast<const T*>(mu),
+                      static_cast<const T*>(logvar), static_cast<const T*>(eps), static_cast<T*>(dmu),
+                      static_cast<T*>(dlogvar), B, N, mu_stride, logvar_stride, lo, hi, num_threads);
     });
     return ok ? VF_OK : VF_BAD_DTYPE;
 }

@@ -155,3 +155,44 @@ def test_short_and_long_rows_match_reference(native, n):
     for name, a, b in zip(("z", "kl", "kl_per_dim", "dmu", "dlogvar"), res[native], res["torch"]):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
+
+
+class _CopyCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that copy a tensor (clone, contiguous copies, cat) run under it."""
+
+    COPIES = ("aten.clone", "aten.copy_", "aten._to_copy", "aten.cat")
+
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.COPIES):
+            self.copies.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("shape", [(13, 40), (13, 600), (5, 8, 3, 7)])  # flat runs; row by row; spatial
+def test_halves_of_a_packed_encoder_output_are_read_in_place(native, shape):
+    """mu and logvar as the two chunks of one [B, 2N, ...] tensor (how the models produce them) are read with their
+    row stride, in both passes, without a copy, and the gradient of kl.sum() (one value broadcast over the batch)
+    is read with stride 0: values and gradients against the reference."""
+    g = torch.Generator().manual_seed(sum(shape))
+    packed = torch.randn(*shape, generator=g) * 3
+    packed[:, shape[1] // 2] = 12.0  # logvar's first element: clamped in every row
+    eps = torch.randn(shape[0], shape[1] // 2, *shape[2:], generator=g)
+    res = {}
+    for backend in ("torch", native):
+        h = packed.clone().requires_grad_()
+        mu, logvar = h.chunk(2, dim=1)
+        assert not mu.is_contiguous()
+        counter = _CopyCounter()
+        with counter:
+            z, kl = vaefast.reparameterize_kl(mu, logvar, eps, backend=backend)
+            (dh,) = torch.autograd.grad((z * z.detach()).sum() + kl.sum(), h)
+        if backend == native:
+            # SplitBackward's cat of the two half-gradients is autograd's, not the op's.
+            assert counter.copies == ["aten.cat.default"], counter.copies
+        res[backend] = [z, kl, dh]
+    for name, a, b in zip(("z", "kl", "dh"), res[native], res["torch"]):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-4, msg=lambda m: f"{name}: {m}")
