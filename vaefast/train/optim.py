@@ -4,8 +4,8 @@ Under bf16 autocast a model keeps float32 weights: every forward casts each weig
 each weight gradient back to float32, two extra passes over the weights per step. On the CPU MLP VAE those casts
 and their cache misses were ~12% of a step (benchmarks/README.md). ``MasterWeightAdam`` instead leaves the model
 in bf16, so the forward and backward read and write bf16 only, and keeps the float32 weights in the optimizer
-state. Its step is one pass per tensor (the native kernel in ``kernels/optimizer_impl.cpp``) that reads the bf16
-gradient and the float32 master and moments, and writes them back together with the new bf16 weights. The
+state. Its step is one native call (``kernels/optimizer_impl.cpp``) that makes one pass over every tensor: it reads
+the bf16 gradient and the float32 master and moments, and writes them back together with the new bf16 weights. The
 float32 master is what lets updates smaller than a bf16 ulp accumulate, so training matches autocast's.
 """
 
