@@ -156,7 +156,6 @@ def test_short_and_long_rows_match_reference(native, n):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
-
 class _CopyCounter(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts the ops that copy a tensor (clone, contiguous copies, cat) run under it."""
 
