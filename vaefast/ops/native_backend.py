@@ -145,9 +145,7 @@ def latent_backward(gz, gk, gd, mu, logvar, eps, lo: float, hi: float):
     B, N = mu.shape[0], math.prod(mu.shape[1:])
     (mu, mu_stride), (logvar, logvar_stride) = _rows(mu), _rows(logvar)
     eps, gz = eps.contiguous(), gz.to(mu.dtype).contiguous()
-    # The gradient of kl.sum() arrives as one value expanded over the batch: read with stride 0, not copied.
-    if gk.dim() != 1:
-        gk = gk.reshape(B)
+    # gk is [B]; the gradient of kl.sum() arrives as one value expanded over it: read with stride 0, not copied.
     gk_stride = gk.stride(0) if B > 1 else 1
     gd = None if gd is None else gd.contiguous()
     dmu, dlogvar = torch.empty(mu.shape, dtype=mu.dtype), torch.empty(logvar.shape, dtype=logvar.dtype)
