@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_suite_cpu_smoke(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    env["PYTHON"] = sys.executable  # the interpreter running the tests, whether or not its venv is activated
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--cpu-smoke", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -29,5 +31,5 @@ def test_gpu_suite_refuses_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh")], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                          timeout=120, cwd=ROOT, env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import bce_with_logits
+from ..ops.reference import clamp_with_inclusive_gradient
 
 LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
 
@@ -79,7 +80,7 @@ class DiscretizedLogistic(Likelihood):
         # Rescale [0, 1] -> [-1, 1], where the bins are 2/255 wide.
         x = x * 2.0 - 1.0
         mu = torch.tanh(mean.float())
-        inv_s = torch.exp(-self.log_scale.float().clamp(min=-7.0))
+        inv_s = torch.exp(-clamp_with_inclusive_gradient(self.log_scale.float(), -7.0, None))
         plus = inv_s * (x - mu + 1.0 / 255.0)
         minus = inv_s * (x - mu - 1.0 / 255.0)
         # log(sigmoid(plus) - sigmoid(minus)) computed stably, with the edge bins open-ended.

@@ -29,7 +29,8 @@ def reparameterize_kl(
         mu, logvar: ``[B, ...]`` posterior mean and log-variance, flat ``[B, D]`` or spatial ``[B, C, H, W]``.
         eps: standard normal noise of the same shape; drawn with ``torch.randn_like(mu)`` when None. It takes
             no gradient.
-        clamp: ``(lo, hi)`` bounds for logvar, or None for no clamp. The gradient follows ``torch.clamp``.
+        clamp: ``(lo, hi)`` bounds for logvar, or None for no clamp. The clamp's gradient
+            passes on the bounds and is zero outside them, whatever the installed torch's ``torch.clamp`` does.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"native"``.
         return_kl_per_dim: also return the KL summed over the batch per latent element (shape
             ``mu.shape[1:]``), computed in the same pass, for active-unit monitoring and free bits.

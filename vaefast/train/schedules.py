@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.reference import clamp_with_inclusive_gradient
+
 
 def kl_weight(step: int, total_steps: int, beta: float, warmup_steps: int = 0, cycles: int = 0,
               ramp_fraction: float = 0.5) -> float:
@@ -31,4 +33,5 @@ def kl_objective(kl: torch.Tensor, kl_per_dim: torch.Tensor, batch_size: int, fr
     """
     if free_bits <= 0:
         return kl.sum()
-    return torch.clamp(kl_per_dim / max(batch_size, 1), min=free_bits).sum() * batch_size
+    floored = clamp_with_inclusive_gradient(kl_per_dim / max(batch_size, 1), free_bits, None)
+    return floored.sum() * batch_size
