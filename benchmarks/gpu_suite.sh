@@ -41,6 +41,6 @@ for dtype in fp32 bf16 fp16; do
 done
 $PY benchmarks/triton_autotune.py --results "$out"
 $PY benchmarks/bench_throughput.py --device cuda
-$PY benchmarks/triton_sass.py
+$PY benchmarks/triton_inspect.py
 cp benchmarks/results/bench_loss-cuda-*.json benchmarks/results/bench_throughput-cuda.json "$out"/ 2>/dev/null || true
 echo "gpu_suite: done; results in $out and benchmarks/results/, tables in benchmarks/README.md"

@@ -34,7 +34,7 @@ def configs():
 
 def check(out: Path | None, quick: bool = False) -> list[dict]:
     """Compile every config ahead of time for sm_80 and sm_90 (no GPU needed) and assert no spills."""
-    from vaefast.ops.triton_inspect import inspect_kernel, kernel_specs
+    from vaefast.perf.triton_inspect import inspect_kernel, kernel_specs
 
     rows = []
     for name in kernel_specs("*fp32"):

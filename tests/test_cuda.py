@@ -94,7 +94,7 @@ def test_training_on_cuda(tmp_path, precision, compile_):
                       device="cuda", log_every=3)  # metrics kept across steps: CUDA-graph outputs must be copied
     trainer = Trainer(cfg, data)
     assert next(trainer.model.parameters()).is_cuda and not trainer.master_weights
-    assert trainer.cuda_graphs == (compile_ is True)
+    assert trainer.plan.cuda_graphs == (compile_ is True)
     summary = trainer.fit()
     assert summary["device"].startswith("cuda") and summary["precision"] == precision
     assert summary["skipped_steps"] <= 2

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from vaefast.models import DiscretizedLogistic, Gaussian, ModelConfig, build_model
-from vaefast.train.schedules import kl_objective, kl_weight
+from vaefast.models.objective import kl_objective
+from vaefast.train.schedules import kl_weight
 
 
 def test_classic_recipe_is_expressible_exactly():

@@ -12,8 +12,8 @@ import torch
 
 from vaefast.models.likelihoods import DiscretizedLogistic
 from vaefast.ops.reference import clamp_with_inclusive_gradient
-from vaefast.train.schedules import kl_objective
-from vaefast.train.trainer import native_bf16
+from vaefast.models.objective import kl_objective
+from vaefast.plan import native_bf16
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])

@@ -7,8 +7,8 @@ import json
 import sys
 
 from .data import DataError
-from .train.checkpoint import CheckpointError, load_checkpoint
-from .train.config import TrainConfig, load_toml, merge
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import TrainConfig, load_toml, merge
 from .train.guard import NonFiniteTraining
 
 # flag -> (section, config key); section None is the top-level TrainConfig

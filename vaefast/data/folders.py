@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .sampling import split_indices
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 ARRAY_SUFFIX = ".npy"
@@ -136,13 +137,11 @@ def image_folder(root: str | Path, *, size: int | None = None, test_fraction: fl
     else:
         channels = 1 if _open(files[0]).mode in ("L", "1", "I;16", "I") else 3
         shape = decode(files[0], channels, size).shape
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(files))
-    n_test = min(MAX_TEST_IMAGES, max(1, int(round(len(files) * test_fraction))))
     if len(files) < 2:
         raise DataError(f"image folder {root} holds only {len(files)} image; need at least 2 for a train/test split")
-    test = sorted(files[i] for i in order[:n_test])
-    train = sorted(files[i] for i in order[n_test:])
+    train_idx, test_idx = split_indices(len(files), test_fraction, seed, max_test=MAX_TEST_IMAGES)
+    test = sorted(files[i] for i in test_idx.tolist())
+    train = sorted(files[i] for i in train_idx.tolist())
     parents = sorted({p.parent.name for p in files})
     classes = parents if len(parents) > 1 and all(p.parent != root for p in files) else []
     return ImageFolder(root, train, test, channels, size, tuple(shape), classes)

@@ -16,6 +16,7 @@ from .arrays import numpy_images
 from .errors import DataError
 from .folders import ImageFolder, image_folder
 from .idx import read_idx
+from .sampling import split_indices
 
 EMBEDDED = "embedded"
 # Share of the images held out for the test metrics when the source has no test split of its own.
@@ -58,15 +59,6 @@ def _as_nchw(images: np.ndarray, origin: str) -> torch.Tensor:
     if images.ndim != 4:
         raise DataError(f"{origin}: expected images of shape [N, H, W] or [N, C, H, W], got {images.shape}")
     return torch.from_numpy(np.ascontiguousarray(images))
-
-
-def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seeded (train, test) index split every in-memory source uses: ``test_fraction`` of the images, sorted."""
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(f"test fraction must lie in (0, 1), got {test_fraction}")
-    n_test = max(1, int(round(n * test_fraction)))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
 def split(images: torch.Tensor, labels: torch.Tensor | None, test_fraction: float, seed: int):

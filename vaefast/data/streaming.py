@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
 from .folders import ImageFolder, decode, first_undecodable, is_array_folder
-from .loader import RandomFlip, UnpaddedDistributedSampler
+from .convert import to_unit_float
+from .sampling import RandomFlip, UnpaddedDistributedSampler
 
 log = logging.getLogger("vaefast.data")
 
@@ -77,7 +78,7 @@ class TorchLoader:
         produced = start_batch
         for batch in loader:
             produced += 1
-            x = batch.to(self.device, non_blocking=True).float().div_(255.0)
+            x = to_unit_float(batch, self.device)
             yield self.flipper(x, self.sampler.epoch, produced) if self.flipper else x
         shape = (0, *self.image_shape)
         for _ in range(produced, len(self)):  # a smaller share ends in empty batches: every rank steps alike

@@ -7,7 +7,17 @@ from contextlib import nullcontext
 
 import torch
 
+from ..data.convert import to_unit_float
+from ..models.objective import NegativeELBO
+
 ACTIVE_UNIT_NATS = 0.1  # a latent dimension whose average KL exceeds this is "active" (Burda et al., NVAE)
+
+
+def collapse_level(kl_nats: float, active: int, latent_dim: int, mean_distance: float = math.inf) -> str:
+    """"collapsed" (the posterior ignores the input), "partial" (most units inactive) or "healthy"."""
+    if kl_nats < ACTIVE_UNIT_NATS or active == 0 or mean_distance < 1e-3:
+        return "collapsed"
+    return "partial" if active < 0.5 * latent_dim else "healthy"
 
 
 def bits_per_dim(neg_elbo_nats: float, dims: int) -> float:
@@ -23,11 +33,11 @@ def evaluate_elbo(model, images: torch.Tensor, batch_size: int = 500, device="cp
     device = torch.device(device)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # nll, kl, count
     kl_per_dim = None
+    objective = NegativeELBO(model)
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device).float().div_(255.0)
+        x = to_unit_float(images[start:start + batch_size], device)
         with autocast or nullcontext():
-            out = model(x)
-            nll = model.nll(out.decoded, x)
+            nll, out = objective.terms(x)
         totals += torch.stack([nll.double().sum(), out.kl.double().sum(), torch.tensor(len(x), device=device)])
         kl_per_dim = out.kl_per_dim.double() if kl_per_dim is None else kl_per_dim + out.kl_per_dim.double()
     model.train(was_training)

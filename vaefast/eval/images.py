@@ -11,11 +11,23 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..train.monitor import image_grid
 
 # A 10-colour palette (Tableau) for class labels in the scatter plot.
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """[N, C, H, W] in [0, 1] -> one [C, H', W'] grid image with padding between the tiles."""
+    n, c, h, w = images.shape
+    ncol = min(nrow, n)
+    nrows = -(-n // ncol)
+    grid = torch.full((c, nrows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value)
+    for i, img in enumerate(images.float().clamp(0, 1).cpu()):
+        r, col = divmod(i, ncol)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top:top + h, left:left + w] = img
+    return grid
 
 
 def to_pil(grid: torch.Tensor, scale: int = 2) -> Image.Image:

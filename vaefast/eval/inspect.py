@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..data import load_dataset
+from ..data.convert import to_unit_float
 from .images import grid_png, pca_2d, scatter_png, slerp
 from .report import load_model, posterior_means
 
@@ -34,7 +35,7 @@ def inspect_model(checkpoint, out, *, data: str | None = None, n: int = 8, steps
     test = dataset.test
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(test), generator=g)[: 2 * n]
-    x = test[pick].to(device).float().div_(255.0)
+    x = to_unit_float(test[pick], device)
     mean_img = model.likelihood.mean
     paths = {}
 
@@ -44,7 +45,7 @@ def inspect_model(checkpoint, out, *, data: str | None = None, n: int = 8, steps
                                         nrow=n, title="top: input, bottom: reconstruction (posterior mean)")
 
     # Traversals: most active dimensions first (by their average KL on the test set).
-    kl_per_dim = model(test[:1000].to(device).float().div_(255.0)).kl_per_dim
+    kl_per_dim = model(to_unit_float(test[:1000], device)).kl_per_dim
     order = kl_per_dim.flatten().argsort(descending=True)[:dims]
     base = mu[0].flatten()
     values = torch.linspace(-3.0, 3.0, steps, device=device)

@@ -6,12 +6,13 @@ import math
 
 import torch
 
+from ..checkpoint import load_checkpoint
+from ..config import TrainConfig
 from ..data import load_dataset
+from ..data.convert import to_unit_float
 from ..models import build_model
-from ..train.checkpoint import load_checkpoint
-from ..train.config import TrainConfig
-from ..train.trainer import AMP_DTYPES, resolve_precision
-from .elbo import ACTIVE_UNIT_NATS, evaluate_elbo
+from ..plan import autocast, resolve_precision
+from .elbo import collapse_level, evaluate_elbo
 from .iwae import iwae_log_likelihood
 
 # Burda et al.'s activity threshold on Cov_x(E_q[z_u]).
@@ -28,23 +29,19 @@ def load_model(checkpoint, device="cpu"):
     return model, cfg
 
 
-def autocast_for(cfg: TrainConfig, device: torch.device):
-    precision = resolve_precision(cfg.precision, device)
-    return torch.autocast(device.type, dtype=AMP_DTYPES[precision]) if precision != "fp32" else None
-
-
 @torch.no_grad()
 def posterior_means(model, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    means = [model.encode(images[i:i + batch_size].to(device).float().div_(255.0))[0].float().flatten(1).cpu()
+    means = [model.encode(to_unit_float(images[i:i + batch_size], device))[0].float().flatten(1).cpu()
              for i in range(0, len(images), batch_size)]
     return torch.cat(means)
 
 
 def collapse_verdict(kl_nats: float, active: int, latent_dim: int, mean_distance: float) -> str:
-    if kl_nats < ACTIVE_UNIT_NATS or active == 0 or mean_distance < 1e-3:
+    level = collapse_level(kl_nats, active, latent_dim, mean_distance)
+    if level == "collapsed":
         return ("collapsed: the posterior ignores the input (KL ~ 0 or identical latent means for different "
                 "images); try KL warm-up, free bits, a weaker decoder or a lower learning rate")
-    if active < 0.5 * latent_dim:
+    if level == "partial":
         return (f"partial collapse: {active} of {latent_dim} latent units are active; the rest carry no "
                 "information (common with large latents; free bits or a smaller latent help)")
     return f"healthy: {active} of {latent_dim} latent units are active"
@@ -60,8 +57,8 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
         raise ValueError(f"the checkpoint's model takes {model.image_shape} images but the data has "
                          f"{tuple(test.shape[1:])}")
     torch.manual_seed(seed)
-    autocast = autocast_for(cfg, device)
-    elbo = evaluate_elbo(model, test, batch_size=batch_size, device=device, autocast=autocast)
+    precision = autocast(resolve_precision(cfg.precision, device), device)
+    elbo = evaluate_elbo(model, test, batch_size=batch_size, device=device, autocast=precision)
     result = {
         "test_neg_elbo_nats": elbo["neg_elbo_nats"],
         "test_recon_nats": elbo["recon_nats"],
@@ -76,8 +73,8 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
         iw_batch = max(1, min(batch_size, 20_000 // iw_samples))
         total = 0.0
         for start in range(0, len(test), iw_batch):
-            x = test[start:start + iw_batch].to(device).float().div_(255.0)
-            total += float(iwae_log_likelihood(model, x, iw_samples, autocast=autocast).sum())
+            x = to_unit_float(test[start:start + iw_batch], device)
+            total += float(iwae_log_likelihood(model, x, iw_samples, autocast=precision).sum())
         result["iwae_nll_nats"] = -total / len(test)
         result["iwae_bpd"] = result["iwae_nll_nats"] / (math.prod(test.shape[1:]) * math.log(2))
     result["iw_samples"] = iw_samples

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..ops import reparameterize_kl
-from ..profiling import stage
+from ..perf.stages import stage
 from .likelihoods import Likelihood, make_likelihood
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}

@@ -112,9 +112,6 @@ def _auto(device: torch.device, dtype: torch.dtype) -> str:
     return "torch"
 
 
-# torch.compile runs this at trace time and bakes the answer into the graph (guarded on its inputs), so the
-# selection, its caches and its warning never become part of a compiled graph.
-@torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     """The name of the backend that will run; raises BackendUnavailable with the reason."""
     name = _auto(device, dtype) if backend == "auto" else backend
@@ -137,7 +134,11 @@ _SELECTED: dict[tuple, str] = {}
 def select(backend: str, device: torch.device, dtype: torch.dtype) -> FusedOps | None:
     """The fused ops to call, or None for the PyTorch reference. Raises BackendUnavailable with the reason."""
     if torch.compiler.is_compiling():
-        name = resolve(backend, device, dtype)
+        # Imported here, not at the top: marking a function for dynamo imports torch._dynamo, which would
+        # triple the cost of `import vaefast` for eager users. While compiling, dynamo is loaded already.
+        from .compile_time import resolve_constant
+
+        name = resolve_constant(backend, device, dtype)
     else:
         # Eager calls repeat the same few (backend, device, dtype) triples: remember the answers.
         key = (backend, device, dtype)

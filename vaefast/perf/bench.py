@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 from ..data import ImageDataset, load_dataset
-from ..train import TrainConfig, Trainer
+from ..config import TrainConfig
+from ..train import Trainer
+from ..train.metrics import WARMUP_STEPS
 from .loss_bench import CASES, QUICK_CASES, run_case
 from .machine import machine_info
 
@@ -18,28 +20,25 @@ from .machine import machine_info
 def step_throughput(dataset: ImageDataset, *, model: dict | None = None, precision: str = "auto",
                     compile_mode: str | None = None, batch_size: int = 128, steps: int = 100, warmup: int = 5,
                     device: str | None = None) -> tuple[float, str]:
-    """Steady-state training images/s on preloaded batches (warm-up steps absorb compilation), and the precision
-    that ran; ``compile_mode`` None runs eagerly. The one step timer behind `vaefast bench`, bench_data.py and
-    bench_throughput.py."""
+    """Steady-state training images/s (warm-up steps absorb compilation; the memory loader's batches are an
+    index_select), and the precision that ran; ``compile_mode`` None runs eagerly. The one step timer behind
+    `vaefast bench`, bench_data.py and bench_throughput.py."""
     cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=compile_mode is not None,
                       compile_mode=compile_mode, progress=False, tensorboard=False,
                       out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device)
     for key, value in (model or {}).items():
         setattr(cfg.model, key, value)
     trainer = Trainer(cfg, dataset)
-    trainer.loader.set_epoch(0)
-    batches = [b for _, b in zip(range(warmup + steps), trainer.loader.batches())]
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    for x in batches[:warmup]:
-        trainer.train_step(x)
+    trainer.run(max(warmup, WARMUP_STEPS))
     sync()
+    counted = trainer.metrics.train_images  # every step past the trainer's own warm-up (short batches included)
     t0 = time.perf_counter()
-    for x in batches[warmup:]:
-        trainer.train_step(x)
+    trainer.run(steps)
     sync()
     seconds = time.perf_counter() - t0
     trainer.close()
-    return (len(batches) - warmup) * batch_size / seconds, trainer.precision
+    return (trainer.metrics.train_images - counted) / seconds, trainer.precision
 
 
 def training_throughput(precision: str, steps: int, batch_size: int = 128, device: str | None = None) -> dict:

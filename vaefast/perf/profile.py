@@ -12,8 +12,9 @@ from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-from .. import profiling
-from ..train import TrainConfig, Trainer
+from . import stages as stage_labels
+from ..config import TrainConfig
+from ..train import Trainer
 
 
 def profile_training(cfg: TrainConfig, *, steps: int = 10, out: str | Path = "profile", wait: int = 1,
@@ -22,31 +23,18 @@ def profile_training(cfg: TrainConfig, *, steps: int = 10, out: str | Path = "pr
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.progress, cfg.tensorboard = False, False
-    profiling.enable(True)
+    stage_labels.enable(True)
     try:
         trainer = Trainer(cfg)
         cuda = trainer.device.type == "cuda"
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        needed = wait + warmup + steps
         with profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=steps, repeat=1),
                      on_trace_ready=tensorboard_trace_handler(str(out)), record_shapes=record_shapes,
                      profile_memory=profile_memory, with_stack=with_stack) as prof:
-            done = 0
-            while done < needed:
-                trainer.loader.set_epoch(trainer.epoch)
-                for group in trainer._step_groups():
-                    trainer.train_step(group)
-                    trainer.step += 1
-                    trainer.batch_in_epoch += len(group)
-                    prof.step()
-                    done += 1
-                    if done == needed:
-                        break
-                else:
-                    trainer.epoch, trainer.batch_in_epoch = trainer.epoch + 1, 0
+            trainer.run(wait + warmup + steps, on_step=lambda _: prof.step())
         trainer.close()
     finally:
-        profiling.enable(False)
+        stage_labels.enable(False)
     return summarize(prof, out, steps, cuda, top)
 
 
@@ -55,11 +43,11 @@ def summarize(prof, out: Path, steps: int, cuda: bool, top: int) -> dict:
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
     total_attr = "device_time_total" if cuda else "cpu_time_total"
     step_time = sum(e.cpu_time_total for e in events if e.key.startswith("ProfilerStep"))
-    ops = sorted((e for e in events if e.key not in profiling.STAGES and not e.key.startswith("ProfilerStep")),
+    ops = sorted((e for e in events if e.key not in stage_labels.STAGES and not e.key.startswith("ProfilerStep")),
                  key=lambda e: getattr(e, attr), reverse=True)
     top_ops = [{"name": e.key, "self_time_us": getattr(e, attr), "calls": e.count} for e in ops[:top]]
     stages = {}
-    for name in profiling.STAGES:
+    for name in stage_labels.STAGES:
         match = [e for e in events if e.key == name]
         time_us = sum(e.cpu_time_total for e in match)
         stages[name] = {"time_us": time_us, "share_of_step": time_us / step_time if step_time else 0.0,

@@ -1,10 +1,14 @@
-"""The training engine: config, schedules, checkpoints, monitoring and the Trainer."""
+"""The training engine: the Trainer, its components (metrics, monitor, NaN guard), optimizers and schedules.
 
-from .checkpoint import CheckpointError, Checkpointer, load_checkpoint
-from .config import TrainConfig
+The configuration (``vaefast.config``), checkpoints (``vaefast.checkpoint``) and the run plan (``vaefast.plan``)
+live outside, so that evaluation uses them without the trainer.
+"""
+
+from ..checkpoint import CheckpointError, Checkpointer, load_checkpoint
+from ..config import TrainConfig
 from .guard import NonFiniteTraining
 from .optim import MasterWeightAdam
-from .trainer import Trainer, train
+from .trainer import Trainer
 
-__all__ = ["CheckpointError", "Checkpointer", "MasterWeightAdam", "NonFiniteTraining", "TrainConfig", "Trainer", "load_checkpoint",
-           "train"]
+__all__ = ["CheckpointError", "Checkpointer", "MasterWeightAdam", "NonFiniteTraining", "TrainConfig", "Trainer",
+           "load_checkpoint"]

@@ -13,20 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..eval import ACTIVE_UNIT_NATS
-
-
-def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
-    """[N, C, H, W] in [0, 1] -> one [C, H', W'] grid image with padding between the tiles."""
-    n, c, h, w = images.shape
-    ncol = min(nrow, n)
-    nrows = -(-n // ncol)
-    grid = torch.full((c, nrows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value)
-    for i, img in enumerate(images.float().clamp(0, 1).cpu()):
-        r, col = divmod(i, ncol)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[:, top:top + h, left:left + w] = img
-    return grid
+from ..eval.elbo import ACTIVE_UNIT_NATS, collapse_level
+from ..eval.images import image_grid
 
 
 class Monitor:
@@ -75,7 +63,7 @@ class Monitor:
         kl_total = float(avg_kl_per_dim.sum())
         if self.enabled and self.writer is not None:
             self.writer.add_histogram("kl_per_dim", avg_kl_per_dim, step)
-        if self.enabled and (kl_total < ACTIVE_UNIT_NATS or active < 0.5 * total):
+        if self.enabled and collapse_level(kl_total, active, total) != "healthy":
             warnings.warn(
                 f"posterior collapse risk: {active} of {total} latent units are active (KL > {ACTIVE_UNIT_NATS} "
                 f"nats) and the KL is {kl_total:.3f} nats per image. Remedies: KL warm-up (--kl-warmup-steps) or "

@@ -1,10 +1,7 @@
-"""KL weight schedules and the free-bits KL objective."""
+"""KL weight schedules: linear warm-up and cyclical annealing."""
 
 from __future__ import annotations
 
-import torch
-
-from ..ops.reference import clamp_with_inclusive_gradient
 
 
 def kl_weight(step: int, total_steps: int, beta: float, warmup_steps: int = 0, cycles: int = 0,
@@ -23,15 +20,3 @@ def kl_weight(step: int, total_steps: int, beta: float, warmup_steps: int = 0, c
     if warmup_steps > 0:
         return beta * min(1.0, step / warmup_steps)
     return beta
-
-
-def kl_objective(kl: torch.Tensor, kl_per_dim: torch.Tensor, batch_size: int, free_bits: float) -> torch.Tensor:
-    """The KL summed over the batch as the loss sees it.
-
-    With free bits (Kingma et al., 2016) each latent dimension's batch-mean KL is floored at ``free_bits`` nats,
-    so the optimizer gains nothing by pushing a dimension below it; the per-dim KL comes from the fused op.
-    """
-    if free_bits <= 0:
-        return kl.sum()
-    floored = clamp_with_inclusive_gradient(kl_per_dim / max(batch_size, 1), free_bits, None)
-    return floored.sum() * batch_size

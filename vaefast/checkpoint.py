@@ -13,6 +13,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -59,10 +60,20 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 class Checkpointer:
-    def __init__(self, folder: str | Path, keep: int = 3, enabled: bool = True):
+    """Writes checkpoints when it is told to (``save``) or when its interval comes round (``maybe_save``); on every
+    rank but 0 it is disabled and writes nothing, so callers never ask which rank they are."""
+
+    def __init__(self, folder: str | Path, keep: int = 3, enabled: bool = True, every: int = 0):
         self.folder = Path(folder)
         self.keep = keep
-        self.enabled = enabled  # False on every rank but 0: the component gates itself
+        self.enabled = enabled
+        self.every = every  # steps between checkpoints; 0: only when saved explicitly
+
+    def maybe_save(self, step: int, state: Callable[[], dict]) -> Path | None:
+        """Save ``state()`` if ``step`` is on the interval (the state is only built then)."""
+        if self.every and step % self.every == 0:
+            return self.save(state(), step)
+        return None
 
     def save(self, state: dict, step: int) -> Path | None:
         if not self.enabled:

@@ -8,41 +8,9 @@ torch's DistributedSampler, so one rank or many see the same seeded, reproducibl
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DistributedSampler
 
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """DistributedSampler's seeded per-epoch shuffle and rank interleaving, without the padding.
-
-    DistributedSampler repeats samples so that every rank gets the same count; the copies would be counted twice
-    in the loss. Here rank r keeps only the real samples of its share, so the ranks' batches of a step together
-    are exactly the single-process global batch, and a rank may get a short or empty last batch (the trainer
-    normalizes by the all-reduced global count). ``padded_len`` is the padded share length, the same on every rank.
-    """
-
-    def __init__(self, n: int, **kwargs):
-        super().__init__(range(n), drop_last=False, **kwargs)
-        self.padded_len = self.num_samples
-        self.real_len = len(range(self.rank, n, self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.real_len
-
-    def __iter__(self):
-        return iter(list(super().__iter__())[: self.real_len])
-
-
-class RandomFlip:
-    """Horizontal flips of a random half of each batch, seeded by (seed, rank, epoch, batch): reproducible and the
-    same on resume."""
-
-    def __init__(self, seed: int, rank: int):
-        self.seed, self.rank = seed, rank
-
-    def __call__(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(hash((self.seed, self.rank, epoch, batch)) % 2**63)
-        mask = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device).view(-1, *([1] * (x.dim() - 1)))
-        return torch.where(mask, x.flip(-1), x)
+from .convert import to_unit_float
+from .sampling import RandomFlip, UnpaddedDistributedSampler
 
 
 # Up to this many bytes as float32 the dataset is kept pre-scaled, so that a batch is a single index_select; above
@@ -56,7 +24,7 @@ class InMemoryLoader:
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         as_float = images.numel() * 4 <= FLOAT_CACHE_BYTES
-        self.images = images.to(device).float().div_(255.0) if as_float else images.to(device)
+        self.images = to_unit_float(images, device) if as_float else images.to(device)
         self.batch_size = batch_size
         self.flipper = RandomFlip(seed, rank) if flip else None
         self.sampler = UnpaddedDistributedSampler(len(images), num_replicas=world_size, rank=rank, shuffle=shuffle,
@@ -78,5 +46,5 @@ class InMemoryLoader:
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images.index_select(0, idx)
             if x.dtype == torch.uint8:
-                x = x.float().div_(255.0)
+                x = to_unit_float(x)
             yield self.flipper(x, self.epoch, b) if self.flipper else x

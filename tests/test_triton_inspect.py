@@ -18,7 +18,7 @@ pytest.importorskip("triton")
 def report():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    out = subprocess.run([sys.executable, "-m", "vaefast.ops.triton_inspect", "--json"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "vaefast.perf.triton_inspect", "--json"], capture_output=True,
                          text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

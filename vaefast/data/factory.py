@@ -10,7 +10,7 @@ import torch
 
 from .errors import DataError
 from .folders import without_undecodable
-from .loader import InMemoryLoader
+from .memory import InMemoryLoader
 from .sources import ImageDataset
 from .streaming import DALIFolderLoader, TorchLoader, dali_available
 

@@ -1,6 +1,6 @@
 """Compile the Triton kernels ahead of time for NVIDIA GPUs and read their machine code, without a GPU.
 
-``python -m vaefast.ops.triton_inspect [--json]`` builds every kernel for sm_80 and sm_90 in fp32, bf16 and fp16,
+``python -m vaefast.perf.triton_inspect [--json]`` builds every kernel for sm_80 and sm_90 in fp32, bf16 and fp16,
 with the 16-byte divisibility specialization the JIT applies to aligned pointers and sizes, and reports the
 registers, local memory (spills) and the width of the global loads and stores from the SASS. It must run without
 TRITON_INTERPRET (the interpreter replaces the JIT functions).
@@ -66,7 +66,7 @@ def inspect_kernel(name: str, dtype: str, arch: int, block: int = BLOCK, num_war
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from . import triton_backend
+    from ..ops import triton_backend
 
     signature, constexprs, hinted = kernel_specs(DTYPES[dtype], block)[name]
     attrs = {(i,): [["tt.divisibility", 16]] for i in hinted}

@@ -1,0 +1,55 @@
+"""The epoch order and augmentation shared by every loader: seeded, per-rank, reproducible on resume."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from .errors import DataError
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """DistributedSampler's seeded per-epoch shuffle and rank interleaving, without the padding.
+
+    DistributedSampler repeats samples so that every rank gets the same count; the copies would be counted twice
+    in the loss. Here rank r keeps only the real samples of its share, so the ranks' batches of a step together
+    are exactly the single-process global batch, and a rank may get a short or empty last batch (the trainer
+    normalizes by the all-reduced global count). ``padded_len`` is the padded share length, the same on every rank.
+    """
+
+    def __init__(self, n: int, **kwargs):
+        super().__init__(range(n), drop_last=False, **kwargs)
+        self.padded_len = self.num_samples
+        self.real_len = len(range(self.rank, n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.real_len
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[: self.real_len])
+
+
+class RandomFlip:
+    """Horizontal flips of a random half of each batch, seeded by (seed, rank, epoch, batch): reproducible and the
+    same on resume."""
+
+    def __init__(self, seed: int, rank: int):
+        self.seed, self.rank = seed, rank
+
+    def __call__(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(hash((self.seed, self.rank, epoch, batch)) % 2**63)
+        mask = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(mask, x.flip(-1), x)
+
+
+def split_indices(n: int, test_fraction: float, seed: int,
+                  max_test: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded (train, test) index split every source uses: ``test_fraction`` of the images (at most
+    ``max_test``), each side sorted."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test fraction must lie in (0, 1), got {test_fraction}")
+    n_test = max(1, int(round(n * test_fraction)))
+    if max_test is not None:
+        n_test = min(n_test, max_test)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values

@@ -1,0 +1,88 @@
+"""Training metrics that stay on the device between log steps.
+
+Each step adds its (nll, kl) sums and per-dim KL to device tensors; the host reads them, all-reduced, only every
+``log_every`` steps and at epoch ends. The clock counts the whole loop (data loading and logging included) but
+not what the trainer excludes with ``restart_clock`` (checkpoint writes, evaluation), nor the first
+``warmup_steps`` steps, where compilation and first-touch allocation happen.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .distributed import DistContext
+from .monitor import Monitor
+
+WARMUP_STEPS = 3
+
+
+class TrainMetrics:
+    def __init__(self, monitor: Monitor, dist: DistContext, device: torch.device, log_every: int,
+                 warmup_steps: int = WARMUP_STEPS):
+        self.monitor, self.dist, self.device = monitor, dist, device
+        self.log_every, self.warmup_steps = log_every, warmup_steps
+        self.pending, self.pending_images = [], 0  # (nll, kl) device sums since the last log
+        self.kl_dim_sum, self.epoch_images = None, 0
+        self.train_time, self.train_images = 0.0, 0
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        self.mark = time.perf_counter()
+
+    def record(self, images: int, sums: tuple) -> None:
+        """One optimizer step's sums: train_step's (nll, kl, kl_per_dim), all None for a skipped step."""
+        nll_sum, kl_sum, kl_per_dim = sums
+        if nll_sum is not None:
+            self.pending.append((nll_sum, kl_sum))
+            self.pending_images += images
+            self.epoch_images += images
+            self.kl_dim_sum = kl_per_dim.double() if self.kl_dim_sum is None else self.kl_dim_sum.add_(kl_per_dim)
+
+    def lap(self, step: int, images: int) -> None:
+        """Count the time since the clock last (re)started as training time, past the warm-up steps."""
+        if step > self.warmup_steps:
+            self.train_time += time.perf_counter() - self.mark
+            self.train_images += images
+
+    @property
+    def images_per_s(self) -> float:
+        """This rank's throughput times the world size."""
+        return self.dist.world_size * self.train_images / max(self.train_time, 1e-9)
+
+    def maybe_log(self, step: int, extra: dict, progress: str) -> None:
+        """On log steps: all-reduce the pending sums (the host sync), write them with ``extra``, print a line."""
+        if step % self.log_every:
+            return
+        sums = torch.stack([torch.stack(pair) for pair in self.pending]).double().sum(0) if self.pending else \
+            torch.zeros(2, dtype=torch.float64, device=self.device)
+        totals = torch.cat([sums, torch.tensor([float(self.pending_images)], dtype=torch.float64, device=self.device)])
+        nll, kl, n = self.dist.all_reduce_(totals).tolist()
+        self.pending, self.pending_images = [], 0
+        n = max(n, 1.0)
+        metrics = {"train/recon_nats": nll / n, "train/kl_nats": kl / n, "train/neg_elbo_nats": (nll + kl) / n,
+                   "train/images_per_s": self.images_per_s, **extra}
+        self.monitor.log(step, metrics)
+        self.monitor.progress_line(
+            f"{progress}  -ELBO {metrics['train/neg_elbo_nats']:.2f} (recon {metrics['train/recon_nats']:.2f}, "
+            f"kl {metrics['train/kl_nats']:.2f})  {self.images_per_s:,.0f} img/s")
+
+    def end_epoch(self, step: int, latent_shape: tuple) -> dict:
+        """The epoch's average KL per dim over all ranks, checked for collapse; a collective on every rank."""
+        if self.kl_dim_sum is None:  # every step of the epoch was skipped here; the reduction is still collective
+            self.kl_dim_sum = torch.zeros(latent_shape, dtype=torch.float64, device=self.device)
+        self.dist.all_reduce_(self.kl_dim_sum)
+        images_seen = self.dist.all_reduce_(torch.tensor([float(self.epoch_images)], device=self.device))
+        collapse = {}
+        if float(images_seen) > 0:
+            collapse = self.monitor.check_collapse((self.kl_dim_sum / images_seen).float().cpu(), step)
+        self.kl_dim_sum, self.epoch_images = None, 0
+        return collapse
+
+    def global_throughput(self) -> float:
+        """All ranks' images over the slowest rank's time; a collective on every rank."""
+        totals = self.dist.all_reduce_(torch.tensor([float(self.train_images)], device=self.device))
+        slowest = self.dist.all_reduce_(torch.tensor([self.train_time], device=self.device),
+                                        op=torch.distributed.ReduceOp.MAX)
+        return float(totals) / max(float(slowest), 1e-9)
