@@ -38,9 +38,9 @@ class TrainConfig:
     kl_cycles: int = 0  # > 0: cyclical annealing with this many cycles over the run (Fu et al., 2019)
     free_bits: float = 0.0  # per-latent-dim KL floor in nats (Kingma et al., 2016)
     precision: str = "auto"  # bf16 where the hardware computes it natively (CUDA, AMX / AVX512-BF16 CPUs), else fp32
-    compile: bool | None = None  # None: on where it pays (see Trainer.should_compile)
+    compile: bool | None = None  # None: on where it pays (see vaefast.plan)
     # torch.compile mode; "reduce-overhead" also replays the compiled forward and backward as CUDA graphs.
-    # None: reduce-overhead on one CUDA device, default elsewhere (see Trainer.resolved_compile_mode).
+    # None: reduce-overhead on one CUDA device, default elsewhere (see vaefast.plan).
     compile_mode: str | None = None
     # bf16: hold the model in bf16 and float32 master weights in the optimizer (train/optim.py) instead of casting
     # float32 weights in every step. None: on for bf16 on CPU in one process when the native kernel is built.
