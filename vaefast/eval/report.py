@@ -22,6 +22,11 @@ COVARIANCE_ACTIVE = 0.01
 def load_model(checkpoint, device="cpu"):
     """The model of a checkpoint, in eval mode, with its training config."""
     state = load_checkpoint(checkpoint, map_location=device)
+    architecture = state.get("architecture", "vaefast")
+    if architecture != "vaefast":
+        raise ValueError(f"{checkpoint} holds a {architecture} module passed to Trainer(model=...), which cannot be "
+                         f"rebuilt from the config; in Python, build a {architecture} and load the checkpoint's "
+                         "'model' state (keys 'module.*') into vaefast.models.ModuleVAE, or resume with Trainer")
     cfg = TrainConfig.from_dict(state["config"])
     model = build_model(cfg.model, tuple(state["image_shape"])).to(device)
     model.load_state_dict(state["model"])

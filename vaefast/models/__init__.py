@@ -1,7 +1,8 @@
 """VAE models and their likelihoods."""
 
 from .likelihoods import LIKELIHOODS, Bernoulli, DiscretizedLogistic, Gaussian, make_likelihood
-from .vae import VAE, ModelConfig, VAEOutput, build_model
+from .protocol import ModuleVAE
+from .vae import VAE, ModelConfig, VAEOutput, build_model, split_moments
 
-__all__ = ["LIKELIHOODS", "VAE", "Bernoulli", "DiscretizedLogistic", "Gaussian", "ModelConfig", "VAEOutput",
-           "build_model", "make_likelihood"]
+__all__ = ["LIKELIHOODS", "VAE", "Bernoulli", "DiscretizedLogistic", "Gaussian", "ModelConfig", "ModuleVAE",
+           "VAEOutput", "build_model", "make_likelihood", "split_moments"]

@@ -44,7 +44,23 @@ class VAEOutput(NamedTuple):
     logvar: torch.Tensor
 
 
+def split_moments(moments, owner: str = "encoder") -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, logvar) from packed ``[B, 2C, ...]`` moments (halves along dim 1, views, not copies) or from a pair."""
+    if isinstance(moments, (tuple, list)) and len(moments) == 2:
+        mu, logvar = moments
+    elif isinstance(moments, torch.Tensor) and moments.dim() >= 2 and moments.shape[1] % 2 == 0:
+        mu, logvar = moments.chunk(2, dim=1)
+    else:
+        shape = tuple(moments.shape) if isinstance(moments, torch.Tensor) else type(moments).__name__
+        raise ValueError(f"{owner}.encode must return packed moments [B, 2C, ...] (an even dim 1) or a "
+                         f"(mu, logvar) pair, got {shape}")
+    if mu.shape != logvar.shape:
+        raise ValueError(f"{owner}.encode gave mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)}: they must match")
+    return mu, logvar
+
+
 class VAE(nn.Module):
+    architecture = "vaefast"  # what a checkpoint records: vaefast rebuilds its own models from the config
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, image_shape, latent_shape,
                  clamp, backend):
         super().__init__()
@@ -59,9 +75,11 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(f"the model takes images of shape {self.image_shape}, got a batch of {tuple(x.shape)}")
-        h = self.encoder(x)
-        mu, logvar = h.chunk(2, dim=1)
-        return mu, logvar
+        return split_moments(self.moments(x), type(self).__name__)
+
+    def moments(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's output: packed ``[B, 2C, ...]`` moments or a ``(mu, logvar)`` pair."""
+        return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
@@ -131,7 +149,13 @@ def _likelihood(cfg: ModelConfig) -> Likelihood:
     return make_likelihood(cfg.likelihood, backend=cfg.backend, sigma=cfg.gaussian_sigma, learn_sigma=cfg.learn_sigma)
 
 
-def build_model(cfg: ModelConfig, image_shape) -> VAE:
+def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None) -> VAE:
+    """The model ``cfg`` describes, or ``module`` (any encode/decode module, see models/protocol.py) with the
+    likelihood, clamp and backend of ``cfg``."""
+    if module is not None:
+        from .protocol import as_vae  # protocol.py builds on this module
+
+        return as_vae(module, _likelihood(cfg), image_shape, cfg.clamp, cfg.backend)
     if cfg.activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {cfg.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     if cfg.kind == "mlp":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..checkpoint import Checkpointer, load_checkpoint
@@ -38,9 +39,12 @@ from .state import reshard_position, rng_state, seed_everything, set_rng_state
 
 
 class Trainer:
-    """Train a VAE from a ``TrainConfig``; ``dataset`` overrides ``cfg.data`` and ``dist`` joins a DDP job."""
+    """Train a VAE from a ``TrainConfig``. ``dataset`` overrides ``cfg.data``; ``model`` overrides ``cfg.model``'s
+    architecture with any module that has ``encode(x)`` and ``decode(z)`` (vaefast.models.protocol), keeping its
+    likelihood, clamp and backend; ``dist`` joins a DDP job."""
 
-    def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None, *, dist: DistContext | None = None):
+    def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None, *, model: nn.Module | None = None,
+                 dist: DistContext | None = None):
         cfg.validate()
         self.cfg = cfg
         self.dist = dist or DistContext()
@@ -62,7 +66,7 @@ class Trainer:
             print(f"vaefast: {self.data.describe()}; loader {self.loader_kind} ({why}); {world_size} "
                   f"process{'es' if world_size > 1 else ''}; plan: {self.plan.describe()}", file=sys.stderr)
         torch.manual_seed(cfg.seed)  # the same initial weights whatever the rank and the data source
-        self.model = build_model(cfg.model, self.data.image_shape).to(device)
+        self.model = build_model(cfg.model, self.data.image_shape, model).to(device)
         # Built before the DDP wrap: with master weights it takes the float32 weights and converts the model to bf16.
         self.optimizer = make_optimizer(cfg.optimizer, self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                         device=device, master_weights=self.plan.master_weights)
@@ -337,6 +341,7 @@ class Trainer:
             "skipped_steps": self.guard.skipped,
             "config": self.cfg.to_dict(),
             "image_shape": list(self.data.image_shape),
+            "architecture": self.model.architecture,
         }
 
     def save(self) -> Path | None:

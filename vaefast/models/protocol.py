@@ -1,0 +1,55 @@
+"""Bring your own autoencoder: any ``nn.Module`` with ``encode(x)`` and ``decode(z)`` trains with vaefast.
+
+- ``encode(x)`` returns the posterior moments, either packed as one ``[B, 2C, ...]`` tensor (mean channels first,
+  log-variance second, the Latent-Diffusion convention) or as a ``(mu, logvar)`` pair;
+- ``decode(z)`` returns what the chosen likelihood reads (logits for Bernoulli, the mean for Gaussian).
+
+vaefast applies the fused ``reparameterize_kl`` between the two (the packed halves are read in place) and the
+likelihood and objective after, so the module needs no sampling or loss code of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .likelihoods import Likelihood
+from .vae import VAE, split_moments
+
+
+class ModuleVAE(VAE):
+    """A user's encode/decode module as a vaefast VAE. The latent shape is read from one encode of a blank image."""
+
+    def __init__(self, module: nn.Module, likelihood: Likelihood, image_shape, clamp, backend):
+        for method in ("encode", "decode"):
+            if not callable(getattr(module, method, None)):
+                raise TypeError(f"{type(module).__name__} has no {method}() method; a VAE module needs "
+                                "encode(x) -> moments [B, 2C, ...] or (mu, logvar), and decode(z)")
+        latent_shape = _latent_shape(module, tuple(image_shape))
+        super().__init__(None, None, likelihood, image_shape, latent_shape, clamp, backend)
+        self.module = module
+        self.architecture = type(module).__qualname__
+
+    def moments(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.module.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.module.decode(z)
+
+
+@torch.no_grad()
+def _latent_shape(module: nn.Module, image_shape: tuple) -> tuple:
+    parameter = next(module.parameters(), None)
+    device = parameter.device if parameter is not None else "cpu"
+    was_training = module.training
+    module.eval()
+    try:
+        mu, _ = split_moments(module.encode(torch.zeros(1, *image_shape, device=device)), type(module).__name__)
+    finally:
+        module.train(was_training)
+    return tuple(mu.shape[1:])
+
+
+def as_vae(model: nn.Module, likelihood: Likelihood, image_shape, clamp, backend) -> VAE:
+    """``model`` itself if it is a vaefast VAE, else the module wrapped by the protocol."""
+    return model if isinstance(model, VAE) else ModuleVAE(model, likelihood, image_shape, clamp, backend)
