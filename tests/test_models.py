@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vaefast.models import DiscretizedLogistic, Gaussian, ModelConfig, build_model
+from vaefast.models import DiscretizedLogistic, Gaussian, Laplace, ModelConfig, build_model
 from vaefast.models.objective import kl_objective
 from vaefast.train.schedules import kl_weight
 
@@ -45,6 +45,22 @@ def test_gaussian_nll_matches_torch_distributions():
     expected = -torch.distributions.Normal(mean.double(), 0.2).log_prob(x.double()).flatten(1).sum(1)
     expected += 16 * math.log(256)  # uniform dequantization to 8-bit bins of width 1/256
     torch.testing.assert_close(lik.nll(mean, x).double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_laplace_nll_is_the_l1_loss_as_a_likelihood(learn):
+    g = torch.Generator().manual_seed(1)
+    x, mean = torch.rand(3, 3, 4, 4, generator=g), torch.rand(3, 3, 4, 4, generator=g)
+    lik = Laplace(sigma=0.05, learn_sigma=learn)
+    expected = -torch.distributions.Laplace(mean.double(), 0.05).log_prob(x.double()).flatten(1).sum(1)
+    expected += 48 * math.log(256)
+    nll = lik.nll(mean, x)
+    torch.testing.assert_close(nll.double(), expected, rtol=1e-5, atol=1e-3)
+    # With a fixed scale its gradient is the L1 loss's, scaled by 1/b.
+    mean.requires_grad_()
+    lik.nll(mean, x).sum().backward()
+    torch.testing.assert_close(mean.grad, torch.sign(mean.detach() - x) / 0.05)
+    assert isinstance(lik.log_sigma, torch.nn.Parameter) == learn
 
 
 def test_discretized_logistic_is_a_distribution_over_256_values():

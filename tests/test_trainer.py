@@ -1,6 +1,7 @@
 """The training engine: exact resume, the NaN guard, atomic checkpoints, CLI and config."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -267,3 +268,14 @@ def test_tensorboard_scalars_histograms_and_images(tmp_path, small_data, precisi
     assert any(t.startswith("train/") for t in tags["scalars"]) and any(t.startswith("test/") for t in tags["scalars"])
     image = events.Images("samples")[-1]
     assert image.width > 28 and image.height > 28
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "laplace"])
+def test_location_scale_likelihoods_train_and_learn_their_scale(tmp_path, small_data, likelihood):
+    cfg = _cfg(tmp_path, likelihood, epochs=1, precision="fp32")
+    cfg.model.likelihood, cfg.model.learn_sigma = likelihood, True
+    trainer = Trainer(cfg, small_data)
+    before = trainer.evaluate()["neg_elbo_nats"]
+    summary = trainer.fit()
+    assert summary["skipped_steps"] == 0 and summary["test_neg_elbo_nats"] < before
+    assert trainer.model.likelihood.log_sigma.item() != pytest.approx(math.log(0.1))

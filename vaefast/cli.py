@@ -9,6 +9,7 @@ import sys
 from .data import DataError
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig, load_toml, merge
+from .models.likelihoods import LIKELIHOODS
 from .train.guard import NonFiniteTraining
 
 # flag -> (section, config key); section None is the top-level TrainConfig
@@ -109,9 +110,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conv-channels", type=_int_list, default=S, help="conv widths per stride-2 stage, e.g. 32,64")
     p.add_argument("--latent-channels", type=int, default=S, help="conv: > 0 gives a spatial latent")
     p.add_argument("--activation", choices=["relu", "silu", "gelu", "leaky_relu"], default=S)
-    p.add_argument("--likelihood", choices=["bernoulli", "gaussian", "logistic"], default=S)
-    p.add_argument("--gaussian-sigma", type=float, default=S)
-    p.add_argument("--learn-sigma", action=argparse.BooleanOptionalAction, default=S)
+    p.add_argument("--likelihood", choices=LIKELIHOODS, default=S)
+    p.add_argument("--gaussian-sigma", type=float, default=S,
+                   help="scale of the gaussian (sigma) and laplace (b) likelihoods, default 0.1")
+    p.add_argument("--learn-sigma", action=argparse.BooleanOptionalAction, default=S,
+                   help="learn that scale")
     p.add_argument("--clamp", type=_clamp, default=S, help="logvar clamp LO,HI or 'none' (default -10,10)")
     p.add_argument("--backend", choices=["auto", "torch", "triton", "native"], default=S, help="fused-op backend")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")

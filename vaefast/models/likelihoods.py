@@ -23,7 +23,7 @@ from torch import nn
 from ..ops import bce_with_logits
 from ..ops.reference import clamp_with_inclusive_gradient
 
-LIKELIHOODS = ("bernoulli", "gaussian", "logistic")
+LIKELIHOODS = ("bernoulli", "gaussian", "laplace", "logistic")
 
 
 class Likelihood(nn.Module, abc.ABC):
@@ -48,8 +48,9 @@ class Bernoulli(Likelihood):
         return torch.sigmoid(logits.float())
 
 
-class Gaussian(Likelihood):
-    """N(x; mean, sigma^2) with one scalar sigma, fixed or learned (parameterized by its log)."""
+class _LocationScale(Likelihood):
+    """A density on [0, 1]^D centred on the decoder's output, with one scalar scale, fixed or learned (stored as its
+    log, ``log_sigma``), made a probability of the 8-bit value by uniform dequantization (+ D log 256)."""
 
     def __init__(self, sigma: float = 0.1, learn_sigma: bool = False):
         super().__init__()
@@ -59,14 +60,33 @@ class Gaussian(Likelihood):
         else:
             self.register_buffer("log_sigma", log_sigma)
 
+    @staticmethod
+    @abc.abstractmethod
+    def per_pixel(residual: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        """-log density of each pixel given x - mean and the log-scale."""
+
     def nll(self, mean, x):
-        mean, log_sigma = mean.float(), self.log_sigma.float()
-        per_pixel = 0.5 * ((x - mean) * torch.exp(-log_sigma)) ** 2 + log_sigma + 0.5 * math.log(2 * math.pi)
-        d = x[0].numel()
-        return per_pixel.flatten(1).sum(1) + d * math.log(256.0)
+        per_pixel = self.per_pixel(x - mean.float(), self.log_sigma.float())
+        return per_pixel.flatten(1).sum(1) + x[0].numel() * math.log(256.0)
 
     def mean(self, mean):
         return mean.float().clamp(0, 1)
+
+
+class Gaussian(_LocationScale):
+    """N(x; mean, sigma^2): the L2 reconstruction loss as a likelihood."""
+
+    @staticmethod
+    def per_pixel(residual, log_scale):
+        return 0.5 * (residual * torch.exp(-log_scale)) ** 2 + log_scale + 0.5 * math.log(2 * math.pi)
+
+
+class Laplace(_LocationScale):
+    """Laplace(x; mean, b) with b = sigma: the L1 reconstruction loss of autoencoder training as a likelihood."""
+
+    @staticmethod
+    def per_pixel(residual, log_scale):
+        return residual.abs() * torch.exp(-log_scale) + log_scale + math.log(2.0)
 
 
 class DiscretizedLogistic(Likelihood):
@@ -104,6 +124,8 @@ def make_likelihood(name: str, *, backend: str = "auto", sigma: float = 0.1, lea
         return Bernoulli(backend)
     if name == "gaussian":
         return Gaussian(sigma, learn_sigma)
+    if name == "laplace":
+        return Laplace(sigma, learn_sigma)
     if name == "logistic":
         return DiscretizedLogistic()
     raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")

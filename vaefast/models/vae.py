@@ -29,7 +29,7 @@ class ModelConfig:
     latent_channels: int = 0  # conv only: > 0 gives a spatial latent [latent_channels, H/2^k, W/2^k]
     activation: str = "relu"
     likelihood: str = "bernoulli"
-    gaussian_sigma: float = 0.1
+    gaussian_sigma: float = 0.1  # the scale of the gaussian (sigma) and laplace (b) likelihoods
     learn_sigma: bool = False
     clamp: tuple[float, float] | None = (-10.0, 10.0)
     backend: str = "auto"
