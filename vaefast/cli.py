@@ -168,6 +168,8 @@ def cmd_eval(args) -> int:
         f"negative ELBO:        {result['test_neg_elbo_nats']:.3f} nats/image "
         f"(reconstruction {result['test_recon_nats']:.3f} + KL {result['test_kl_nats']:.3f})",
         f"bits per dimension:   {result['test_bpd']:.5f}",
+        (f"reconstruction:       PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} (posterior mean)"
+         if result["psnr"] is not None else f"reconstruction:       {result['quality_note']}"),
     ]
     if args.iw_samples:
         lines.append(f"IWAE NLL (K={args.iw_samples}):  {result['iwae_nll_nats']:.3f} nats/image "

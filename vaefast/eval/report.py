@@ -14,6 +14,7 @@ from ..models import build_model
 from ..plan import autocast, resolve_precision
 from .elbo import collapse_level, evaluate_elbo
 from .iwae import iwae_log_likelihood
+from .quality import reconstruction_quality
 
 # Burda et al.'s activity threshold on Cov_x(E_q[z_u]).
 COVARIANCE_ACTIVE = 0.01
@@ -73,6 +74,10 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
         "latent_dim": elbo["latent_dim"],
         "test_images": len(test),
     }
+    try:
+        result.update(reconstruction_quality(model, test, batch_size=batch_size, device=device, autocast=precision))
+    except ImportError as exc:  # pytorch-msssim is an optional extra; the likelihood figures stand without it
+        result.update(psnr=None, ssim=None, quality_note=str(exc))
     if iw_samples:
         # Fewer images per batch as K grows, so that K decoder passes fit in memory.
         iw_batch = max(1, min(batch_size, 20_000 // iw_samples))
