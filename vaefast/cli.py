@@ -21,7 +21,7 @@ TRAIN_FLAGS = {
     "weight_decay": (None, "weight_decay"), "grad_accum": (None, "grad_accum"),
     "dist_backend": (None, "dist_backend"), "dist_timeout": (None, "dist_timeout"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
     "beta": (None, "beta"), "kl_warmup_steps": (None, "kl_warmup_steps"), "kl_cycles": (None, "kl_cycles"),
-    "free_bits": (None, "free_bits"), "precision": (None, "precision"), "compile": (None, "compile"),
+    "free_bits": (None, "free_bits"), "ema": (None, "ema"), "precision": (None, "precision"), "compile": (None, "compile"),
     "compile_mode": (None, "compile_mode"), "master_weights": (None, "master_weights"),
     "device": (None, "device"), "seed": (None, "seed"), "out": (None, "out"), "resume": (None, "resume"),
     "keep_checkpoints": (None, "keep_checkpoints"), "checkpoint_every": (None, "checkpoint_every"),
@@ -83,6 +83,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-warmup-steps", type=int, default=S, help="linear KL warm-up from 0 to beta")
     p.add_argument("--kl-cycles", type=int, default=S, help="cyclical KL annealing with this many cycles")
     p.add_argument("--free-bits", type=float, default=S, help="per-dimension KL floor in nats")
+    p.add_argument("--ema", type=float, default=S, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999); eval uses it")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=S,
                    help="auto: bf16 where the hardware computes it natively (CUDA, AMX/AVX512-BF16 CPUs), else fp32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S,
@@ -161,7 +163,8 @@ def cmd_eval(args) -> int:
     from .eval.report import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, iw_samples=args.iw_samples,
-                                 batch_size=args.batch_size, device=args.device, seed=args.seed, limit=args.limit)
+                                 batch_size=args.batch_size, device=args.device, seed=args.seed, limit=args.limit,
+                                 use_ema=args.ema)
     hist = result["kl_per_dim_histogram"]
     lines = [
         f"test images:          {result['test_images']}",
@@ -192,7 +195,7 @@ def cmd_sample(args) -> int:
     from .eval.inspect import sample_images
 
     path = sample_images(args.checkpoint, args.out, n=args.n, temperature=args.temperature, seed=args.seed,
-                         binarize=args.binarize, device=args.device or "cpu")
+                         binarize=args.binarize, device=args.device or "cpu", use_ema=args.ema)
     print(f"wrote {path}")
     return 0
 
@@ -200,7 +203,8 @@ def cmd_sample(args) -> int:
 def cmd_inspect(args) -> int:
     from .eval.inspect import inspect_model
 
-    paths = inspect_model(args.checkpoint, args.out, data=args.data, seed=args.seed, device=args.device or "cpu")
+    paths = inspect_model(args.checkpoint, args.out, data=args.data, seed=args.seed, device=args.device or "cpu",
+                          use_ema=args.ema)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -278,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--seed", type=int, default=0)
     insp.add_argument("--device")
     insp.add_argument("--out", required=True, help="folder for the PNG files")
+    for checkpoint_reader in (ev, sample, insp):
+        checkpoint_reader.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                            help="use the run's EMA weights when it kept them (--no-ema: the trained weights)")
     insp.set_defaults(func=cmd_inspect)
     return parser
 

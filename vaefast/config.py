@@ -37,6 +37,7 @@ class TrainConfig:
     kl_warmup_steps: int = 0  # linear warm-up of the KL weight from 0 to beta
     kl_cycles: int = 0  # > 0: cyclical annealing with this many cycles over the run (Fu et al., 2019)
     free_bits: float = 0.0  # per-latent-dim KL floor in nats (Kingma et al., 2016)
+    ema: float = 0.0  # > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999)
     precision: str = "auto"  # bf16 where the hardware computes it natively (CUDA, AMX / AVX512-BF16 CPUs), else fp32
     compile: bool | None = None  # None: on where it pays (see vaefast.plan)
     # torch.compile mode; "reduce-overhead" also replays the compiled forward and backward as CUDA graphs.
@@ -76,6 +77,8 @@ class TrainConfig:
             problems.append(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             problems.append(f"lr schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.ema < 1.0:
+            problems.append(f"ema decay must lie in [0, 1) (0: off), got {self.ema}")
         if self.grad_accum < 1:
             problems.append(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.keep_checkpoints < 1:

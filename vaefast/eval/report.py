@@ -11,6 +11,7 @@ from ..config import TrainConfig
 from ..data import load_dataset
 from ..data.convert import to_unit_float
 from ..models import build_model
+from ..models.ema import load_ema_weights
 from ..plan import autocast, resolve_precision
 from .elbo import collapse_level, evaluate_elbo
 from .iwae import iwae_log_likelihood
@@ -20,8 +21,9 @@ from .quality import reconstruction_quality
 COVARIANCE_ACTIVE = 0.01
 
 
-def load_model(checkpoint, device="cpu"):
-    """The model of a checkpoint, in eval mode, with its training config."""
+def load_model(checkpoint, device="cpu", use_ema: bool = True):
+    """The model of a checkpoint, in eval mode, with its training config; with the EMA weights when the run kept
+    them (``--ema``) and ``use_ema``."""
     state = load_checkpoint(checkpoint, map_location=device)
     architecture = state.get("architecture", "vaefast")
     if architecture != "vaefast":
@@ -31,6 +33,8 @@ def load_model(checkpoint, device="cpu"):
     cfg = TrainConfig.from_dict(state["config"])
     model = build_model(cfg.model, tuple(state["image_shape"])).to(device)
     model.load_state_dict(state["model"])
+    if use_ema and "ema" in state:
+        load_ema_weights(model, state["ema"])
     model.eval()
     return model, cfg
 
@@ -54,9 +58,10 @@ def collapse_verdict(kl_nats: float, active: int, latent_dim: int, mean_distance
 
 
 def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int = 0, batch_size: int = 500,
-                        device: str | None = None, seed: int = 0, limit: int | None = None) -> dict:
+                        device: str | None = None, seed: int = 0, limit: int | None = None,
+                        use_ema: bool = True) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg = load_model(checkpoint, device)
+    model, cfg = load_model(checkpoint, device, use_ema)
     dataset = load_dataset(data if data is not None else cfg.data, cfg.test_fraction, cfg.seed)
     test = dataset.test[:limit] if limit else dataset.test
     if tuple(test.shape[1:]) != model.image_shape:

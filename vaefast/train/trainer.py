@@ -26,6 +26,7 @@ from ..data import ImageDataset, load_dataset, make_loader
 from ..data.convert import to_unit_float
 from ..eval import evaluate_elbo
 from ..models import build_model
+from ..models.ema import WeightEMA
 from ..models.objective import NegativeELBO
 from ..perf.stages import stage
 from ..plan import RunPlan, plan_run
@@ -95,8 +96,7 @@ class Trainer:
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
         self.loss_fn = torch.compile(self.objective, mode=self.plan.compile_mode) if self.plan.compile \
             else self.objective
-        if cfg.resume:
-            self.load(cfg.resume)
+        self.ema = self._make_ema(self.load(cfg.resume) if cfg.resume else None)
         if self.dist.is_main:
             save_resolved(cfg, self.out)
 
@@ -158,6 +158,8 @@ class Trainer:
             with stage("optimizer"):
                 self.scaler.step(self.optimizer)
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update()
         self.scaler.update()
         self.guard.record(ok, lambda: self.diagnose(torch.cat(micro_batches)))
         return sums if ok else (None, None, None)
@@ -342,12 +344,24 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "image_shape": list(self.data.image_shape),
             "architecture": self.model.architecture,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def save(self) -> Path | None:
         return self.checkpointer.save(self.state_dict(), self.step)
 
-    def load(self, path) -> None:
+    def _make_ema(self, resumed: dict | None) -> WeightEMA | None:
+        """Built after a resume: loading the optimizer state replaces the master tensors the EMA reads."""
+        if not self.cfg.ema:
+            return None
+        masters = {id(p): self.optimizer.state[p]["master"] for p in self.model.parameters()} \
+            if self.master_weights else None
+        ema = WeightEMA.for_model(self.model, self.cfg.ema, masters)
+        if resumed is not None and "ema" in resumed:
+            ema.load_state_dict(resumed["ema"])
+        return ema
+
+    def load(self, path) -> dict:
         state = load_checkpoint(path, map_location=self.device)
         try:
             self.model.load_state_dict(state["model"])
@@ -371,3 +385,4 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + self.dist.rank + 1_000_003 * self.step)
         self.batch_in_epoch = reshard_position(state["batch_in_epoch"], self.cfg.batch_size, old_world,
                                                self.dist.world_size)
+        return state
