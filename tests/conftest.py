@@ -43,3 +43,20 @@ def fused_target(request):
     if reason is not None:
         pytest.skip(reason)
     return backend, torch.device(device)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """512 training and 128 test images of the embedded Fashion-MNIST split: a few steps of real data."""
+    from vaefast.data import ImageDataset, load_dataset
+
+    full = load_dataset(None)
+    return ImageDataset("tiny", full.train[:512], full.test[:128])
+
+
+def quiet_config(out, **overrides):
+    """A short run that prints and logs little: batch 64, 2 epochs, eager, metrics every 4 steps."""
+    from vaefast.config import TrainConfig
+
+    return TrainConfig(out=str(out), **{"batch_size": 64, "epochs": 2, "progress": False, "tensorboard": False,
+                                        "compile": False, "log_every": 4, **overrides})

@@ -5,10 +5,11 @@ import torch
 
 from vaefast.checkpoint import load_checkpoint
 from vaefast.config import TrainConfig
-from vaefast.data import ImageDataset, load_dataset
 from vaefast.eval.report import evaluate_checkpoint, load_model
 from vaefast.models.ema import WeightEMA
 from vaefast.train import Trainer
+
+from conftest import quiet_config
 
 
 def test_ema_follows_the_closed_form():
@@ -52,32 +53,25 @@ def test_ema_refuses_bad_decays_and_low_precision_sources():
         TrainConfig(ema=1.5).validate()
 
 
-@pytest.fixture(scope="module")
-def small_data():
-    full = load_dataset(None)
-    return ImageDataset("small", full.train[:512], full.test[:128])
-
-
 def _cfg(tmp_path, name, **kw):
-    cfg = TrainConfig(out=str(tmp_path / name), batch_size=64, epochs=2, progress=False, tensorboard=False,
-                      compile=False, log_every=4, ema=0.9, **kw)
+    cfg = quiet_config(tmp_path / name, ema=0.9, **kw)
     cfg.model.hidden, cfg.model.latent_dim = [64], 8
     return cfg
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_resume_with_ema_is_bit_exact(tmp_path, small_data, precision):
+def test_resume_with_ema_is_bit_exact(tmp_path, tiny_data, precision):
     master_weights = precision == "bf16"
-    full = Trainer(_cfg(tmp_path, "full", precision=precision, master_weights=master_weights), small_data)
+    full = Trainer(_cfg(tmp_path, "full", precision=precision, master_weights=master_weights), tiny_data)
     full.fit()
     if master_weights:  # the shadow reads the float32 masters, not the bf16 parameters
         masters = [full.optimizer.state[p]["master"] for p in full.model.parameters()]
         assert all(s is m for s, m in zip(full.ema.sources, masters))
     part = Trainer(_cfg(tmp_path, "part", precision=precision, master_weights=master_weights, max_steps=11),
-                   small_data)
+                   tiny_data)
     part.fit()
     resumed = Trainer(_cfg(tmp_path, "resumed", precision=precision, master_weights=master_weights,
-                           resume=str(part.checkpointer.latest())), small_data)
+                           resume=str(part.checkpointer.latest())), tiny_data)
     resumed.fit()
     assert resumed.ema.updates == full.ema.updates == full.step
     for name, shadow in full.ema.state_dict()["shadow"].items():
@@ -86,8 +80,8 @@ def test_resume_with_ema_is_bit_exact(tmp_path, small_data, precision):
     assert not all(torch.equal(s, t) for s, t in zip(full.ema.shadow, full.ema.sources))  # it lags the weights
 
 
-def test_eval_uses_the_ema_unless_told_not_to(tmp_path, small_data):
-    trainer = Trainer(_cfg(tmp_path, "run", precision="fp32"), small_data)
+def test_eval_uses_the_ema_unless_told_not_to(tmp_path, tiny_data):
+    trainer = Trainer(_cfg(tmp_path, "run", precision="fp32"), tiny_data)
     trainer.fit()
     checkpoint = trainer.checkpointer.latest()
     ema_state = load_checkpoint(checkpoint)["ema"]

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from vaefast.checkpoint import load_checkpoint
-from vaefast.config import TrainConfig
-from vaefast.data import ImageDataset, load_dataset
 from vaefast.ops.reference import reparameterize_kl_reference
 from vaefast.train import Trainer
+
+from conftest import quiet_config
 
 
 class PackedConvAE(nn.Module):
@@ -45,22 +45,14 @@ class PairMLP(nn.Module):
         return self.dec(z)
 
 
-@pytest.fixture(scope="module")
-def small_data():
-    full = load_dataset(None)
-    return ImageDataset("small", full.train[:512], full.test[:128])
-
-
 def _cfg(tmp_path, name, **kw):
-    cfg = TrainConfig(out=str(tmp_path / name), batch_size=64, epochs=2, progress=False, tensorboard=False,
-                      compile=False, precision="fp32", log_every=4, **kw)
-    return cfg
+    return quiet_config(tmp_path / name, precision="fp32", **kw)
 
 
 @pytest.mark.parametrize("module_cls, latent_shape", [(PackedConvAE, (4, 7, 7)), (PairMLP, (6,))])
-def test_a_hand_written_module_trains_with_the_fused_latent_op(tmp_path, small_data, module_cls, latent_shape):
+def test_a_hand_written_module_trains_with_the_fused_latent_op(tmp_path, tiny_data, module_cls, latent_shape):
     torch.manual_seed(0)
-    trainer = Trainer(_cfg(tmp_path, module_cls.__name__), small_data, model=module_cls())
+    trainer = Trainer(_cfg(tmp_path, module_cls.__name__), tiny_data, model=module_cls())
     assert trainer.model.latent_shape == latent_shape
     before = trainer.evaluate()["neg_elbo_nats"]
     summary = trainer.fit()
@@ -68,7 +60,7 @@ def test_a_hand_written_module_trains_with_the_fused_latent_op(tmp_path, small_d
     assert summary["test_neg_elbo_nats"] < 0.95 * before, (before, summary["test_neg_elbo_nats"])  # it learns
 
     # What the trainer computes between encode and decode is the reference reparameterization and KL.
-    x = small_data.test[:8].float() / 255
+    x = tiny_data.test[:8].float() / 255
     eps = torch.randn(8, *latent_shape)
     with torch.no_grad():
         out = trainer.model(x, eps)
@@ -80,7 +72,7 @@ def test_a_hand_written_module_trains_with_the_fused_latent_op(tmp_path, small_d
         torch.testing.assert_close(out.decoded, trainer.model.module.decode(out.z))
 
 
-def test_a_module_resumes_bit_exactly(tmp_path, small_data):
+def test_a_module_resumes_bit_exactly(tmp_path, tiny_data):
     torch.manual_seed(1)
     init = PackedConvAE().state_dict()
 
@@ -89,29 +81,29 @@ def test_a_module_resumes_bit_exactly(tmp_path, small_data):
         m.load_state_dict(init)
         return m
 
-    full = Trainer(_cfg(tmp_path, "full"), small_data, model=module())
+    full = Trainer(_cfg(tmp_path, "full"), tiny_data, model=module())
     full.fit()
-    part = Trainer(_cfg(tmp_path, "part", max_steps=11), small_data, model=module())
+    part = Trainer(_cfg(tmp_path, "part", max_steps=11), tiny_data, model=module())
     part.fit()
     latest = part.checkpointer.latest()
     assert load_checkpoint(latest)["architecture"] == "PackedConvAE"
-    resumed = Trainer(_cfg(tmp_path, "resumed", resume=str(latest)), small_data, model=module())
+    resumed = Trainer(_cfg(tmp_path, "resumed", resume=str(latest)), tiny_data, model=module())
     resumed.fit()
     for a, b in zip(resumed.model.parameters(), full.model.parameters()):
         assert torch.equal(a, b)
 
 
-def test_modules_that_break_the_protocol_are_named(small_data, tmp_path):
+def test_modules_that_break_the_protocol_are_named(tiny_data, tmp_path):
     class NoDecode(nn.Module):
         def encode(self, x):
             return x
 
     with pytest.raises(TypeError, match="NoDecode has no decode"):
-        Trainer(_cfg(tmp_path, "a"), small_data, model=NoDecode())
+        Trainer(_cfg(tmp_path, "a"), tiny_data, model=NoDecode())
 
     class OddMoments(PackedConvAE):
         def encode(self, x):
             return self.enc(x)[:, :7]
 
     with pytest.raises(ValueError, match=r"OddMoments.encode must return packed moments.*\(1, 7, 7, 7\)"):
-        Trainer(_cfg(tmp_path, "b"), small_data, model=OddMoments())
+        Trainer(_cfg(tmp_path, "b"), tiny_data, model=OddMoments())
