@@ -28,6 +28,7 @@ from ..eval import evaluate_elbo
 from ..models import build_model
 from ..models.ema import WeightEMA
 from ..models.objective import NegativeELBO
+from ..perf.machine import peak_memory_mb
 from ..perf.stages import stage
 from ..plan import RunPlan, plan_run
 from .distributed import DistContext
@@ -264,6 +265,7 @@ class Trainer:
             "device": str(self.device),
             "loader": self.loader_kind,
             "world_size": self.dist.world_size,
+            "peak_memory_mb": peak_memory_mb(self.device),
         }
 
     def _loss_scale(self, local_count: int) -> torch.Tensor:
