@@ -9,6 +9,7 @@ import sys
 from .data import DataError
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig, load_toml, merge
+from .integrations.diffusers import DIFFUSERS_CLAMP  # diffusers itself is imported only when used
 from .models.likelihoods import LIKELIHOODS
 from .train.guard import NonFiniteTraining
 
@@ -33,6 +34,12 @@ TRAIN_FLAGS = {
     "gaussian_sigma": ("model", "gaussian_sigma"), "learn_sigma": ("model", "learn_sigma"),
     "clamp": ("model", "clamp"), "backend": ("model", "backend"),
 }
+
+
+def _model_kind(text: str) -> str:
+    if text in ("mlp", "conv") or (text.startswith("diffusers:") and len(text) > len("diffusers:")):
+        return text
+    raise argparse.ArgumentTypeError(f"expected mlp, conv or diffusers:SPEC, got {text!r}")
 
 
 def _int_list(text: str) -> list[int]:
@@ -106,7 +113,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=S)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S)
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=S)
-    p.add_argument("--model", choices=["mlp", "conv"], default=S)
+    p.add_argument("--model", type=_model_kind, default=S, metavar="{mlp,conv,diffusers:SPEC}",
+                   help="diffusers:SPEC is an AutoencoderKL from a preset (sd-kl-f8, kl-f8-16ch), a config.json "
+                        "(both random init) or a local model folder (fine-tuning); its logvar clamp defaults to "
+                        "diffusers' -30,20")
     p.add_argument("--latent-dim", type=int, default=S)
     p.add_argument("--hidden", type=_int_list, default=S, help="MLP widths, e.g. 400 or 512,256")
     p.add_argument("--conv-channels", type=_int_list, default=S, help="conv widths per stride-2 stage, e.g. 32,64")
@@ -129,6 +139,10 @@ def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
         if name in vars(args):
             target = flags.setdefault(section, {}) if section else flags
             target[key] = getattr(args, name)
+    kind = flags.get("model", {}).get("kind", "")
+    if kind.startswith("diffusers:"):
+        flags["model"].update(kind="diffusers", diffusers=kind.split(":", 1)[1])
+        flags["model"].setdefault("clamp", DIFFUSERS_CLAMP)  # as DiagonalGaussianDistribution clamps
     base: dict = {}
     if "resume" in vars(args):
         base = load_checkpoint(args.resume)["config"]
@@ -210,6 +224,15 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .eval.report import load_model
+    from .integrations.diffusers import export_pretrained
+
+    model, _ = load_model(args.checkpoint, "cpu", use_ema=args.ema)
+    print(f"wrote {export_pretrained(model, args.out)} (diffusers AutoencoderKL folder)")
+    return 0
+
+
 def cmd_profile(args) -> int:
     from .perf.profile import format_report, profile_training
 
@@ -282,7 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--seed", type=int, default=0)
     insp.add_argument("--device")
     insp.add_argument("--out", required=True, help="folder for the PNG files")
-    for checkpoint_reader in (ev, sample, insp):
+    export = sub.add_parser("export", help="write a checkpoint of a diffusers model as a diffusers folder")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--out", required=True, help="folder for save_pretrained (config.json + weights)")
+    export.set_defaults(func=cmd_export)
+    for checkpoint_reader in (ev, sample, insp, export):
         checkpoint_reader.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                             help="use the run's EMA weights when it kept them (--no-ema: the trained weights)")
     insp.set_defaults(func=cmd_inspect)

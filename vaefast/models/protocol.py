@@ -20,7 +20,10 @@ from .vae import VAE, split_moments
 class ModuleVAE(VAE):
     """A user's encode/decode module as a vaefast VAE. The latent shape is read from one encode of a blank image."""
 
-    def __init__(self, module: nn.Module, likelihood: Likelihood, image_shape, clamp, backend):
+    def __init__(self, module: nn.Module, likelihood: Likelihood, image_shape, clamp, backend,
+                 architecture: str | None = None):
+        """``architecture``: what checkpoints record; by default the module's class name, which tells eval that it
+        cannot rebuild the model from the config."""
         for method in ("encode", "decode"):
             if not callable(getattr(module, method, None)):
                 raise TypeError(f"{type(module).__name__} has no {method}() method; a VAE module needs "
@@ -28,7 +31,7 @@ class ModuleVAE(VAE):
         latent_shape = _latent_shape(module, tuple(image_shape))
         super().__init__(None, None, likelihood, image_shape, latent_shape, clamp, backend)
         self.module = module
-        self.architecture = type(module).__qualname__
+        self.architecture = architecture or type(module).__qualname__
 
     def moments(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.module.encode(x)

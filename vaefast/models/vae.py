@@ -22,7 +22,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": 
 
 @dataclass
 class ModelConfig:
-    kind: str = "mlp"  # "mlp" or "conv"
+    kind: str = "mlp"  # "mlp", "conv" or "diffusers"
     latent_dim: int = 20  # flat latent size (mlp, or conv with latent_channels == 0)
     hidden: list[int] = field(default_factory=lambda: [400])  # mlp widths, encoder order
     channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths; each stage halves H and W
@@ -33,6 +33,8 @@ class ModelConfig:
     learn_sigma: bool = False
     clamp: tuple[float, float] | None = (-10.0, 10.0)
     backend: str = "auto"
+    # kind "diffusers": an AutoencoderKL from a preset name, a config.json (random init) or a local model folder
+    diffusers: str | None = None
 
 
 class VAEOutput(NamedTuple):
@@ -162,4 +164,12 @@ def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None) 
         return mlp_vae(cfg, image_shape)
     if cfg.kind == "conv":
         return conv_vae(cfg, image_shape)
-    raise ValueError(f"unknown model {cfg.kind!r}; choose 'mlp' or 'conv'")
+    if cfg.kind == "diffusers":
+        from ..integrations.diffusers import from_diffusers, load_autoencoder
+        from .protocol import ModuleVAE
+
+        if not cfg.diffusers:
+            raise ValueError("model kind 'diffusers' needs a preset, config.json or model folder (--model diffusers:SPEC)")
+        return ModuleVAE(from_diffusers(load_autoencoder(cfg.diffusers)), _likelihood(cfg), image_shape, cfg.clamp,
+                         cfg.backend, architecture=VAE.architecture)
+    raise ValueError(f"unknown model {cfg.kind!r}; choose 'mlp', 'conv' or 'diffusers'")
