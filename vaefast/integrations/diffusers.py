@@ -45,6 +45,9 @@ class DiffusersAutoencoder(nn.Module):
         super().__init__()
         self.vae = vae
 
+    def enable_gradient_checkpointing(self) -> None:
+        self.vae.enable_gradient_checkpointing()  # diffusers checkpoints each down/mid/up block
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         h = self.vae.encoder(x)
         return self.vae.quant_conv(h) if self.vae.quant_conv is not None else h

@@ -33,6 +33,14 @@ class ModuleVAE(VAE):
         self.module = module
         self.architecture = architecture or type(module).__qualname__
 
+    def enable_activation_checkpointing(self) -> None:
+        """The module's own block-level checkpointing where it has one (diffusers' models do), else the encoder and
+        decoder as wholes."""
+        if callable(getattr(self.module, "enable_gradient_checkpointing", None)):
+            self.module.enable_gradient_checkpointing()
+        else:
+            super().enable_activation_checkpointing()
+
     def moments(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.module.encode(x)
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import reparameterize_kl
 from ..perf.stages import stage
@@ -63,6 +64,7 @@ def split_moments(moments, owner: str = "encoder") -> tuple[torch.Tensor, torch.
 
 class VAE(nn.Module):
     architecture = "vaefast"  # what a checkpoint records: vaefast rebuilds its own models from the config
+    checkpointed = False  # activation checkpointing of the encoder and decoder
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, image_shape, latent_shape,
                  clamp, backend):
         super().__init__()
@@ -86,14 +88,24 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
+    def enable_activation_checkpointing(self) -> None:
+        """Keep only the encoder's input and the decoder's input for backward and recompute the activations in
+        between (torch.utils.checkpoint): one more forward pass of each for a fraction of the activation memory."""
+        self.checkpointed = True
+
+    def _maybe_checkpointed(self, fn, arg):
+        if self.checkpointed and torch.is_grad_enabled():
+            return checkpoint(fn, arg, use_reentrant=False)
+        return fn(arg)
+
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> VAEOutput:
         with stage("encoder"):
-            mu, logvar = self.encode(x)
+            mu, logvar = self._maybe_checkpointed(self.encode, x)
         with stage("reparam/KL"):
             z, kl, kl_per_dim = reparameterize_kl(mu, logvar, eps, clamp=self.clamp, backend=self.backend,
                                                   return_kl_per_dim=True)
         with stage("decoder"):
-            decoded = self.decode(z)
+            decoded = self._maybe_checkpointed(self.decode, z)
         return VAEOutput(decoded, z, kl, kl_per_dim, mu, logvar)
 
     def nll(self, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,8 @@ class Trainer:
                   f"process{'es' if world_size > 1 else ''}; plan: {self.plan.describe()}", file=sys.stderr)
         torch.manual_seed(cfg.seed)  # the same initial weights whatever the rank and the data source
         self.model = build_model(cfg.model, self.data.image_shape, model).to(device)
+        if cfg.activation_checkpointing:
+            self.model.enable_activation_checkpointing()
         # Built before the DDP wrap: with master weights it takes the float32 weights and converts the model to bf16.
         self.optimizer = make_optimizer(cfg.optimizer, self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                         device=device, master_weights=self.plan.master_weights)
