@@ -200,7 +200,8 @@ def test_ssim_matches_scikit_image_on_a_photograph():
 
     photo = resize(skimage.data.astronaut(), (96, 96), anti_aliasing=True)  # float64 in [0, 1], H x W x 3
     noisy = (photo + np.random.default_rng(0).normal(0, 0.05, photo.shape)).clip(0, 1)
-    psnr, ssim = psnr_ssim(torch.from_numpy(noisy).permute(2, 0, 1)[None], torch.from_numpy(photo).permute(2, 0, 1)[None])
+    as_batch = lambda image: torch.from_numpy(image).permute(2, 0, 1)[None]  # noqa: E731
+    psnr, ssim = psnr_ssim(as_batch(noisy), as_batch(photo))
     expected_ssim = structural_similarity(photo, noisy, channel_axis=2, data_range=1.0, gaussian_weights=True,
                                           sigma=1.5, use_sample_covariance=False)
     assert ssim.item() == pytest.approx(expected_ssim, abs=1e-5)

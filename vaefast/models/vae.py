@@ -181,7 +181,8 @@ def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None) 
         from .protocol import ModuleVAE
 
         if not cfg.diffusers:
-            raise ValueError("model kind 'diffusers' needs a preset, config.json or model folder (--model diffusers:SPEC)")
+            raise ValueError("model kind 'diffusers' needs a preset, config.json or model folder "
+                             "(--model diffusers:SPEC)")
         return ModuleVAE(from_diffusers(load_autoencoder(cfg.diffusers)), _likelihood(cfg), image_shape, cfg.clamp,
                          cfg.backend, architecture=VAE.architecture)
     raise ValueError(f"unknown model {cfg.kind!r}; choose 'mlp', 'conv' or 'diffusers'")

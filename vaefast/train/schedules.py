@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def kl_weight(step: int, total_steps: int, beta: float, warmup_steps: int = 0, cycles: int = 0,
               ramp_fraction: float = 0.5) -> float:
     """The weight of the KL term at ``step``.
