@@ -9,6 +9,7 @@ not what the trainer excludes with ``restart_clock`` (checkpoint writes, evaluat
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -51,10 +52,12 @@ class TrainMetrics:
         """This rank's throughput times the world size."""
         return self.dist.world_size * self.train_images / max(self.train_time, 1e-9)
 
-    def maybe_log(self, step: int, extra: dict, progress: str) -> None:
-        """On log steps: all-reduce the pending sums (the host sync), write them with ``extra``, print a line."""
+    def maybe_log(self, step: int, context: Callable[[], tuple[dict, str]]) -> None:
+        """On log steps: all-reduce the pending sums (the host sync), write them with the extra metrics of
+        ``context()`` and print a line starting with its text; off log steps ``context`` is not even called."""
         if step % self.log_every:
             return
+        extra, progress = context()
         sums = torch.stack([torch.stack(pair) for pair in self.pending]).double().sum(0) if self.pending else \
             torch.zeros(2, dtype=torch.float64, device=self.device)
         totals = torch.cat([sums, torch.tensor([float(self.pending_images)], dtype=torch.float64, device=self.device)])

@@ -210,13 +210,15 @@ class Trainer:
         self.batch_in_epoch += len(group)
         images = sum(len(x) for x in group)
         self.metrics.record(images, sums)
-        self.metrics.maybe_log(self.step, {"train/lr": self.optimizer.param_groups[0]["lr"],
-                                           "train/skipped_steps": self.guard.skipped},
-                               f"epoch {self.epoch + 1}/{self.cfg.epochs} step {self.step}/{self.total_steps}")
+        self.metrics.maybe_log(self.step, self._log_context)
         self.metrics.lap(self.step, images)
         self.last_checkpoint = self.checkpointer.maybe_save(self.step, self.state_dict) or self.last_checkpoint
         self.metrics.restart_clock()  # checkpoint writes are not training time
         self.stopped = bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def _log_context(self) -> tuple[dict, str]:
+        extra = {"train/lr": self.optimizer.param_groups[0]["lr"], "train/skipped_steps": self.guard.skipped}
+        return extra, f"epoch {self.epoch + 1}/{self.cfg.epochs} step {self.step}/{self.total_steps}"
 
     def _step_groups(self):
         """The epoch's remaining micro-batches, grad_accum at a time (the last group may be smaller)."""
@@ -295,11 +297,9 @@ class Trainer:
 
     def diagnose(self, x: torch.Tensor) -> str:
         with torch.no_grad(), self.plan.autocast():
-            mu, logvar = self.model.encode(x)
-            out = self.model(x)
-            nll = self.model.nll(out.decoded, x)
-        return non_finite_report({"input": x, "mu": mu, "logvar": logvar, "z": out.z, "decoder output": out.decoded,
-                                  "reconstruction loss": nll, "kl": out.kl}, self.model)
+            nll, out = NegativeELBO(self.model).terms(x)
+        return non_finite_report({"input": x, "mu": out.mu, "logvar": out.logvar, "z": out.z,
+                                  "decoder output": out.decoded, "reconstruction loss": nll, "kl": out.kl}, self.model)
 
     def close(self) -> None:
         """Release the DDP wrapper before the process group is destroyed.
