@@ -10,6 +10,7 @@ the latent scatter plot).
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 
 from .errors import DataError
 from .sampling import split_indices
+from .shards import ShardMember
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 ARRAY_SUFFIX = ".npy"
@@ -44,15 +46,20 @@ def list_images(root: str | Path) -> list[Path]:
     return files
 
 
-def is_array_folder(files: list[Path]) -> bool:
-    return files[0].suffix.lower() == ARRAY_SUFFIX
+def is_array_folder(files: list[Path | ShardMember]) -> bool:
+    return isinstance(files[0], Path) and files[0].suffix.lower() == ARRAY_SUFFIX
 
 
-def _open(path: Path):
+def image_channels(first: Path | ShardMember) -> int:
+    """Grayscale stays one channel; anything else becomes RGB."""
+    return 1 if _open(first).mode in ("L", "1", "I;16", "I") else 3
+
+
+def _open(path: Path | ShardMember):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(path)
+        img = Image.open(io.BytesIO(path.read()) if isinstance(path, ShardMember) else path)
         img.load()
         return img
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -69,11 +76,11 @@ def _load_array(path: Path) -> np.ndarray:
     return to_uint8(to_nchw(array[None], str(path)), str(path))[0]
 
 
-def decode(path: Path, channels: int, size: int | None) -> np.ndarray:
-    """One image as uint8 [C, H, W]."""
+def decode(path: Path | ShardMember, channels: int, size: int | None) -> np.ndarray:
+    """One image, from a file or a tar shard, as uint8 [C, H, W]."""
     from PIL import Image
 
-    if path.suffix.lower() == ARRAY_SUFFIX:
+    if isinstance(path, Path) and path.suffix.lower() == ARRAY_SUFFIX:
         if size is not None:
             raise DataError(f"{path}: --image-size resizes image files; .npy shards must already share one size")
         return _load_array(path)
@@ -91,9 +98,11 @@ def decode(path: Path, channels: int, size: int | None) -> np.ndarray:
 
 @dataclass
 class ImageFolder:
+    """Images decoded while training: files in a folder, or the members of WebDataset tar shards."""
+
     root: Path
-    train_files: list[Path]
-    test_files: list[Path]
+    train_files: list[Path] | list[ShardMember]
+    test_files: list[Path] | list[ShardMember]
     channels: int
     size: int | None
     image_shape: tuple[int, int, int]
@@ -101,6 +110,10 @@ class ImageFolder:
 
     def label(self, path: Path) -> int:
         return self.classes.index(path.parent.name) if self.classes else 0
+
+    @property
+    def shards(self) -> bool:
+        return isinstance(self.train_files[0], ShardMember)
 
     def decode_all(self, files: list[Path], skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decode ``files`` into uint8 [N, C, H, W]; a bad file raises naming it, or is skipped and counted."""
@@ -135,7 +148,7 @@ def image_folder(root: str | Path, *, size: int | None = None, test_fraction: fl
         shape = decode(files[0], 0, size).shape
         channels = shape[0]
     else:
-        channels = 1 if _open(files[0]).mode in ("L", "1", "I;16", "I") else 3
+        channels = image_channels(files[0])
         shape = decode(files[0], channels, size).shape
     if len(files) < 2:
         raise DataError(f"image folder {root} holds only {len(files)} image; need at least 2 for a train/test split")
@@ -147,9 +160,9 @@ def image_folder(root: str | Path, *, size: int | None = None, test_fraction: fl
     return ImageFolder(root, train, test, channels, size, tuple(shape), classes)
 
 
-def _readable(path: Path) -> bool:
+def _readable(path: Path | ShardMember) -> bool:
     try:
-        _load_array(path) if path.suffix.lower() == ARRAY_SUFFIX else _open(path)
+        _load_array(path) if is_array_folder([path]) else _open(path)
         return True
     except DataError:
         return False

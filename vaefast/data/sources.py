@@ -14,9 +14,10 @@ import torch
 
 from .arrays import numpy_images
 from .errors import DataError
-from .folders import ImageFolder, image_folder
+from .folders import MAX_TEST_IMAGES, ImageFolder, decode, image_channels, image_folder
 from .idx import read_idx
 from .sampling import split_indices
+from .shards import is_shard_spec, list_shards, split_shards
 
 EMBEDDED = "embedded"
 # Share of the images held out for the test metrics when the source has no test split of its own.
@@ -124,6 +125,17 @@ def _folder_dataset(root: Path, image_size, test_fraction, seed, skip_bad) -> Im
                         None, test_labels, folder=folder)
 
 
+def _shard_dataset(spec: str, image_size, skip_bad) -> ImageDataset:
+    train_paths, test_paths = split_shards(spec)
+    train, test = list_shards(train_paths), list_shards(test_paths)[:MAX_TEST_IMAGES]
+    channels = image_channels(train[0])
+    shape = decode(train[0], channels, image_size).shape
+    folder = ImageFolder(train_paths[0].parent, train, test, channels, image_size, tuple(shape))
+    test_images, _ = folder.decode_all(test, skip_bad)
+    return ImageDataset(f"WebDataset {spec}: {len(train_paths)} train shards, {len(test_paths)} test shard(s)",
+                        None, test_images, folder=folder)
+
+
 def _is_idx_dir(path: Path) -> bool:
     return any(_find(path, stem) for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
 
@@ -131,9 +143,12 @@ def _is_idx_dir(path: Path) -> bool:
 def load_dataset(spec: str | None, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0, *,
                  image_size: int | None = None, skip_bad: bool = False) -> ImageDataset:
     """Resolve ``--data``: None or 'embedded'; an IDX directory, IDX file, or 'train-file,test-file' pair; a .npy
-    or .npz array; or a folder of JPEG/PNG images (searched recursively)."""
+    or .npz array; a folder of JPEG/PNG images (searched recursively); or WebDataset tar shards (see
+    :mod:`vaefast.data.shards`)."""
     if spec in (None, "", EMBEDDED):
         return embedded_fashion_mnist(test_fraction, seed)
+    if is_shard_spec(spec):
+        return _shard_dataset(spec, image_size, skip_bad)
     if "," in spec:
         train_path, test_path = (Path(p).expanduser() for p in spec.split(",", 1))
         train, test = (_as_nchw(read_idx(p), str(p)) for p in (train_path, test_path))

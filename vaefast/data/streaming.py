@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
 from .folders import ImageFolder, decode, first_undecodable, is_array_folder
+from .shards import IMAGE_EXTENSIONS, index_paths, list_shards
 from .convert import to_unit_float
 from .sampling import RandomFlip, UnpaddedDistributedSampler
 
@@ -85,6 +86,18 @@ class TorchLoader:
             yield torch.empty(shape, device=self.device)
 
 
+def _whole_shards(folder: ImageFolder):
+    """The shards behind the train samples. DALI reads whole shards, so every image sample in them must be one
+    (--skip-bad-images cannot leave single samples out here)."""
+    paths = list(dict.fromkeys(member.shard for member in folder.train_files))
+    complete = list_shards(paths)
+    if len(complete) != len(folder.train_files):
+        left_out = next(m for m in complete if m not in set(folder.train_files))
+        raise DataError(f"undecodable image {left_out}: DALI reads whole tar shards and cannot leave it out; repair "
+                        "or drop that shard, or use --loader torch --skip-bad-images")
+    return paths
+
+
 def dali_available() -> str | None:
     """None when DALI imports, else why not."""
     try:
@@ -96,8 +109,8 @@ def dali_available() -> str | None:
 
 
 class DALIFolderLoader:
-    """fn.readers.file + fn.decoders.image + resize/crop/flip/normalize (or fn.readers.numpy for .npy shards),
-    output through DALIGenericIterator.
+    """fn.readers.file (or fn.readers.webdataset for tar shards) + fn.decoders.image + resize/crop/flip/normalize,
+    or fn.readers.numpy for .npy files, output through DALIGenericIterator.
 
     The same pipeline runs on CPU and GPU: only the decoder's device ("mixed" vs "cpu") and ``device_id`` (0.. vs
     None, which CPU-only DALI requires) come from ``torch.cuda.is_available()``. Sharding uses shard_id/num_shards
@@ -119,6 +132,7 @@ class DALIFolderLoader:
         self.folder, self.batch_size = folder, batch_size
         self.world_size, self.rank = world_size, rank
         files = [str(p) for p in folder.train_files]
+        tar_paths = _whole_shards(folder) if folder.shards else None
         channels, size = folder.channels, folder.size
         out_h, out_w = folder.image_shape[1:]
         arrays = is_array_folder(folder.train_files)
@@ -139,7 +153,12 @@ class DALIFolderLoader:
                 if flip:
                     images = fn.flip(images, horizontal=fn.random.coin_flip(), layout="CHW")
                 return images
-            jpegs, _ = fn.readers.file(files=files, **shard)
+            if tar_paths:
+                jpegs = fn.readers.webdataset(paths=[str(p) for p in tar_paths], index_paths=index_paths(tar_paths),
+                                              ext=[";".join(IMAGE_EXTENSIONS)], case_sensitive_extensions=False,
+                                              missing_component_behavior="skip", **shard)
+            else:
+                jpegs, _ = fn.readers.file(files=files, **shard)
             images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu",
                                        output_type=types.GRAY if channels == 1 else types.RGB)
             if size is not None:
@@ -172,5 +191,9 @@ class DALIFolderLoader:
             # DALI's decoder fails without naming the file; find it (only on this failure path).
             bad = first_undecodable(self.folder.train_files)
             where = f"undecodable image {bad}" if bad else "a DALI pipeline error"
+            if bad and self.folder.shards:
+                raise DataError(f"{where} (DALI: {str(exc).splitlines()[0]}); repair or drop that shard, or read "
+                                "the shards with --loader torch --skip-bad-images, which leaves single samples "
+                                "out") from None
             raise DataError(f"{where} (DALI: {str(exc).splitlines()[0]}); remove it, or pass --skip-bad-images, "
                             "which verifies the files up front and leaves the bad ones out") from None
