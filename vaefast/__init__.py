@@ -18,11 +18,16 @@ def __getattr__(name):
         from . import train
 
         return getattr(train, name)
+    if name == "LossTerm":
+        from .models.loss_terms import LossTerm
+
+        return LossTerm
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BackendUnavailable",
     "FusedVAELoss",
+    "LossTerm",
     "TrainConfig",
     "Trainer",
     "VAELossOutput",

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..ops.reference import clamp_with_inclusive_gradient
 from ..perf.stages import stage
+from .loss_terms import LossTerm, check_loss_terms, per_image
 from .vae import VAEOutput
 
 
@@ -26,9 +27,10 @@ class NegativeELBO(nn.Module):
     """The model and its loss as one module, so that DDP wraps (and synchronizes) every parameter the loss uses,
     the likelihood's learned scale included."""
 
-    def __init__(self, model: nn.Module, free_bits: float = 0.0):
+    def __init__(self, model: nn.Module, free_bits: float = 0.0, loss_terms: list[LossTerm] | None = None):
         super().__init__()
         self.model, self.free_bits = model, free_bits
+        self.loss_terms = nn.ModuleList(check_loss_terms(loss_terms))
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, VAEOutput]:
         """The per-image reconstruction NLL [B] and the model's output (z, KL per image and per dim, ...)."""
@@ -37,10 +39,20 @@ class NegativeELBO(nn.Module):
             nll = self.model.nll(out.decoded, x)
         return nll, out
 
-    def forward(self, x: torch.Tensor, kl_w: torch.Tensor, scale: torch.Tensor):
-        """``scale`` turns the local sums into this rank's share of the global mean (world_size / global count).
-        Returns the loss and, detached, the NLL and KL sums and the per-dim KL."""
+    def forward(self, x: torch.Tensor, kl_w: torch.Tensor, scale: torch.Tensor,
+                term_weights: torch.Tensor | None = None):
+        """``scale`` turns the local sums into this rank's share of the global mean (world_size / global count);
+        ``term_weights`` holds one weight per extra loss term. Returns the loss and, detached, the NLL and KL sums,
+        the per-dim KL and the extra terms' sums (None without terms)."""
         nll, out = self.terms(x)
         nll_sum = nll.sum()
-        loss = (nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, x.shape[0], self.free_bits)) * scale
-        return loss, nll_sum.detach(), out.kl.sum().detach(), out.kl_per_dim.detach()
+        total = nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, x.shape[0], self.free_bits)
+        term_sums = None
+        if len(self.loss_terms):
+            with stage("extra loss terms"):
+                reconstruction = self.model.likelihood.mean(out.decoded)
+                term_sums = torch.stack([per_image(term, term(x, reconstruction, out), x.shape[0]).sum()
+                                         for term in self.loss_terms])
+                total = total + (term_weights * term_sums).sum()
+                term_sums = term_sums.detach().float()
+        return total * scale, nll_sum.detach(), out.kl.sum().detach(), out.kl_per_dim.detach(), term_sums

@@ -21,10 +21,11 @@ WARMUP_STEPS = 3
 
 class TrainMetrics:
     def __init__(self, monitor: Monitor, dist: DistContext, device: torch.device, log_every: int,
-                 warmup_steps: int = WARMUP_STEPS):
+                 warmup_steps: int = WARMUP_STEPS, term_names: list[str] = ()):
         self.monitor, self.dist, self.device = monitor, dist, device
         self.log_every, self.warmup_steps = log_every, warmup_steps
-        self.pending, self.pending_images = [], 0  # (nll, kl) device sums since the last log
+        self.term_names = list(term_names)
+        self.pending, self.pending_images = [], 0  # [nll, kl, *extra terms] device sums since the last log
         self.kl_dim_sum, self.epoch_images = None, 0
         self.train_time, self.train_images = 0.0, 0
         self.restart_clock()
@@ -33,10 +34,12 @@ class TrainMetrics:
         self.mark = time.perf_counter()
 
     def record(self, images: int, sums: tuple) -> None:
-        """One optimizer step's sums: train_step's (nll, kl, kl_per_dim), all None for a skipped step."""
-        nll_sum, kl_sum, kl_per_dim = sums
+        """One optimizer step's sums: train_step's (nll, kl, kl_per_dim, extra term sums or None), all None for a
+        skipped step."""
+        nll_sum, kl_sum, kl_per_dim, term_sums = sums
         if nll_sum is not None:
-            self.pending.append((nll_sum, kl_sum))
+            self.pending.append(torch.cat([torch.stack([nll_sum.float(), kl_sum.float()]),
+                                           *([] if term_sums is None else [term_sums])]))
             self.pending_images += images
             self.epoch_images += images
             self.kl_dim_sum = kl_per_dim.double() if self.kl_dim_sum is None else self.kl_dim_sum.add_(kl_per_dim)
@@ -58,13 +61,14 @@ class TrainMetrics:
         if step % self.log_every:
             return
         extra, progress = context()
-        sums = torch.stack([torch.stack(pair) for pair in self.pending]).double().sum(0) if self.pending else \
-            torch.zeros(2, dtype=torch.float64, device=self.device)
+        sums = torch.stack(self.pending).double().sum(0) if self.pending else \
+            torch.zeros(2 + len(self.term_names), dtype=torch.float64, device=self.device)
         totals = torch.cat([sums, torch.tensor([float(self.pending_images)], dtype=torch.float64, device=self.device)])
-        nll, kl, n = self.dist.all_reduce_(totals).tolist()
+        nll, kl, *term_sums, n = self.dist.all_reduce_(totals).tolist()
         self.pending, self.pending_images = [], 0
         n = max(n, 1.0)
         metrics = {"train/recon_nats": nll / n, "train/kl_nats": kl / n, "train/neg_elbo_nats": (nll + kl) / n,
+                   **{f"train/{name}": value / n for name, value in zip(self.term_names, term_sums)},
                    "train/images_per_s": self.images_per_s, **extra}
         self.monitor.log(step, metrics)
         self.monitor.progress_line(

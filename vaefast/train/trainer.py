@@ -27,6 +27,7 @@ from ..data.convert import to_unit_float
 from ..eval import evaluate_elbo
 from ..models import build_model
 from ..models.ema import WeightEMA
+from ..models.loss_terms import LossTerm
 from ..models.objective import NegativeELBO
 from ..perf.machine import peak_memory_mb
 from ..perf.stages import stage
@@ -43,10 +44,11 @@ from .state import reshard_position, rng_state, seed_everything, set_rng_state
 class Trainer:
     """Train a VAE from a ``TrainConfig``. ``dataset`` overrides ``cfg.data``; ``model`` overrides ``cfg.model``'s
     architecture with any module that has ``encode(x)`` and ``decode(z)`` (vaefast.models.protocol), keeping its
-    likelihood, clamp and backend; ``dist`` joins a DDP job."""
+    likelihood, clamp and backend; ``loss_terms`` adds perceptual or adversarial terms to the loss
+    (vaefast.models.loss_terms); ``dist`` joins a DDP job."""
 
     def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None, *, model: nn.Module | None = None,
-                 dist: DistContext | None = None):
+                 loss_terms: list[LossTerm] | None = None, dist: DistContext | None = None):
         cfg.validate()
         self.cfg = cfg
         self.dist = dist or DistContext()
@@ -75,7 +77,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optimizer, self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                         device=device, master_weights=self.plan.master_weights)
         torch.manual_seed(cfg.seed + rank)
-        self.objective = NegativeELBO(self.model, cfg.free_bits)
+        self.objective = NegativeELBO(self.model, cfg.free_bits, loss_terms).to(device)
         if self.dist.enabled:
             device_ids = [device.index] if device.type == "cuda" else None
             self.objective = DDP(self.objective, device_ids=device_ids)
@@ -89,12 +91,14 @@ class Trainer:
                                          every=cfg.checkpoint_every)
         self.monitor = Monitor(self.out, enabled=self.dist.is_main, progress=cfg.progress,
                                tensorboard=cfg.tensorboard)
-        self.metrics = TrainMetrics(self.monitor, self.dist, device, cfg.log_every)
+        self.metrics = TrainMetrics(self.monitor, self.dist, device, cfg.log_every,
+                                    term_names=[term.name for term in self._loss_terms])
         self.guard = NaNGuard(cfg.max_bad_steps)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.stopped = False  # cfg.max_steps reached
         self.last_checkpoint: Path | None = None
         self._kl_w_value, self._kl_w = None, None
+        self._term_w_value, self._term_w = None, None
         self._scale_count, self._scale = None, None
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
         self.loss_fn = torch.compile(self.objective, mode=self.plan.compile_mode) if self.plan.compile \
@@ -114,7 +118,8 @@ class Trainer:
 
         The loss is the sum over the global batch divided by its all-reduced size, so ranks with short or empty
         last batches, and accumulation, give the single-process gradient. Returns this rank's (nll, kl, per-dim
-        KL) sums, or Nones for a skipped step. It does not advance ``step``: ``run`` does.
+        KL, extra loss terms) sums, the last None without terms, or all Nones for a skipped step. It does not
+        advance ``step``: ``run`` does.
         """
         if isinstance(micro_batches, torch.Tensor):
             micro_batches = [micro_batches]
@@ -122,6 +127,7 @@ class Trainer:
         if w != self._kl_w_value:
             # A tensor, not a float: torch.compile would specialize on (and recompile for) each new Python float.
             self._kl_w_value, self._kl_w = w, torch.tensor(w, device=self.device)
+        term_w = self._term_weights()
         scale = self._loss_scale(sum(len(x) for x in micro_batches))
         self.optimizer.zero_grad(set_to_none=True)
         finite = sums = None
@@ -133,14 +139,13 @@ class Trainer:
                 if self.plan.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 with self.plan.autocast():
-                    loss, nll_sum, kl_sum, kl_per_dim = self.loss_fn(x, self._kl_w, scale)
+                    loss, *part = self.loss_fn(x, self._kl_w, scale, term_w)
                 with stage("backward"):
                     self.scaler.scale(loss).backward()
             finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
-            part = (nll_sum, kl_sum, kl_per_dim)
             if self.plan.cuda_graphs:  # replays reuse their output buffers: copy out what outlives the step
-                part = tuple(t.clone() for t in part)
-            sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
+                part = [t if t is None else t.clone() for t in part]
+            sums = part if sums is None else [a if a is None else a + b for a, b in zip(sums, part)]
         self.scaler.unscale_(self.optimizer)
         if self.cfg.clip_grad is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad, foreach=True)
@@ -165,7 +170,7 @@ class Trainer:
                     self.ema.update()
         self.scaler.update()
         self.guard.record(ok, lambda: self.diagnose(torch.cat(micro_batches)))
-        return sums if ok else (None, None, None)
+        return tuple(sums) if ok else (None,) * len(sums)
 
     def run(self, steps: int | None = None, on_step: Callable[[int], None] | None = None) -> int:
         """Take optimizer steps from the current data position and return how many ran.
@@ -283,6 +288,18 @@ class Trainer:
             self._scale_count = local_count
             self._scale = torch.tensor(1.0 / max(local_count, 1), device=self.device)
         return self._scale
+
+    @property
+    def _loss_terms(self) -> list[LossTerm]:
+        objective = self.objective.module if self.dist.enabled else self.objective
+        return list(objective.loss_terms)
+
+    def _term_weights(self) -> torch.Tensor | None:
+        """The extra terms' weights at this step, as a device tensor rebuilt only when one changes."""
+        weights = tuple(term.weight_at(self.step) for term in self._loss_terms)
+        if weights and weights != self._term_w_value:
+            self._term_w_value, self._term_w = weights, torch.tensor(weights, device=self.device)
+        return self._term_w
 
     def _grads_finite(self) -> torch.Tensor | bool:
         """One multi-tensor pass (GradScaler's own kernel, with a scale of 1) instead of a norm per parameter, or
