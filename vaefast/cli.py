@@ -23,7 +23,8 @@ TRAIN_FLAGS = {
     "dist_backend": (None, "dist_backend"), "dist_timeout": (None, "dist_timeout"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
     "beta": (None, "beta"), "kl_warmup_steps": (None, "kl_warmup_steps"), "kl_cycles": (None, "kl_cycles"),
     "free_bits": (None, "free_bits"), "ema": (None, "ema"),
-    "activation_checkpointing": (None, "activation_checkpointing"), "precision": (None, "precision"),
+    "activation_checkpointing": (None, "activation_checkpointing"), "channels_last": (None, "channels_last"),
+    "precision": (None, "precision"),
     "compile": (None, "compile"),
     "compile_mode": (None, "compile_mode"), "master_weights": (None, "master_weights"),
     "device": (None, "device"), "seed": (None, "seed"), "out": (None, "out"), "resume": (None, "resume"),
@@ -94,6 +95,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--free-bits", type=float, default=S, help="per-dimension KL floor in nats")
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=S,
                    help="recompute encoder and decoder activations in backward (less memory, one more forward)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S,
+                   help="conv models: NHWC (channels_last) weights and batches; faster on some GPUs, measure first")
     p.add_argument("--ema", type=float, default=S, metavar="DECAY",
                    help="keep an exponential moving average of the weights (e.g. 0.999); eval uses it")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=S,

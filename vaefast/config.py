@@ -38,6 +38,7 @@ class TrainConfig:
     kl_cycles: int = 0  # > 0: cyclical annealing with this many cycles over the run (Fu et al., 2019)
     free_bits: float = 0.0  # per-latent-dim KL floor in nats (Kingma et al., 2016)
     activation_checkpointing: bool = False  # recompute encoder/decoder activations in backward to save memory
+    channels_last: bool = False  # conv models: NHWC weights and batches, where that measures faster
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999)
     precision: str = "auto"  # bf16 where the hardware computes it natively (CUDA, AMX / AVX512-BF16 CPUs), else fp32
     compile: bool | None = None  # None: on where it pays (see vaefast.plan)

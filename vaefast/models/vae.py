@@ -65,6 +65,8 @@ def split_moments(moments, owner: str = "encoder") -> tuple[torch.Tensor, torch.
 class VAE(nn.Module):
     architecture = "vaefast"  # what a checkpoint records: vaefast rebuilds its own models from the config
     checkpointed = False  # activation checkpointing of the encoder and decoder
+    memory_format = torch.contiguous_format  # of the 4-D weights and image batches (channels_last for some convs)
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, image_shape, latent_shape,
                  clamp, backend):
         super().__init__()
@@ -79,6 +81,8 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(f"the model takes images of shape {self.image_shape}, got a batch of {tuple(x.shape)}")
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)  # no copy when it already is
         return split_moments(self.moments(x), type(self).__name__)
 
     def moments(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +96,12 @@ class VAE(nn.Module):
         """Keep only the encoder's input and the decoder's input for backward and recompute the activations in
         between (torch.utils.checkpoint): one more forward pass of each for a fraction of the activation memory."""
         self.checkpointed = True
+
+    def use_channels_last(self) -> None:
+        """NHWC weights and batches: convolutions then skip their layout conversions where the kernels prefer it
+        (often on GPU with bf16; measure, as ``benchmarks/bench_autoencoder.py`` does)."""
+        self.memory_format = torch.channels_last
+        self.to(memory_format=torch.channels_last)
 
     def _maybe_checkpointed(self, fn, arg):
         if self.checkpointed and torch.is_grad_enabled():

@@ -73,6 +73,8 @@ class Trainer:
         self.model = build_model(cfg.model, self.data.image_shape, model).to(device)
         if cfg.activation_checkpointing:
             self.model.enable_activation_checkpointing()
+        if cfg.channels_last:
+            self.model.use_channels_last()
         # Built before the DDP wrap: with master weights it takes the float32 weights and converts the model to bf16.
         self.optimizer = make_optimizer(cfg.optimizer, self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                         device=device, master_weights=self.plan.master_weights)
