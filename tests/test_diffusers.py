@@ -39,12 +39,16 @@ def test_from_diffusers_trains_a_tiny_autoencoder_kl(tmp_path, tiny_data):
     assert summary["steps"] == 6 and summary["skipped_steps"] == 0
     assert summary["test_neg_elbo_nats"] < before
     assert not torch.equal(vae.encoder.conv_in.weight, before_weights)  # the diffusers model itself trained
-    # Between encode and decode: diffusers' own posterior, the fused op giving the same KL.
+    # Between encode and decode: diffusers' own posterior, the fused op giving the same KL; pixels in diffusers'
+    # [-1, 1] convention inside, vaefast's [0, 1] outside.
     x = tiny_data.test[:4].float() / 255
     with torch.no_grad():
-        posterior = vae.encode(x).latent_dist
-        out = trainer.model(x)
+        posterior = vae.encode(x * 2 - 1).latent_dist
+        out = trainer.model(x, eps=torch.zeros_like(posterior.mean))
+        expected = ((vae.decode(posterior.mode()).sample + 1) / 2).clamp(0, 1)
     torch.testing.assert_close(out.kl, posterior.kl(), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out.mu, posterior.mean)
+    torch.testing.assert_close(trainer.model.likelihood.mean(out.decoded), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_cli_trains_evaluates_resumes_and_exports_a_config_json(tmp_path):

@@ -39,7 +39,13 @@ def _autoencoder_kl():
 
 
 class DiffusersAutoencoder(nn.Module):
-    """An ``AutoencoderKL`` behind vaefast's protocol; ``self.vae`` is the unchanged diffusers model."""
+    """An ``AutoencoderKL`` behind vaefast's protocol; ``self.vae`` is the unchanged diffusers model.
+
+    vaefast's batches are in [0, 1]; diffusers' autoencoders take and return [-1, 1], the range Stable Diffusion's
+    VAEs were trained on and that pipelines feed them. The adapter maps ``2x - 1`` into the encoder and the decoder's
+    output back with ``(y + 1) / 2``, so pretrained weights are fine-tuned in their own convention and exported
+    weights drop into a pipeline unchanged.
+    """
 
     def __init__(self, vae: nn.Module):
         super().__init__()
@@ -49,13 +55,13 @@ class DiffusersAutoencoder(nn.Module):
         self.vae.enable_gradient_checkpointing()  # diffusers checkpoints each down/mid/up block
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.vae.encoder(x)
+        h = self.vae.encoder(x * 2 - 1)
         return self.vae.quant_conv(h) if self.vae.quant_conv is not None else h
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if self.vae.post_quant_conv is not None:
             z = self.vae.post_quant_conv(z)
-        return self.vae.decoder(z)
+        return (self.vae.decoder(z) + 1) * 0.5
 
 
 def from_diffusers(vae: nn.Module) -> DiffusersAutoencoder:
