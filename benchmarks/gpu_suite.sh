@@ -8,7 +8,9 @@
 #    and a 4x64x64 spatial latent, timed from Python (launch overhead included) and from CUDA graphs (GPU time);
 # 2. the Triton kernels autotuned over BLOCK/num_warps (triton.autotune), the chosen configs logged;
 # 3. end-to-end images/s for the MLP and the conv VAE, with and without torch.compile and AMP;
-# 4. registers and load widths of the kernels (no GPU needed).
+# 4. registers and load widths of the kernels (no GPU needed);
+# 5. diffusers' AutoencoderKL, SD kl-f8 layout at 256x256: the diffusers-style loop (fp32, bf16) against vaefast
+#    (bf16, fp32, activation checkpointing, channels_last), images/s, CUDA max allocated, PSNR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -22,6 +24,7 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
   TRITON_INTERPRET=1 $PY benchmarks/triton_autotune.py --smoke --results "$out"
   TRITON_INTERPRET= $PY benchmarks/triton_autotune.py --check --quick --results "$out"
   TRITON_INTERPRET= $PY benchmarks/bench_throughput.py --quick --device cpu --results "$out"
+  TRITON_INTERPRET= $PY benchmarks/bench_autoencoder.py --quick --variants reference vaefast --results "$out"
   echo "gpu_suite: CPU smoke run passed"
   exit 0
 fi
@@ -42,5 +45,9 @@ done
 $PY benchmarks/triton_autotune.py --results "$out"
 $PY benchmarks/bench_throughput.py --device cuda
 $PY benchmarks/triton_inspect.py
-cp benchmarks/results/bench_loss-cuda-*.json benchmarks/results/bench_throughput-cuda.json "$out"/ 2>/dev/null || true
+$PY benchmarks/bench_autoencoder.py --device cuda --preset sd-kl-f8 --size 256 --batch-size 8 --steps 30 \
+  --rounds 1 --train-images 512 --test-images 32 \
+  --variants reference reference-bf16 vaefast vaefast-fp32 vaefast-ckpt vaefast-channels-last
+cp benchmarks/results/bench_loss-cuda-*.json benchmarks/results/bench_throughput-cuda.json \
+  benchmarks/results/bench_autoencoder-cuda.json "$out"/ 2>/dev/null || true
 echo "gpu_suite: done; results in $out and benchmarks/results/, tables in benchmarks/README.md"

@@ -69,9 +69,12 @@ class Checkpointer:
         self.enabled = enabled
         self.every = every  # steps between checkpoints; 0: only when saved explicitly
 
+    def is_due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
     def maybe_save(self, step: int, state: Callable[[], dict]) -> Path | None:
         """Save ``state()`` if ``step`` is on the interval (the state is only built then)."""
-        if self.every and step % self.every == 0:
+        if self.is_due(step):
             return self.save(state(), step)
         return None
 

@@ -1,4 +1,5 @@
-"""The NaN/Inf guard: skip non-finite updates, and stop with a diagnosis after too many in a row."""
+"""The NaN/Inf guard: non-finite updates are skipped on the device, and training stops with a diagnosis after
+too many in a row."""
 
 from __future__ import annotations
 
@@ -16,22 +17,67 @@ class NonFiniteTraining(RuntimeError):
 
 
 class NaNGuard:
-    def __init__(self, max_consecutive: int):
-        self.max_consecutive = max_consecutive
-        self.consecutive = 0
-        self.skipped = 0
+    """Counts skipped (non-finite) steps on the device and stops training after ``max_consecutive`` in a row.
 
-    def record(self, finite: bool, diagnose) -> None:
-        """Count a step; after ``max_consecutive`` bad steps in a row, raise with ``diagnose()``'s findings."""
-        if finite:
-            self.consecutive = 0
-            return
-        self.consecutive += 1
-        self.skipped += 1
-        if self.consecutive >= self.max_consecutive:
+    The host never waits for a step's verdict: ``record`` updates device counters (skipped steps, the current and
+    the longest streak) and copies them to host memory without blocking, and the counters are looked at once that copy has
+    landed: at once on CPU, where there is no device to wait for; on CUDA at a later step's ``record`` (the copy is
+    usually a step or two behind) and at the latest at ``check``, which waits for it and runs on log steps, before
+    checkpoints and at epoch ends. So on a GPU the stop with diagnosis can come up to ``log_every`` steps after the
+    streak reached ``max_consecutive``; the skipped steps in between changed nothing.
+    """
+
+    def __init__(self, max_consecutive: int, device: torch.device | str = "cpu"):
+        self.max_consecutive = max_consecutive
+        self.device = torch.device(device)
+        # [skipped, consecutive, the longest streak since the host last looked]: a streak that reaches the limit is
+        # caught even when the host only sees the counters of a later step.
+        self.counters = torch.zeros(3, dtype=torch.int64, device=self.device)
+        cuda = self.device.type == "cuda"
+        self._host = torch.zeros(3, dtype=torch.int64, pin_memory=cuda)
+        self._copied = torch.cuda.Event() if cuda else None
+        self._diagnose = None
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped so far (a host read: for summaries and log steps)."""
+        return int(self.counters[0])
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        self.counters[0] = value
+
+    @property
+    def consecutive(self) -> int:
+        return int(self.counters[1])
+
+    def record(self, applied: torch.Tensor, diagnose) -> None:
+        """Count a step from its device flag (True: the update was applied) without reading it on the host."""
+        bad = (~applied).to(torch.int64).view(())
+        consecutive = (self.counters[1] + 1) * bad
+        self.counters.copy_(torch.stack([self.counters[0] + bad, consecutive,
+                                         torch.maximum(self.counters[2], consecutive)]))
+        self._diagnose = diagnose
+        self._host.copy_(self.counters, non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+        self._look()
+
+    def check(self) -> None:
+        """Wait for the counters of the last recorded step and act on them (log steps, checkpoints, epoch ends)."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        self._look()
+
+    def _look(self) -> None:
+        if self._copied is not None and not self._copied.query():
+            return  # not landed yet: a later record or check looks
+        # A numpy view of host memory: no device read and no dispatcher call.
+        longest = int(self._host.numpy()[2])
+        if longest >= self.max_consecutive:
             raise NonFiniteTraining(
-                f"{self.consecutive} consecutive steps had a non-finite loss or gradient; training stopped. "
-                f"{diagnose()}. {HINTS}"
+                f"{longest} consecutive steps had a non-finite loss or gradient; training stopped. "
+                f"{self._diagnose() if self._diagnose else 'no diagnosis'}. {HINTS}"
             )
 
 

@@ -25,24 +25,29 @@ class TrainMetrics:
         self.monitor, self.dist, self.device = monitor, dist, device
         self.log_every, self.warmup_steps = log_every, warmup_steps
         self.term_names = list(term_names)
-        self.pending, self.pending_images = [], 0  # [nll, kl, *extra terms] device sums since the last log
-        self.kl_dim_sum, self.epoch_images = None, 0
+        # Device tensors since the last log: [nll, kl, *extra terms, images] of each step, zero for skipped steps.
+        self.pending = []
+        self.kl_dim_sum, self.epoch_images = None, torch.zeros((), dtype=torch.float64, device=device)
         self.train_time, self.train_images = 0.0, 0
         self.restart_clock()
 
     def restart_clock(self) -> None:
         self.mark = time.perf_counter()
 
-    def record(self, images: int, sums: tuple) -> None:
-        """One optimizer step's sums: train_step's (nll, kl, kl_per_dim, extra term sums or None), all None for a
-        skipped step."""
-        nll_sum, kl_sum, kl_per_dim, term_sums = sums
-        if nll_sum is not None:
-            self.pending.append(torch.cat([torch.stack([nll_sum.float(), kl_sum.float()]),
-                                           *([] if term_sums is None else [term_sums])]))
-            self.pending_images += images
-            self.epoch_images += images
-            self.kl_dim_sum = kl_per_dim.double() if self.kl_dim_sum is None else self.kl_dim_sum.add_(kl_per_dim)
+    def record(self, images: int, result) -> None:
+        """One optimizer step: train_step's StepResult. A skipped step adds zeros, chosen on the device."""
+        applied = result.applied
+        parts = [result.nll.float().view(1), result.kl.float().view(1)]
+        if result.term_sums is not None:
+            parts.append(result.term_sums.float())
+        parts.append(torch.full((1,), float(images), device=self.device))
+        self.pending.append(torch.where(applied, torch.cat(parts), 0.0))
+        self.epoch_images += torch.where(applied, float(images), 0.0)
+        kl_per_dim = torch.where(applied, result.kl_per_dim, 0.0).double()
+        self.kl_dim_sum = kl_per_dim if self.kl_dim_sum is None else self.kl_dim_sum.add_(kl_per_dim)
+
+    def is_log_step(self, step: int) -> bool:
+        return step % self.log_every == 0
 
     def lap(self, step: int, images: int) -> None:
         """Count the time since the clock last (re)started as training time, past the warm-up steps."""
@@ -58,14 +63,13 @@ class TrainMetrics:
     def maybe_log(self, step: int, context: Callable[[], tuple[dict, str]]) -> None:
         """On log steps: all-reduce the pending sums (the host sync), write them with the extra metrics of
         ``context()`` and print a line starting with its text; off log steps ``context`` is not even called."""
-        if step % self.log_every:
+        if not self.is_log_step(step):
             return
         extra, progress = context()
-        sums = torch.stack(self.pending).double().sum(0) if self.pending else \
-            torch.zeros(2 + len(self.term_names), dtype=torch.float64, device=self.device)
-        totals = torch.cat([sums, torch.tensor([float(self.pending_images)], dtype=torch.float64, device=self.device)])
+        totals = torch.stack(self.pending).double().sum(0) if self.pending else \
+            torch.zeros(3 + len(self.term_names), dtype=torch.float64, device=self.device)
         nll, kl, *term_sums, n = self.dist.all_reduce_(totals).tolist()
-        self.pending, self.pending_images = [], 0
+        self.pending = []
         n = max(n, 1.0)
         metrics = {"train/recon_nats": nll / n, "train/kl_nats": kl / n, "train/neg_elbo_nats": (nll + kl) / n,
                    **{f"train/{name}": value / n for name, value in zip(self.term_names, term_sums)},
@@ -80,11 +84,12 @@ class TrainMetrics:
         if self.kl_dim_sum is None:  # every step of the epoch was skipped here; the reduction is still collective
             self.kl_dim_sum = torch.zeros(latent_shape, dtype=torch.float64, device=self.device)
         self.dist.all_reduce_(self.kl_dim_sum)
-        images_seen = self.dist.all_reduce_(torch.tensor([float(self.epoch_images)], device=self.device))
+        images_seen = self.dist.all_reduce_(self.epoch_images.view(1).clone())
         collapse = {}
         if float(images_seen) > 0:
             collapse = self.monitor.check_collapse((self.kl_dim_sum / images_seen).float().cpu(), step)
-        self.kl_dim_sum, self.epoch_images = None, 0
+        self.kl_dim_sum = None
+        self.epoch_images.zero_()
         return collapse
 
     def global_throughput(self) -> float:

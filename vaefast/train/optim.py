@@ -34,6 +34,12 @@ def make_optimizer(name: str, module: nn.Module, *, lr: float, weight_decay: flo
     return cls(module.parameters(), lr=lr, weight_decay=weight_decay, fused=fused, foreach=None if fused else True)
 
 
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step()`` honours a ``found_inf`` device flag (GradScaler's protocol) by leaving
+    everything untouched: torch's fused Adam/AdamW, and MasterWeightAdam."""
+    return isinstance(optimizer, MasterWeightAdam) or bool(optimizer.defaults.get("fused"))
+
+
 def native_master_step_available() -> bool:
     return native_backend.load_error() is None
 
@@ -95,6 +101,8 @@ class MasterWeightAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._skip():
+            return loss
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
@@ -123,6 +131,17 @@ class MasterWeightAdam(torch.optim.Optimizer):
                     [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], params,
                     [s["step"] for s in states], **hyper)
         return loss
+
+    def _skip(self) -> bool:
+        """Whether the trainer's ``found_inf`` flag asks to skip this step. The native kernel is driven from the
+        host and its flag lives in CPU memory, so reading it is a memory load, not a device sync; off CPU the
+        flag is read from the device (the one host read of a master-weights step there)."""
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is None:
+            return False
+        if found_inf.device.type == "cpu":
+            return bool(found_inf.numpy().any())
+        return bool(found_inf.any())
 
     @torch.no_grad()
     def grads_finite(self) -> bool:

@@ -2,8 +2,8 @@
 
 ``Trainer(cfg)`` builds the data, model, optimizer, the run plan and the components that decide for themselves
 when to act (checkpointer, metrics, monitor, NaN guard). ``run(steps)`` takes optimizer steps from the current
-data position; ``fit()`` runs the epochs, evaluating and checkpointing at each end. The only per-step host sync
-is the NaN guard's decision; metrics stay on the device and are read on log steps.
+data position; ``fit()`` runs the epochs, evaluating and checkpointing at each end. No step reads a device value
+on the host: the NaN guard skips on the device, and metrics and counters are read on log steps.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -36,9 +36,19 @@ from .distributed import DistContext
 from .guard import NaNGuard, non_finite_report
 from .metrics import TrainMetrics
 from .monitor import Monitor
-from .optim import make_optimizer, native_master_step_available
+from .optim import make_optimizer, native_master_step_available, skips_on_device
 from .schedules import kl_weight
 from .state import reshard_position, rng_state, seed_everything, set_rng_state
+
+
+class StepResult(NamedTuple):
+    """One optimizer step's device tensors: this rank's sums, and whether the update was applied."""
+
+    nll: torch.Tensor
+    kl: torch.Tensor
+    kl_per_dim: torch.Tensor
+    term_sums: torch.Tensor | None
+    applied: torch.Tensor
 
 
 class Trainer:
@@ -95,7 +105,7 @@ class Trainer:
                                tensorboard=cfg.tensorboard)
         self.metrics = TrainMetrics(self.monitor, self.dist, device, cfg.log_every,
                                     term_names=[term.name for term in self._loss_terms])
-        self.guard = NaNGuard(cfg.max_bad_steps)
+        self.guard = NaNGuard(cfg.max_bad_steps, device)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.stopped = False  # cfg.max_steps reached
         self.last_checkpoint: Path | None = None
@@ -120,8 +130,9 @@ class Trainer:
 
         The loss is the sum over the global batch divided by its all-reduced size, so ranks with short or empty
         last batches, and accumulation, give the single-process gradient. Returns this rank's (nll, kl, per-dim
-        KL, extra loss terms) sums, the last None without terms, or all Nones for a skipped step. It does not
-        advance ``step``: ``run`` does.
+        KL, extra loss terms) sums (the last None without terms) and ``applied``, a device flag that is False
+        when a non-finite loss or gradient skipped the update. Nothing here reads a device value on the host
+        (tests/test_sync_free.py counts it). It does not advance ``step``: ``run`` does.
         """
         if isinstance(micro_batches, torch.Tensor):
             micro_batches = [micro_batches]
@@ -155,24 +166,33 @@ class Trainer:
         else:
             grads_finite = self._grads_finite()
         if not self.scaler.is_enabled():  # with fp16 the scaler itself skips steps whose gradients overflowed
-            if isinstance(grads_finite, bool):  # the native check answered on the host: no tensor op needed
+            if isinstance(grads_finite, bool):  # the native check answered on the host (CPU memory, no sync)
                 finite = finite if grads_finite else torch.zeros_like(finite)
             else:
                 finite = finite & grads_finite
         if self.dist.enabled:
             # All ranks take the same decision, so they never diverge: any rank's NaN skips the step everywhere.
             finite = self.dist.all_reduce_((~finite).float().view(1)) == 0
-        # The one host sync per step: whether to apply the update must be known before the optimizer runs.
-        ok = bool(finite)
-        if ok:
-            with stage("optimizer"):
-                self.scaler.step(self.optimizer)
-                self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.update()
+        applied = finite.view(())
+        with stage("optimizer"):
+            self._optimizer_step(applied)
+        self.guard.record(applied, lambda: self.diagnose(torch.cat(micro_batches)))
+        return StepResult(*sums, applied=applied)
+
+    def _optimizer_step(self, applied: torch.Tensor) -> None:
+        """Apply the update where ``applied`` holds, decided on the device: torch's fused Adam and MasterWeightAdam
+        take the flag as GradScaler's ``found_inf`` and leave parameters, moments and step counts untouched when it
+        is set, and the EMA's lerp is weighted by it. The LR schedule follows the step count, skipped steps too."""
+        if skips_on_device(self.optimizer):
+            if not self.scaler.is_enabled():  # with fp16 the scaler passes its own overflow flag
+                self.optimizer.found_inf = (~applied).float()
+            self.scaler.step(self.optimizer)
+        elif bool(applied):  # an optimizer without found_inf support: the decision is read on the host
+            self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.guard.record(ok, lambda: self.diagnose(torch.cat(micro_batches)))
-        return tuple(sums) if ok else (None,) * len(sums)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(applied)
 
     def run(self, steps: int | None = None, on_step: Callable[[int], None] | None = None) -> int:
         """Take optimizer steps from the current data position and return how many ran.
@@ -212,11 +232,13 @@ class Trainer:
         return self.summary(test or self.evaluate())
 
     def _advance(self, group: list[torch.Tensor]) -> None:
-        sums = self.train_step(group)
+        result = self.train_step(group)
         self.step += 1
         self.batch_in_epoch += len(group)
         images = sum(len(x) for x in group)
-        self.metrics.record(images, sums)
+        self.metrics.record(images, result)
+        if self.metrics.is_log_step(self.step) or self.checkpointer.is_due(self.step):
+            self.guard.check()  # before logging or saving: a run past its NaN limit stops here, its checkpoint intact
         self.metrics.maybe_log(self.step, self._log_context)
         self.metrics.lap(self.step, images)
         self.last_checkpoint = self.checkpointer.maybe_save(self.step, self.state_dict) or self.last_checkpoint
@@ -244,6 +266,7 @@ class Trainer:
             yield group
 
     def _end_epoch(self, seconds: float) -> dict:
+        self.guard.check()
         test = self.evaluate()
         collapse = self.metrics.end_epoch(self.step, self.model.latent_shape)
         self.monitor.log(self.step, {"epoch": self.epoch, "epoch_seconds": seconds,
@@ -371,6 +394,7 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
+        self.guard.check()  # never write a checkpoint past the NaN limit
         return self.checkpointer.save(self.state_dict(), self.step)
 
     def _make_ema(self, resumed: dict | None) -> WeightEMA | None:
