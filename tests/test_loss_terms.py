@@ -74,9 +74,8 @@ def test_start_step_logging_and_training(tmp_path, tiny_data):
     assert len(values) == 4 and all(v > 0 for v in values)
 
 
-def test_terms_work_under_torch_compile(tmp_path, tiny_data, monkeypatch):
-    # Inductor draws its own random numbers unless told to fall back to eager's, which the comparison needs.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+@torch._inductor.config.patch(fallback_random=True)  # eager's random numbers under compile, for the comparison
+def test_terms_work_under_torch_compile(tmp_path, tiny_data):
     common = dict(epochs=1, batch_size=32, model=ModelConfig(kind="conv", latent_dim=8))
     results = []
     for compile in (False, True):

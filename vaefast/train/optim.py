@@ -37,7 +37,7 @@ def make_optimizer(name: str, module: nn.Module, *, lr: float, weight_decay: flo
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step()`` honours a ``found_inf`` device flag (GradScaler's protocol) by leaving
     everything untouched: torch's fused Adam/AdamW, and MasterWeightAdam."""
-    return isinstance(optimizer, MasterWeightAdam) or bool(optimizer.defaults.get("fused"))
+    return isinstance(optimizer, MasterWeightAdam) or all(group.get("fused") for group in optimizer.param_groups)
 
 
 def native_master_step_available() -> bool:

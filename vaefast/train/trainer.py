@@ -420,6 +420,8 @@ class Trainer:
         except ValueError as exc:
             flag = "--no-master-weights" if self.master_weights else "the settings it was trained with"
             raise ValueError(f"cannot resume {path}: {exc}; resume it with {flag}") from None
+        for group in self.optimizer.param_groups:  # a state saved by another optimizer brings its own flags
+            group.update({k: v for k, v in self.optimizer.defaults.items() if k in ("fused", "foreach")})
         self.scaler.load_state_dict(state["scaler"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
