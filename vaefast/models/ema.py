@@ -38,15 +38,14 @@ class WeightEMA:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
-    def update(self, applied: torch.Tensor | None = None) -> None:
-        """One EMA step. ``applied``, a device flag, weights the lerp by 0 when the optimizer skipped the step, so
-        the host never reads it; the warm-up counts the steps, skipped ones too."""
+    def update(self, skip: torch.Tensor | None = None) -> None:
+        """One EMA step. ``skip``, a float device flag (1.0 when the optimizer skipped the step), weights the lerp
+        by 0 then, so the host never reads it; the warm-up counts the steps, skipped ones too."""
         weight = 1.0 - self.current_decay()
-        if applied is None:
+        if skip is None:
             torch._foreach_lerp_(self.shadow, self.sources, weight)
         else:
-            torch._foreach_lerp_(self.shadow, self.sources, [applied.to(self.shadow[0].dtype) * weight] *
-                                 len(self.shadow))
+            torch._foreach_lerp_(self.shadow, self.sources, [(1.0 - skip) * weight] * len(self.shadow))
         self.updates += 1
 
     def state_dict(self) -> dict:

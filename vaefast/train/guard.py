@@ -30,11 +30,17 @@ class NaNGuard:
     def __init__(self, max_consecutive: int, device: torch.device | str = "cpu"):
         self.max_consecutive = max_consecutive
         self.device = torch.device(device)
-        # [skipped, consecutive, the longest streak since the host last looked]: a streak that reaches the limit is
-        # caught even when the host only sees the counters of a later step.
-        self.counters = torch.zeros(3, dtype=torch.int64, device=self.device)
+        # [skipped, consecutive, the longest streak since the start]: a streak that reaches the limit is caught even
+        # when the host only sees the counters of a later step. Float32, exact to 2^24 steps, so that a step's
+        # update is three in-place ops with the float skip flag.
+        self.counters = torch.zeros(3, device=self.device)
+        self._keep = torch.tensor([1.0, 0.0, 1.0], device=self.device)
+        self._streak_axis = torch.tensor([0.0, 1.0, 0.0], device=self.device)
+        self._count_axis = torch.tensor([1.0, 1.0, 0.0], device=self.device)
+        self._factor = torch.empty(3, device=self.device)
+        self._streak, self._longest = self.counters[1:2], self.counters[2:]
         cuda = self.device.type == "cuda"
-        self._host = torch.zeros(3, dtype=torch.int64, pin_memory=cuda)
+        self._host = torch.zeros(3, pin_memory=cuda)
         self._copied = torch.cuda.Event() if cuda else None
         self._diagnose = None
 
@@ -51,12 +57,11 @@ class NaNGuard:
     def consecutive(self) -> int:
         return int(self.counters[1])
 
-    def record(self, applied: torch.Tensor, diagnose) -> None:
-        """Count a step from its device flag (True: the update was applied) without reading it on the host."""
-        bad = (~applied).to(torch.int64).view(())
-        consecutive = (self.counters[1] + 1) * bad
-        self.counters.copy_(torch.stack([self.counters[0] + bad, consecutive,
-                                         torch.maximum(self.counters[2], consecutive)]))
+    def record(self, skip: torch.Tensor, diagnose) -> None:
+        """Count a step from its float device flag (1.0: skipped) without reading it on the host."""
+        torch.addcmul(self._keep, self._streak_axis, skip, out=self._factor)  # [1, skip, 1]
+        self.counters.mul_(self._factor).addcmul_(self._count_axis, skip)  # [skipped + s, (streak + 1)·s, longest]
+        torch.maximum(self._longest, self._streak, out=self._longest)
         self._diagnose = diagnose
         self._host.copy_(self.counters, non_blocking=True)
         if self._copied is not None:

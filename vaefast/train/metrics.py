@@ -25,9 +25,11 @@ class TrainMetrics:
         self.monitor, self.dist, self.device = monitor, dist, device
         self.log_every, self.warmup_steps = log_every, warmup_steps
         self.term_names = list(term_names)
-        # Device tensors since the last log: [nll, kl, *extra terms, images] of each step, zero for skipped steps.
-        self.pending = []
-        self.kl_dim_sum, self.epoch_images = None, torch.zeros((), dtype=torch.float64, device=device)
+        # Since the last log: each step's device sums [nll, kl, *extra terms] (zeros for a skipped step), its device
+        # flag (applied or skipped) and its image count; and the epoch's flags and counts, for the per-dim KL mean.
+        self.pending, self.epoch_steps = [], []
+        self.kl_dim_sum = None
+        self._zero = torch.zeros((), device=device)
         self.train_time, self.train_images = 0.0, 0
         self.restart_clock()
 
@@ -37,14 +39,24 @@ class TrainMetrics:
     def record(self, images: int, result) -> None:
         """One optimizer step: train_step's StepResult. A skipped step adds zeros, chosen on the device."""
         applied = result.applied
-        parts = [result.nll.float().view(1), result.kl.float().view(1)]
+        sums = torch.stack([result.nll, result.kl])
         if result.term_sums is not None:
-            parts.append(result.term_sums.float())
-        parts.append(torch.full((1,), float(images), device=self.device))
-        self.pending.append(torch.where(applied, torch.cat(parts), 0.0))
-        self.epoch_images += torch.where(applied, float(images), 0.0)
-        kl_per_dim = torch.where(applied, result.kl_per_dim, 0.0).double()
-        self.kl_dim_sum = kl_per_dim if self.kl_dim_sum is None else self.kl_dim_sum.add_(kl_per_dim)
+            sums = torch.cat([sums, result.term_sums])
+        self.pending.append((torch.where(applied, sums, self._zero), applied, images))
+        self.epoch_steps.append((applied, images))
+        kl_per_dim = torch.where(applied, result.kl_per_dim, self._zero)
+        if self.kl_dim_sum is None:
+            self.kl_dim_sum = kl_per_dim.double()
+        else:
+            self.kl_dim_sum.add_(kl_per_dim)
+
+    def _images(self, steps) -> torch.Tensor:
+        """The images of the applied steps among ``steps`` ((flag, count) pairs), as a [1] float64 device tensor."""
+        if not steps:
+            return torch.zeros(1, dtype=torch.float64, device=self.device)
+        flags = torch.stack([flag for flag, _ in steps]).double()
+        counts = torch.tensor([count for _, count in steps], dtype=torch.float64, device=self.device)
+        return (flags * counts).sum().view(1)
 
     def is_log_step(self, step: int) -> bool:
         return step % self.log_every == 0
@@ -66,8 +78,9 @@ class TrainMetrics:
         if not self.is_log_step(step):
             return
         extra, progress = context()
-        totals = torch.stack(self.pending).double().sum(0) if self.pending else \
-            torch.zeros(3 + len(self.term_names), dtype=torch.float64, device=self.device)
+        sums = torch.stack([s for s, _, _ in self.pending]).double().sum(0) if self.pending else \
+            torch.zeros(2 + len(self.term_names), dtype=torch.float64, device=self.device)
+        totals = torch.cat([sums, self._images([(flag, count) for _, flag, count in self.pending])])
         nll, kl, *term_sums, n = self.dist.all_reduce_(totals).tolist()
         self.pending = []
         n = max(n, 1.0)
@@ -84,12 +97,11 @@ class TrainMetrics:
         if self.kl_dim_sum is None:  # every step of the epoch was skipped here; the reduction is still collective
             self.kl_dim_sum = torch.zeros(latent_shape, dtype=torch.float64, device=self.device)
         self.dist.all_reduce_(self.kl_dim_sum)
-        images_seen = self.dist.all_reduce_(self.epoch_images.view(1).clone())
+        images_seen = self.dist.all_reduce_(self._images(self.epoch_steps))
         collapse = {}
         if float(images_seen) > 0:
             collapse = self.monitor.check_collapse((self.kl_dim_sum / images_seen).float().cpu(), step)
-        self.kl_dim_sum = None
-        self.epoch_images.zero_()
+        self.kl_dim_sum, self.epoch_steps = None, []
         return collapse
 
     def global_throughput(self) -> float:

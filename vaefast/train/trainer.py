@@ -111,6 +111,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._kl_w_value, self._kl_w = None, None
         self._term_w_value, self._term_w = None, None
+        self._unit_scale = None
         self._scale_count, self._scale = None, None
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
         self.loss_fn = torch.compile(self.objective, mode=self.plan.compile_mode) if self.plan.compile \
@@ -160,39 +161,41 @@ class Trainer:
                 part = [t if t is None else t.clone() for t in part]
             sums = part if sums is None else [a if a is None else a + b for a, b in zip(sums, part)]
         self.scaler.unscale_(self.optimizer)
+        # skip: a float device flag, 1.0 when the update must not be applied (GradScaler's found_inf convention).
+        skip = (~finite).float()
         if self.cfg.clip_grad is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad, foreach=True)
-            grads_finite = torch.isfinite(grad_norm)
+            grads_bad = (~torch.isfinite(grad_norm)).float()
         else:
-            grads_finite = self._grads_finite()
+            grads_bad = self._grads_nonfinite()
         if not self.scaler.is_enabled():  # with fp16 the scaler itself skips steps whose gradients overflowed
-            if isinstance(grads_finite, bool):  # the native check answered on the host (CPU memory, no sync)
-                finite = finite if grads_finite else torch.zeros_like(finite)
+            if isinstance(grads_bad, bool):  # the native check answered on the host (CPU memory, no sync)
+                skip = torch.ones_like(skip) if grads_bad else skip
             else:
-                finite = finite & grads_finite
+                skip = torch.maximum(skip, grads_bad.view(skip.shape))
         if self.dist.enabled:
             # All ranks take the same decision, so they never diverge: any rank's NaN skips the step everywhere.
-            finite = self.dist.all_reduce_((~finite).float().view(1)) == 0
-        applied = finite.view(())
+            skip = self.dist.all_reduce_(skip.view(1), op=torch.distributed.ReduceOp.MAX)
+        skip = skip.view(())
         with stage("optimizer"):
-            self._optimizer_step(applied)
-        self.guard.record(applied, lambda: self.diagnose(torch.cat(micro_batches)))
-        return StepResult(*sums, applied=applied)
+            self._optimizer_step(skip)
+        self.guard.record(skip, lambda: self.diagnose(torch.cat(micro_batches)))
+        return StepResult(*sums, applied=skip == 0)
 
-    def _optimizer_step(self, applied: torch.Tensor) -> None:
-        """Apply the update where ``applied`` holds, decided on the device: torch's fused Adam and MasterWeightAdam
+    def _optimizer_step(self, skip: torch.Tensor) -> None:
+        """Apply the update unless ``skip`` is set, decided on the device: torch's fused Adam and MasterWeightAdam
         take the flag as GradScaler's ``found_inf`` and leave parameters, moments and step counts untouched when it
         is set, and the EMA's lerp is weighted by it. The LR schedule follows the step count, skipped steps too."""
         if skips_on_device(self.optimizer):
             if not self.scaler.is_enabled():  # with fp16 the scaler passes its own overflow flag
-                self.optimizer.found_inf = (~applied).float()
+                self.optimizer.found_inf = skip
             self.scaler.step(self.optimizer)
-        elif bool(applied):  # an optimizer without found_inf support: the decision is read on the host
+        elif not bool(skip):  # an optimizer without found_inf support: the decision is read on the host
             self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(applied)
+            self.ema.update(skip)
 
     def run(self, steps: int | None = None, on_step: Callable[[int], None] | None = None) -> int:
         """Take optimizer steps from the current data position and return how many ran.
@@ -326,16 +329,19 @@ class Trainer:
             self._term_w_value, self._term_w = weights, torch.tensor(weights, device=self.device)
         return self._term_w
 
-    def _grads_finite(self) -> torch.Tensor | bool:
-        """One multi-tensor pass (GradScaler's own kernel, with a scale of 1) instead of a norm per parameter, or
-        with master weights the optimizer's read-only native check of the bf16 gradients, answered on the host.
-        The private torch kernel is pinned by the gradient-only NaN test in tests/test_trainer.py."""
+    def _grads_nonfinite(self) -> torch.Tensor | bool:
+        """1.0 where a gradient is non-finite: one multi-tensor pass (GradScaler's own kernel, with a scale of 1)
+        instead of a norm per parameter, or with master weights the optimizer's read-only native check of the bf16
+        gradients, answered on the host. The private torch kernel is pinned by the gradient-only NaN test in
+        tests/test_trainer.py."""
         if self.master_weights:
-            return self.optimizer.grads_finite()
+            return not self.optimizer.grads_finite()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         found_inf = torch.zeros(1, device=self.device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones(1, device=self.device))
-        return found_inf[0] == 0
+        if self._unit_scale is None:
+            self._unit_scale = torch.ones(1, device=self.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._unit_scale)
+        return found_inf
 
     def diagnose(self, x: torch.Tensor) -> str:
         with torch.no_grad(), self.plan.autocast():
