@@ -28,6 +28,7 @@ TRAIN_FLAGS = {
     "compile": (None, "compile"),
     "compile_mode": (None, "compile_mode"), "master_weights": (None, "master_weights"),
     "device": (None, "device"), "seed": (None, "seed"), "out": (None, "out"), "resume": (None, "resume"),
+    "resume_fallback": (None, "resume_fallback"), "trust_checkpoint": (None, "trust_checkpoint"),
     "keep_checkpoints": (None, "keep_checkpoints"), "checkpoint_every": (None, "checkpoint_every"),
     "max_steps": (None, "max_steps"), "max_bad_steps": (None, "max_bad_steps"),
     "log_every": (None, "log_every"), "progress": (None, "progress"), "tensorboard": (None, "tensorboard"),
@@ -113,6 +114,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=S)
     p.add_argument("--out", default=S, help="run folder for checkpoints, metrics and TensorBoard logs")
     p.add_argument("--resume", default=S, help="checkpoint file or run folder to continue from")
+    p.add_argument("--resume-fallback", action=argparse.BooleanOptionalAction, default=S,
+                   help="when the newest checkpoint of the --resume folder is corrupt, resume from the newest good "
+                        "one with a warning (default); --no-resume-fallback refuses instead")
+    p.add_argument("--trust-checkpoint", action=argparse.BooleanOptionalAction, default=S,
+                   help="also load format-1 checkpoints (older vaefast), which must be unpickled: this runs code "
+                        "from the file, so only for files you wrote")
     p.add_argument("--keep-checkpoints", type=int, default=S)
     p.add_argument("--max-steps", type=int, default=S, help="stop with a checkpoint after this many steps")
     p.add_argument("--checkpoint-every", type=int, default=S, help="steps between mid-epoch checkpoints")
@@ -152,7 +159,8 @@ def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
         flags["model"].setdefault("clamp", DIFFUSERS_CLAMP)  # as DiagonalGaussianDistribution clamps
     base: dict = {}
     if "resume" in vars(args):
-        base = load_checkpoint(args.resume)["config"]
+        base = load_checkpoint(args.resume, trust=getattr(args, "trust_checkpoint", None) is True,
+                               fallback=getattr(args, "resume_fallback", None) is not False)["config"]
     if args.config:
         base = merge(base, load_toml(args.config))
     return TrainConfig.from_dict(merge(base, flags))
@@ -185,7 +193,7 @@ def cmd_eval(args) -> int:
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, iw_samples=args.iw_samples,
                                  batch_size=args.batch_size, device=args.device, seed=args.seed, limit=args.limit,
-                                 use_ema=args.ema)
+                                 use_ema=args.ema, trust=args.trust_checkpoint)
     hist = result["kl_per_dim_histogram"]
     lines = [
         f"test images:          {result['test_images']}",
@@ -216,7 +224,8 @@ def cmd_sample(args) -> int:
     from .eval.inspect import sample_images
 
     path = sample_images(args.checkpoint, args.out, n=args.n, temperature=args.temperature, seed=args.seed,
-                         binarize=args.binarize, device=args.device or "cpu", use_ema=args.ema)
+                         binarize=args.binarize, device=args.device or "cpu", use_ema=args.ema,
+                         trust=args.trust_checkpoint)
     print(f"wrote {path}")
     return 0
 
@@ -225,7 +234,7 @@ def cmd_inspect(args) -> int:
     from .eval.inspect import inspect_model
 
     paths = inspect_model(args.checkpoint, args.out, data=args.data, seed=args.seed, device=args.device or "cpu",
-                          use_ema=args.ema)
+                          use_ema=args.ema, trust=args.trust_checkpoint)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -235,7 +244,7 @@ def cmd_export(args) -> int:
     from .eval.report import load_model
     from .integrations.diffusers import export_pretrained
 
-    model, _ = load_model(args.checkpoint, "cpu", use_ema=args.ema)
+    model, _ = load_model(args.checkpoint, "cpu", use_ema=args.ema, trust=args.trust_checkpoint)
     print(f"wrote {export_pretrained(model, args.out)} (diffusers AutoencoderKL folder)")
     return 0
 
@@ -319,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     for checkpoint_reader in (ev, sample, insp, export):
         checkpoint_reader.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                             help="use the run's EMA weights when it kept them (--no-ema: the trained weights)")
+        checkpoint_reader.add_argument("--trust-checkpoint", action="store_true",
+                                       help="also load format-1 checkpoints (older vaefast) by unpickling them, "
+                                            "which runs code from the file: only for files you wrote")
     insp.set_defaults(func=cmd_inspect)
     return parser
 

@@ -52,6 +52,8 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/vaefast"
     resume: str | None = None
+    resume_fallback: bool = True  # a run folder whose newest checkpoint is corrupt resumes from the newest good one
+    trust_checkpoint: bool = False  # also load format-1 (pickled, unverified) checkpoints: runs code from the file
     keep_checkpoints: int = 3
     max_steps: int = 0  # > 0: stop (with a checkpoint) after this many steps, e.g. before a preemption deadline
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: at epoch ends only

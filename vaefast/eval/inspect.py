@@ -14,9 +14,9 @@ from .report import load_model, posterior_means
 
 @torch.no_grad()
 def sample_images(checkpoint, out, *, n: int = 64, temperature: float = 1.0, seed: int = 0, binarize: bool = False,
-                  device: str = "cpu", use_ema: bool = True) -> Path:
+                  device: str = "cpu", use_ema: bool = True, trust: bool = False) -> Path:
     """Decode z ~ N(0, T^2 I) into a grid; Bernoulli models show the mean, or a binarized draw with ``binarize``."""
-    model, _ = load_model(checkpoint, device, use_ema)
+    model, _ = load_model(checkpoint, device, use_ema, trust)
     g = torch.Generator().manual_seed(seed)
     z = (torch.randn((n, *model.latent_shape), generator=g) * temperature).to(device)
     images = model.likelihood.mean(model.decode(z))
@@ -28,9 +28,10 @@ def sample_images(checkpoint, out, *, n: int = 64, temperature: float = 1.0, see
 
 @torch.no_grad()
 def inspect_model(checkpoint, out, *, data: str | None = None, n: int = 8, steps: int = 9, dims: int = 8,
-                  seed: int = 0, device: str = "cpu", use_ema: bool = True) -> dict[str, Path]:
+                  seed: int = 0, device: str = "cpu", use_ema: bool = True,
+                  trust: bool = False) -> dict[str, Path]:
     out = Path(out)
-    model, cfg = load_model(checkpoint, device, use_ema)
+    model, cfg = load_model(checkpoint, device, use_ema, trust)
     dataset = load_dataset(data if data is not None else cfg.data, cfg.test_fraction, cfg.seed)
     test = dataset.test
     g = torch.Generator().manual_seed(seed)

@@ -21,10 +21,10 @@ from .quality import reconstruction_quality
 COVARIANCE_ACTIVE = 0.01
 
 
-def load_model(checkpoint, device="cpu", use_ema: bool = True):
+def load_model(checkpoint, device="cpu", use_ema: bool = True, trust: bool = False):
     """The model of a checkpoint, in eval mode, with its training config; with the EMA weights when the run kept
-    them (``--ema``) and ``use_ema``."""
-    state = load_checkpoint(checkpoint, map_location=device)
+    them (``--ema``) and ``use_ema``. ``trust`` also loads format-1 (pickled) checkpoints."""
+    state = load_checkpoint(checkpoint, map_location=device, trust=trust)
     architecture = state.get("architecture", "vaefast")
     if architecture != "vaefast":
         raise ValueError(f"{checkpoint} holds a {architecture} module passed to Trainer(model=...), which cannot be "
@@ -59,9 +59,9 @@ def collapse_verdict(kl_nats: float, active: int, latent_dim: int, mean_distance
 
 def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int = 0, batch_size: int = 500,
                         device: str | None = None, seed: int = 0, limit: int | None = None,
-                        use_ema: bool = True) -> dict:
+                        use_ema: bool = True, trust: bool = False) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg = load_model(checkpoint, device, use_ema)
+    model, cfg = load_model(checkpoint, device, use_ema, trust)
     dataset = load_dataset(data if data is not None else cfg.data, cfg.test_fraction, cfg.seed)
     test = dataset.test[:limit] if limit else dataset.test
     if tuple(test.shape[1:]) != model.image_shape:

@@ -17,15 +17,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain data, which a weights-only checkpoint load restores."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
+                   float(cached_gaussian)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, (list, tuple)) and isinstance(numpy_state[1], torch.Tensor):
+        name, keys, position, has_gauss, cached_gaussian = numpy_state
+        numpy_state = (name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian)
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

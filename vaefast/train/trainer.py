@@ -415,7 +415,8 @@ class Trainer:
         return ema
 
     def load(self, path) -> dict:
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path, map_location=self.device, trust=self.cfg.trust_checkpoint,
+                                fallback=self.cfg.resume_fallback)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
