@@ -169,6 +169,7 @@ def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args) -> int:
     from .train import Trainer
     from .train.distributed import DistContext
+    from .train.preemption import PREEMPTED_EXIT_CODE
 
     cfg = resolve_train_config(args)
     dist = DistContext.from_env(cfg.device, cfg.dist_backend, cfg.dist_timeout)
@@ -178,6 +179,11 @@ def cmd_train(args) -> int:
         trainer.close()
     finally:
         dist.shutdown()
+    if summary["preempted"]:
+        if dist.is_main:
+            print(f"vaefast train: stopped by a signal at step {summary['steps']}; checkpoint {summary['checkpoint']}"
+                  f"; continue with --resume {cfg.out}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     if not dist.is_main:
         return 0
     print(f"trained {summary['epochs']} epochs at {summary['images_per_s']:,.0f} images/s; test -ELBO "

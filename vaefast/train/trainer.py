@@ -36,6 +36,7 @@ from .distributed import DistContext
 from .guard import NaNGuard, non_finite_report
 from .metrics import TrainMetrics
 from .monitor import Monitor
+from .preemption import StopRequest
 from .optim import make_optimizer, native_master_step_available, skips_on_device
 from .schedules import kl_weight
 from .state import reshard_position, rng_state, seed_everything, set_rng_state
@@ -107,7 +108,9 @@ class Trainer:
                                     term_names=[term.name for term in self._loss_terms])
         self.guard = NaNGuard(cfg.max_bad_steps, device)
         self.step = self.epoch = self.batch_in_epoch = 0
-        self.stopped = False  # cfg.max_steps reached
+        self.stopped = False  # cfg.max_steps reached, or a signal asked to stop
+        self.preempted = False  # stopped by SIGTERM/SIGINT
+        self.stop_request: StopRequest | None = None
         self.last_checkpoint: Path | None = None
         self._kl_w_value, self._kl_w = None, None
         self._term_w_value, self._term_w = None, None
@@ -221,16 +224,18 @@ class Trainer:
         return done
 
     def fit(self) -> dict:
-        """Train to ``cfg.epochs`` (or ``cfg.max_steps``) and return the summary that ``--json`` prints."""
+        """Train to ``cfg.epochs`` (or ``cfg.max_steps``) and return the summary that ``--json`` prints. SIGTERM or
+        SIGINT stops it at the next step boundary with a checkpoint (vaefast.train.preemption)."""
         test = None
-        while self.epoch < self.cfg.epochs and not self.stopped:
-            started = time.perf_counter()
-            self.run()
-            if self.batch_in_epoch < len(self.loader):  # stopped mid-epoch: keep the exact data position
-                self.last_checkpoint = self.save()
-                break
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            test = self._end_epoch(time.perf_counter() - started)
+        with StopRequest() as self.stop_request:
+            while self.epoch < self.cfg.epochs and not self.stopped:
+                started = time.perf_counter()
+                self.run()
+                if self.batch_in_epoch < len(self.loader):  # stopped mid-epoch: keep the exact data position
+                    self.last_checkpoint = self.save()
+                    break
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                test = self._end_epoch(time.perf_counter() - started)
         self.monitor.close()
         return self.summary(test or self.evaluate())
 
@@ -247,6 +252,18 @@ class Trainer:
         self.last_checkpoint = self.checkpointer.maybe_save(self.step, self.state_dict) or self.last_checkpoint
         self.metrics.restart_clock()  # checkpoint writes are not training time
         self.stopped = bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+        if self._stop_requested():
+            self.stopped = self.preempted = True
+
+    def _stop_requested(self) -> bool:
+        """A signal asked to stop: at once in one process; under DDP at a log step, where the ranks agree."""
+        local = self.stop_request is not None and self.stop_request.requested
+        if not self.dist.enabled:
+            return local
+        if not self.metrics.is_log_step(self.step):
+            return False
+        flag = torch.tensor([float(local)], device=self.device)
+        return bool(self.dist.all_reduce_(flag, op=torch.distributed.ReduceOp.MAX))
 
     def _log_context(self) -> tuple[dict, str]:
         extra = {"train/lr": self.optimizer.param_groups[0]["lr"], "train/skipped_steps": self.guard.skipped}
@@ -296,6 +313,7 @@ class Trainer:
             "epochs": self.epoch,
             "steps": self.step,
             "skipped_steps": self.guard.skipped,
+            "preempted": self.preempted,
             "compiled": self.compiled,
             "precision": self.precision,
             "master_weights": self.master_weights,

@@ -1,0 +1,52 @@
+"""A graceful stop on SIGTERM or SIGINT: cluster preemption and Ctrl-C.
+
+The first signal only sets a flag; the trainer finishes the step it is in, writes a checkpoint at that step
+boundary, and ``vaefast train`` exits with ``PREEMPTED_EXIT_CODE`` (75, ``EX_TEMPFAIL``: try again), so a job
+script or scheduler can requeue it with ``--resume`` and the run continues bit for bit. A second signal restores
+the previous handlers and re-raises itself, so it acts at once (SIGTERM terminates, SIGINT raises
+KeyboardInterrupt); the last complete checkpoint is never touched by that, since checkpoints are renamed into place
+only once fully written. Under torchrun, which forwards the signal to every worker, the ranks agree on the stop at
+the next log step (one all-reduce of the flag there), so they all write the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+PREEMPTED_EXIT_CODE = 75
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """Installed for the duration of a ``with`` block, in the main thread only (Python delivers signals there);
+    elsewhere it never fires."""
+
+    def __init__(self, signals=SIGNALS):
+        self.signals = signals
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self._restore()
+            os.kill(os.getpid(), signum)
+            return
+        self.requested = True
+        print(f"vaefast: {signal.Signals(signum).name} received: stopping with a checkpoint at the next step "
+              "boundary; send it again to stop at once", file=sys.stderr, flush=True)
