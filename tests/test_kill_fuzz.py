@@ -1,0 +1,65 @@
+"""Kill fuzzing: runs SIGKILLed three times at random moments (checkpoint writes included, with a checkpoint every
+step) and resumed each time end bit-identical to an uninterrupted run, for five seeds, in fp32 and in bf16 with
+float32 master weights."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vaefast.checkpoint import list_checkpoints, load_checkpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
+FINAL_STEP = 400  # far more than three kills can reach, so every kill lands mid-run
+KILLS = 3
+
+
+def _command(out, seed, precision, resume):
+    command = [sys.executable, "-m", "vaefast", "train", "--out", str(out), "--epochs", "20", "--batch-size", "32",
+               "--hidden", "32", "--latent-dim", "4", "--no-progress", "--no-tensorboard", "--no-compile",
+               "--precision", precision, "--seed", str(seed), "--checkpoint-every", "1", "--keep-checkpoints", "2",
+               "--max-steps", str(FINAL_STEP)]
+    if precision == "bf16":
+        command.append("--master-weights")
+    if resume and list_checkpoints(out):
+        command += ["--resume", str(out)]
+    return command
+
+
+@pytest.mark.parametrize("seed, precision", [(0, "fp32"), (1, "bf16"), (2, "fp32"), (3, "bf16"), (4, "fp32")])
+def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision):
+    rng = random.Random(seed)
+    reference = tmp_path / "reference"
+    done = subprocess.run(_command(reference, seed, precision, resume=False), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "killed"
+    kills = 0
+    for _ in range(KILLS):
+        proc = subprocess.Popen(_command(out, seed, precision, resume=True), stderr=subprocess.DEVNULL)
+        # Past the start-up (imports, data), into the steps and their checkpoint writes.
+        first = list_checkpoints(out)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and list_checkpoints(out) == first:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+    assert kills == KILLS, "every run was still training when it was killed"
+    finish = subprocess.run(_command(out, seed, precision, resume=True), capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    a, b = load_checkpoint(out), load_checkpoint(reference)
+    assert a["step"] == b["step"] == FINAL_STEP
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert all(torch.equal(x, y) for x, y in zip(_moments(a), _moments(b)))
+
+
+def _moments(state):
+    return [value for entry in state["optimizer"]["state"].values() for key, value in sorted(entry.items())
+            if isinstance(value, torch.Tensor)]
