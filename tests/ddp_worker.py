@@ -2,7 +2,8 @@
 
 argv[1] is a JSON object: n_images, batch_size, epochs, out, and optionally zero_noise (deterministic z = mu, so
 that runs with different world sizes are comparable), fail_at_step + fail_how ("raise" or "kill") + fail_rank,
-nan_at_step (rank 1's batch turns to NaN at that step), checkpoint_every, grad_accum, max_steps, resume. Each rank writes its final parameters to out/params-rank{R}.pt.
+nan_at_step (rank 1's batch turns to NaN at that step), checkpoint_every, grad_accum, max_steps, resume,
+count_reads (run that many steps counting host reads of device values, written to out/reads-rank{R}.json). Each rank writes its final parameters to out/params-rank{R}.pt.
 """
 
 import json
@@ -62,6 +63,16 @@ def main():
             return step(batches)
 
         trainer.train_step = failing
+    if args.get("count_reads"):  # host reads of device values per step (tests/test_sync_free.py), then stop
+        from test_sync_free import ScalarReads
+
+        counts = []
+        with ScalarReads() as mode:
+            trainer.run(args["count_reads"], on_step=lambda step: counts.append(mode.count))
+        (Path(args["out"]) / f"reads-rank{dist.rank}.json").write_text(json.dumps(counts))
+        trainer.close()
+        dist.shutdown()
+        return
     summary = trainer.fit()
     params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     torch.save({"params": params, "initial": initial, "steps": summary["steps"], "skipped": summary["skipped_steps"]},

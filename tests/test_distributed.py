@@ -125,3 +125,13 @@ def test_compiled_model_inside_ddp(tmp_path):
     assert torch.equal(r0, r1) and torch.isfinite(r0).all()
     moved = (r0 - torch.load(out / "params-rank0.pt")["initial"]).abs().max().item()
     assert moved > 1e-3
+
+
+def test_ranks_read_no_device_value_outside_log_steps(tmp_path):
+    """The skip decision stays collective and on the device under DDP: zero host reads per step on both ranks."""
+    out = tmp_path / "reads"
+    proc = torchrun(2, {"n_images": 400, "batch_size": 8, "epochs": 1, "out": str(out), "count_reads": 12})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        counts = json.loads((out / f"reads-rank{rank}.json").read_text())
+        assert [b - a for a, b in zip(counts, counts[1:])] == [0] * 11, (rank, counts)

@@ -99,3 +99,21 @@ def test_free_bits_floor_stops_gradient_below_it():
     (grad,) = torch.autograd.grad(obj, kl_per_dim)
     assert grad.tolist() == [0.0, 1.0, 1.0]
     assert kl_objective(kl, kl_per_dim, 4, 0.0).item() == 4.0
+
+
+@pytest.mark.parametrize("warmup, cycles", [(0, 0), (10, 0), (7, 0), (0, 4), (0, 3)])
+def test_device_kl_schedule_matches_the_host_schedule(warmup, cycles):
+    import torch
+
+    from vaefast.train.schedules import KLWeight
+
+    schedule = KLWeight(100, 0.7, warmup, cycles, device="cpu")
+    got = []
+    for _ in range(120):
+        got.append(float(schedule.value()))
+        schedule.advance()
+    expected = [kl_weight(s, 100, 0.7, warmup_steps=warmup, cycles=cycles) for s in range(120)]
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    schedule.set_step(55)
+    assert float(schedule.value()) == pytest.approx(kl_weight(55, 100, 0.7, warmup, cycles), rel=1e-6)
+    assert schedule.value().dtype == torch.float32

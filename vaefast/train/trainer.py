@@ -38,7 +38,7 @@ from .metrics import TrainMetrics
 from .monitor import Monitor
 from .preemption import StopRequest
 from .optim import make_optimizer, native_master_step_available, skips_on_device
-from .schedules import kl_weight
+from .schedules import KLWeight
 from .state import reshard_position, rng_state, seed_everything, set_rng_state
 
 
@@ -112,7 +112,7 @@ class Trainer:
         self.preempted = False  # stopped by SIGTERM/SIGINT
         self.stop_request: StopRequest | None = None
         self.last_checkpoint: Path | None = None
-        self._kl_w_value, self._kl_w = None, None
+        self.kl_schedule = KLWeight(self.total_steps, cfg.beta, cfg.kl_warmup_steps, cfg.kl_cycles, device=device)
         self._term_w_value, self._term_w = None, None
         self._unit_scale = None
         self._scale_count, self._scale = None, None
@@ -140,10 +140,9 @@ class Trainer:
         """
         if isinstance(micro_batches, torch.Tensor):
             micro_batches = [micro_batches]
-        w = kl_weight(self.step, self.total_steps, self.cfg.beta, self.cfg.kl_warmup_steps, self.cfg.kl_cycles)
-        if w != self._kl_w_value:
-            # A tensor, not a float: torch.compile would specialize on (and recompile for) each new Python float.
-            self._kl_w_value, self._kl_w = w, torch.tensor(w, device=self.device)
+        # A device tensor, not a float: torch.compile would specialize on (and recompile for) each new Python float,
+        # and a per-step host-to-device copy would wait for the stream.
+        kl_w = self.kl_schedule.value()
         term_w = self._term_weights()
         scale = self._loss_scale(sum(len(x) for x in micro_batches))
         self.optimizer.zero_grad(set_to_none=True)
@@ -156,7 +155,7 @@ class Trainer:
                 if self.plan.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 with self.plan.autocast():
-                    loss, *part = self.loss_fn(x, self._kl_w, scale, term_w)
+                    loss, *part = self.loss_fn(x, kl_w, scale, term_w)
                 with stage("backward"):
                     self.scaler.scale(loss).backward()
             finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
@@ -242,6 +241,7 @@ class Trainer:
     def _advance(self, group: list[torch.Tensor]) -> None:
         result = self.train_step(group)
         self.step += 1
+        self.kl_schedule.advance()
         self.batch_in_epoch += len(group)
         images = sum(len(x) for x in group)
         self.metrics.record(images, result)
@@ -328,7 +328,9 @@ class Trainer:
 
         One process needs no collective, and the tensor is reused while the batch size stays the same."""
         if self.dist.enabled:
-            count = self.dist.all_reduce_(torch.tensor([float(local_count)], device=self.device))
+            # From pinned memory without blocking: a plain host-to-device copy would wait for the CUDA stream.
+            local = torch.tensor([float(local_count)], pin_memory=self.device.type == "cuda")
+            count = self.dist.all_reduce_(local.to(self.device, non_blocking=True))
             return self.dist.world_size / count.clamp_min(1.0)
         if local_count != self._scale_count:
             self._scale_count = local_count
@@ -451,6 +453,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.kl_schedule.set_step(self.step)
         self.guard.skipped = state.get("skipped_steps", 0)
         old_world = state.get("world_size", 1)
         if self.dist.enabled or old_world > 1:
