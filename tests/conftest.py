@@ -60,3 +60,64 @@ def quiet_config(out, **overrides):
 
     return TrainConfig(out=str(out), **{"batch_size": 64, "epochs": 2, "progress": False, "tensorboard": False,
                                         "compile": False, "log_every": 4, **overrides})
+
+
+# ------------------------------------------------------------------------------------------------ reliability
+# Tests of failure scenarios count the cases they try through the `reliability` fixture; with
+# VAEFAST_RELIABILITY_JSON set, the session writes scenario -> {cases tried, cases passed, tests}, from which
+# benchmarks/reliability_table.py writes the README's Reliability table.
+_RELIABILITY: dict[str, dict] = {}
+
+
+class ReliabilityRecorder:
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def case(self, scenario: str) -> None:
+        self.counts[scenario] = self.counts.get(scenario, 0) + 1
+
+
+@pytest.fixture
+def reliability(request):
+    recorder = ReliabilityRecorder()
+    yield recorder
+    report = getattr(request.node, "rep_call", None)
+    passed = report is not None and report.passed
+    for scenario, tried in recorder.counts.items():
+        entry = _RELIABILITY.setdefault(scenario, {"tried": 0, "passed": 0, "tests": 0, "failed_tests": 0})
+        entry["tried"] += tried
+        entry["passed"] += tried if passed else 0
+        entry["tests"] += 1
+        entry["failed_tests"] += 0 if passed else 1
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("VAEFAST_RELIABILITY_JSON")
+    if path and _RELIABILITY:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(_RELIABILITY, f, indent=2, sort_keys=True)
+
+
+def tiny_diffusers_vae(channels: int, likelihood, image_size: int):
+    """(the diffusers AutoencoderKL, it behind vaefast's protocol): two blocks of 16 and 32 channels, 4 latent
+    channels at half the image size, seeded; skips the test without diffusers."""
+    diffusers = pytest.importorskip("diffusers")
+    from vaefast.integrations.diffusers import DIFFUSERS_CLAMP, from_diffusers
+    from vaefast.models.protocol import ModuleVAE
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=channels, out_channels=channels, block_out_channels=(16, 32),
+                                  layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
+    model = ModuleVAE(from_diffusers(vae), likelihood, (channels, image_size, image_size), DIFFUSERS_CLAMP, "auto")
+    return vae, model

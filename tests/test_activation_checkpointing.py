@@ -1,12 +1,11 @@
 """Activation checkpointing: the same gradients, a fraction of the saved activations, and training runs with it."""
 
-import pytest
 import torch
 
 from vaefast.models import ModelConfig, build_model
 from vaefast.train import Trainer
 
-from conftest import quiet_config
+from conftest import quiet_config, tiny_diffusers_vae
 
 
 def _grads_and_saved_bytes(model, x, eps):
@@ -43,16 +42,9 @@ def test_conv_vae_checkpointing_keeps_gradients_and_saves_less():
 
 
 def test_diffusers_models_use_their_own_block_checkpointing():
-    diffusers = pytest.importorskip("diffusers")
-    from vaefast.integrations.diffusers import from_diffusers
     from vaefast.models.likelihoods import Laplace
-    from vaefast.models.protocol import ModuleVAE
 
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
-                                  down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
-    model = ModuleVAE(from_diffusers(vae), Laplace(), (1, 28, 28), (-30.0, 20.0), "auto")
+    vae, model = tiny_diffusers_vae(1, Laplace(), 28)
     x = torch.rand(4, 1, 28, 28)
     plain_bytes, checkpointed_bytes = _same_gradients_less_memory(model, x, torch.randn(4, 4, 14, 14))
     assert vae.encoder.gradient_checkpointing and vae.decoder.gradient_checkpointing and not model.checkpointed

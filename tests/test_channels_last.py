@@ -1,13 +1,12 @@
 """channels_last: the same values and gradients as the default layout, for vaefast's conv VAE and a diffusers
 AutoencoderKL, with NHWC weights, and the fused latent op reading NHWC moments; and a run trains with it."""
 
-import pytest
 import torch
 
 from vaefast.models import ModelConfig, build_model
 from vaefast.train import Trainer
 
-from conftest import quiet_config
+from conftest import quiet_config, tiny_diffusers_vae
 
 
 def _loss_and_grads(model, x, eps, backend):
@@ -45,16 +44,9 @@ def test_conv_vae_channels_last_matches():
 
 
 def test_diffusers_channels_last_matches():
-    diffusers = pytest.importorskip("diffusers")
-    from vaefast.integrations.diffusers import from_diffusers
     from vaefast.models.likelihoods import Gaussian
-    from vaefast.models.protocol import ModuleVAE
 
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
-                                  down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
-    model = ModuleVAE(from_diffusers(vae), Gaussian(0.1), (3, 16, 16), (-30.0, 20.0), "auto")
+    _, model = tiny_diffusers_vae(3, Gaussian(0.1), 16)
     _same_as_default_layout(model, torch.rand(4, 3, 16, 16), torch.randn(4, 4, 8, 8))
 
 

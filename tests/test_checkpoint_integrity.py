@@ -57,7 +57,8 @@ def _flip(raw: bytes, position: int, mask: int) -> bytes:
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.floats(0, 1, exclude_max=True), st.integers(1, 255))
-def test_any_flipped_byte_in_tensor_data_is_detected(checkpoint_file, tmp_path_factory, fraction, mask):
+def test_any_flipped_byte_in_tensor_data_is_detected(checkpoint_file, tmp_path_factory, reliability, fraction, mask):
+    reliability.case("checkpoint: one flipped byte in the tensor data")
     raw, ranges = _tensor_data_ranges(checkpoint_file)
     total = sum(b - a for a, b in ranges)
     offset = int(fraction * total)
@@ -74,7 +75,9 @@ def test_any_flipped_byte_in_tensor_data_is_detected(checkpoint_file, tmp_path_f
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.floats(0, 1, exclude_max=True), st.integers(1, 255))
-def test_a_flipped_byte_anywhere_is_detected_or_harmless(checkpoint_file, tmp_path_factory, fraction, mask):
+def test_a_flipped_byte_anywhere_is_detected_or_harmless(checkpoint_file, tmp_path_factory, reliability, fraction,
+                                                         mask):
+    reliability.case("checkpoint: one flipped byte anywhere in the file")
     raw = checkpoint_file.read_bytes()
     reference = load_checkpoint(checkpoint_file)
     corrupt = tmp_path_factory.getbasetemp() / "anywhere-ckpt-step000000001.pt"
@@ -95,7 +98,9 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_a_malicious_pickle_never_runs(tmp_path, capsys):
+def test_a_malicious_pickle_never_runs(tmp_path, capsys, reliability):
+    for _ in range(3):  # load_checkpoint, vaefast eval, vaefast train --resume
+        reliability.case("checkpoint: a pickle that runs a command")
     marker = tmp_path / "pwned"
     evil = tmp_path / "ckpt-step000000001.pt"
     torch.save({"format_version": 2, "model": {}, "config": {}, "payload": _Payload(marker)}, evil)
@@ -108,7 +113,8 @@ def test_a_malicious_pickle_never_runs(tmp_path, capsys):
     assert not marker.exists(), "loading ran code from the checkpoint"
 
 
-def test_format_1_checkpoints_need_trust(tmp_path, tiny_data):
+def test_format_1_checkpoints_need_trust(tmp_path, tiny_data, reliability):
+    reliability.case("checkpoint: previous format, refused unless trusted")
     out = tmp_path / "run"
     trainer = Trainer(_small_config(out), tiny_data)
     trainer.fit()
@@ -125,7 +131,8 @@ def test_format_1_checkpoints_need_trust(tmp_path, tiny_data):
     assert resumed.step == state["step"]
 
 
-def test_resume_falls_back_to_the_newest_good_checkpoint(tmp_path, tiny_data, caplog):
+def test_resume_falls_back_to_the_newest_good_checkpoint(tmp_path, tiny_data, caplog, reliability):
+    reliability.case("resume: newest checkpoint corrupt")
     out = tmp_path / "run"
     cfg = _small_config(out, epochs=1, checkpoint_every=1, max_steps=3)
     Trainer(cfg, tiny_data).fit()
@@ -168,7 +175,9 @@ class _FullDisk(io.RawIOBase):
 
 
 @pytest.mark.parametrize("room", [0, 2000, 20_000])
-def test_a_full_disk_is_one_clear_error_and_loses_nothing(tmp_path, tiny_data, monkeypatch, capsys, room):
+def test_a_full_disk_is_one_clear_error_and_loses_nothing(tmp_path, tiny_data, monkeypatch, capsys, room,
+                                                          reliability):
+    reliability.case("full disk during a checkpoint write")
     out = tmp_path / "run"
     Trainer(_small_config(out, max_steps=2), tiny_data).fit()
     before = {p.name: p.read_bytes() for p in out.glob("ckpt-step*.pt")}

@@ -50,7 +50,8 @@ def test_two_ranks_match_one_process(tmp_path, n_images, grad_accum):
     assert moved > 1e-3, "training must have changed the parameters for the comparison to mean anything"
 
 
-def test_a_nan_on_one_rank_is_skipped_on_all(tmp_path):
+def test_a_nan_on_one_rank_is_skipped_on_all(tmp_path, reliability):
+    reliability.case("NaN on one of 2 DDP ranks: skipped on both")
     out = tmp_path / "nan"
     proc = torchrun(2, {"n_images": 96, "batch_size": 8, "epochs": 1, "out": str(out), "nan_at_step": 2})
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -31,7 +31,7 @@ def _command(out, seed, precision, resume):
 
 
 @pytest.mark.parametrize("seed, precision", [(0, "fp32"), (1, "bf16"), (2, "fp32"), (3, "bf16"), (4, "fp32")])
-def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision):
+def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision, reliability):
     rng = random.Random(seed)
     reference = tmp_path / "reference"
     done = subprocess.run(_command(reference, seed, precision, resume=False), capture_output=True, text=True,
@@ -50,6 +50,7 @@ def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision):
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
+            reliability.case(f"SIGKILL at a random moment, then --resume ({precision})")
         proc.wait(timeout=60)
     assert kills == KILLS, "every run was still training when it was killed"
     finish = subprocess.run(_command(out, seed, precision, resume=True), capture_output=True, text=True, timeout=300)

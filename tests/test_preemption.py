@@ -39,7 +39,8 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_sigterm_checkpoints_and_resume_is_bit_exact(tmp_path):
+def test_sigterm_checkpoints_and_resume_is_bit_exact(tmp_path, reliability):
+    reliability.case("SIGTERM: checkpoint, exit 75, --resume")
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(_train(out), stderr=subprocess.PIPE, text=True)
     _wait_for_steps(out, proc, 20)
@@ -62,7 +63,8 @@ def test_sigterm_checkpoints_and_resume_is_bit_exact(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_second_signal_stops_at_once(tmp_path):
+def test_a_second_signal_stops_at_once(tmp_path, reliability):
+    reliability.case("a second SIGTERM")
     out = tmp_path / "run"
     proc = subprocess.Popen(_train(out, "--checkpoint-every", "5"), stderr=subprocess.PIPE, text=True)
     _wait_for_steps(out, proc, 12)

@@ -61,14 +61,16 @@ def test_log_steps_read_once_per_log(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("config", ["fp32", "bf16 master weights", "EMA"])
-def test_device_side_skip_changes_nothing(tmp_path, tiny_data, config):
+def test_device_side_skip_changes_nothing(tmp_path, tiny_data, config, reliability):
+    reliability.case("NaN batch: step skipped, nothing changed")
     trainer = Trainer(quiet_config(tmp_path, epochs=1, batch_size=16, log_every=1000, **CONFIGS[config]), tiny_data)
     trainer.run(2)
     state = lambda: [t.detach().clone() for t in trainer.model.parameters()] + (  # noqa: E731
         [t.clone() for t in trainer.ema.shadow] if trainer.ema else [])
     before = state()
     optimizer_before = {(i, k): v.clone() if isinstance(v, torch.Tensor) else v
-                        for i, p in enumerate(trainer.model.parameters()) for k, v in trainer.optimizer.state[p].items()}
+                        for i, p in enumerate(trainer.model.parameters())
+                        for k, v in trainer.optimizer.state[p].items()}
     x = next(iter(trainer.loader.batches()))
     result = trainer.train_step(x * float("nan"))
     assert not bool(result.applied) and trainer.guard.skipped == 1

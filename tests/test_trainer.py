@@ -90,7 +90,8 @@ def test_bf16_on_cpu_keeps_float32_master_weights(tmp_path, small_data):
         Trainer(_cfg(tmp_path, "bad", precision="fp32", master_weights=True), small_data)
 
 
-def test_nan_guard_skips_then_stops_with_diagnosis(tmp_path, small_data):
+def test_nan_guard_skips_then_stops_with_diagnosis(tmp_path, small_data, reliability):
+    reliability.case("persistent NaN: stop with a diagnosis, last checkpoint intact")
     trainer = Trainer(_cfg(tmp_path, "nan", max_bad_steps=3, epochs=1), small_data)
     trainer.save()
     good = trainer.checkpointer.latest()
@@ -117,7 +118,8 @@ def test_nan_guard_skips_then_stops_with_diagnosis(tmp_path, small_data):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("poisoned", ["loss", "gradient only"])
-def test_skipped_step_leaves_parameters_unchanged(tmp_path, small_data, precision, poisoned):
+def test_skipped_step_leaves_parameters_unchanged(tmp_path, small_data, precision, poisoned, reliability):
+    reliability.case("NaN batch or weight gradient: step skipped, nothing changed")
     """A non-finite loss, or a finite loss with one non-finite gradient, skips the update: in fp32 (torch's fused
     Adam, GradScaler's check) and in bf16 with master weights (the native check answered on the host)."""
     trainer = Trainer(_cfg(tmp_path, "skip", max_bad_steps=5, precision=precision), small_data)

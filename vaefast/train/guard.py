@@ -20,11 +20,11 @@ class NaNGuard:
     """Counts skipped (non-finite) steps on the device and stops training after ``max_consecutive`` in a row.
 
     The host never waits for a step's verdict: ``record`` updates device counters (skipped steps, the current and
-    the longest streak) and copies them to host memory without blocking, and the counters are looked at once that copy has
-    landed: at once on CPU, where there is no device to wait for; on CUDA at a later step's ``record`` (the copy is
-    usually a step or two behind) and at the latest at ``check``, which waits for it and runs on log steps, before
-    checkpoints and at epoch ends. So on a GPU the stop with diagnosis can come up to ``log_every`` steps after the
-    streak reached ``max_consecutive``; the skipped steps in between changed nothing.
+    the longest streak) and copies them to host memory without blocking, and the counters are looked at once that
+    copy has landed: at once on CPU, where there is no device to wait for; on CUDA at a later step's ``record``
+    (the copy is usually a step or two behind) and at the latest at ``check``, which waits for it and runs on log
+    steps, before checkpoints and at epoch ends. So on a GPU the stop with diagnosis can come up to ``log_every``
+    steps after the streak reached ``max_consecutive``; the skipped steps in between changed nothing.
     """
 
     def __init__(self, max_consecutive: int, device: torch.device | str = "cpu"):
