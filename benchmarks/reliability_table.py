@@ -38,6 +38,7 @@ GUARANTEES = {
     "NaN batch: step skipped, nothing changed": "weights, moments, EMA untouched; decided on the device",
     "NaN batch or weight gradient: step skipped, nothing changed": "weights (and master weights) untouched",
     "persistent NaN: stop with a diagnosis, last checkpoint intact": "names the non-finite tensors",
+    "weight poisoned mid-run: skipped, then stop naming it": "no checkpoint of the poisoned state; names the weight",
     "NaN on one of 2 DDP ranks: skipped on both": "ranks stay identical",
 }
 

@@ -116,6 +116,26 @@ def test_nan_guard_skips_then_stops_with_diagnosis(tmp_path, small_data, reliabi
     assert list_checkpoints(good.parent) == [good]
 
 
+def test_a_weight_poisoned_mid_run_stops_with_its_name(tmp_path, small_data, reliability):
+    """A NaN written into a weight mid-run (a bad kernel, a flipped bit in memory) makes every later step
+    non-finite: the steps are skipped and counted, then the run stops naming the parameter, and the checkpoint
+    written before it stays finite and intact."""
+    reliability.case("weight poisoned mid-run: skipped, then stop naming it")
+    trainer = Trainer(_cfg(tmp_path, "weight", max_bad_steps=4, epochs=1, checkpoint_every=2), small_data)
+    trainer.run(2)
+    good = trainer.checkpointer.latest()
+    before = good.read_bytes()
+    name, weight = next((n, p) for n, p in trainer.model.named_parameters() if n.startswith("decoder"))
+    with torch.no_grad():
+        weight.view(-1)[5] = float("nan")
+    with pytest.raises(NonFiniteTraining) as info:
+        trainer.run(20)
+    assert "4 consecutive steps" in str(info.value) and f"non-finite parameters: {name}" in str(info.value)
+    assert trainer.guard.skipped == 4 and trainer.step == 5  # the 4th bad step stops inside its train_step
+    assert good.read_bytes() == before and list_checkpoints(good.parent)[-1] == good
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(good)["model"].values())
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("poisoned", ["loss", "gradient only"])
 def test_skipped_step_leaves_parameters_unchanged(tmp_path, small_data, precision, poisoned, reliability):

@@ -25,7 +25,6 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -140,7 +139,7 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 class Checkpointer:
-    """Writes checkpoints when it is told to (``save``) or when its interval comes round (``maybe_save``); on every
+    """Writes checkpoints when it is told to (``save``) and says when its interval comes round (``is_due``); on every
     rank but 0 it is disabled and writes nothing, so callers never ask which rank they are."""
 
     def __init__(self, folder: str | Path, keep: int = 3, enabled: bool = True, every: int = 0):
@@ -151,12 +150,6 @@ class Checkpointer:
 
     def is_due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0
-
-    def maybe_save(self, step: int, state: Callable[[], dict]) -> Path | None:
-        """Save ``state()`` if ``step`` is on the interval (the state is only built then)."""
-        if self.is_due(step):
-            return self.save(state(), step)
-        return None
 
     def save(self, state: dict, step: int) -> Path | None:
         if not self.enabled:

@@ -12,6 +12,7 @@ import gc
 import math
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -249,7 +250,8 @@ class Trainer:
             self.guard.check()  # before logging or saving: a run past its NaN limit stops here, its checkpoint intact
         self.metrics.maybe_log(self.step, self._log_context)
         self.metrics.lap(self.step, images)
-        self.last_checkpoint = self.checkpointer.maybe_save(self.step, self.state_dict) or self.last_checkpoint
+        if self.checkpointer.is_due(self.step):
+            self.last_checkpoint = self.save() or self.last_checkpoint
         self.metrics.restart_clock()  # checkpoint writes are not training time
         self.stopped = bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
         if self._stop_requested():
@@ -420,7 +422,13 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
-        self.guard.check()  # never write a checkpoint past the NaN limit
+        """Write a checkpoint, unless the last step was skipped as non-finite: then the state may hold what made it
+        so (a poisoned weight), and the previous checkpoint stays the newest. Past the NaN limit this raises."""
+        self.guard.check()
+        if self.guard.consecutive:
+            warnings.warn(f"no checkpoint at step {self.step}: the last {self.guard.consecutive} step(s) were "
+                          "non-finite, so the previous checkpoint stays the newest", RuntimeWarning, stacklevel=2)
+            return None
         return self.checkpointer.save(self.state_dict(), self.step)
 
     def _make_ema(self, resumed: dict | None) -> WeightEMA | None:
