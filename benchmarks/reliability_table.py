@@ -31,6 +31,7 @@ GUARANTEES = {
     "SIGKILL at a random moment, then --resume (bf16)": "ends bit-identical (bf16 with float32 master weights)",
     "SIGTERM: checkpoint, exit 75, --resume": "checkpoint at the step boundary; resume bit-identical",
     "a second SIGTERM": "stops at once; every complete checkpoint loads",
+    "SIGTERM under torchrun (2 ranks)": "both ranks stop at the same log step; resume continues on 2 ranks",
     "fuzzed bytes: IDX (plain, gzip)": "a correct array or a DataError naming the file",
     "fuzzed bytes: .npy, .npz": "a correct array or a DataError naming the file",
     "fuzzed bytes: PNG, JPEG": "a correct image or a DataError naming the file",

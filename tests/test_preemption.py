@@ -77,3 +77,26 @@ def test_a_second_signal_stops_at_once(tmp_path, reliability):
     for path in checkpoints:
         load_checkpoint(path)  # complete and verified
     assert os.path.isdir(out)
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step(tmp_path, reliability):
+    """torchrun forwards the signal to its workers; they agree on the stop at the next log step (an all-reduce of
+    the flag), rank 0 writes that step's checkpoint, and a resume on 2 ranks carries on from it."""
+    reliability.case("SIGTERM under torchrun (2 ranks)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vaefast"]
+    arguments = ["train", "--out", str(out), "--device", "cpu", *COMMON, "--log-every", "2"]  # the last wins
+    proc = subprocess.Popen(launcher + arguments, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    _wait_for_steps(out, proc, 10)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler does: the whole job's process group
+    _, err = proc.communicate(timeout=120)
+    assert "stopped by a signal" in err, err[-3000:]
+    stopped = load_checkpoint(out)
+    assert stopped["step"] >= 10 and stopped["step"] % 2 == 0  # a log step, the same on both ranks
+    resumed = subprocess.run(launcher + arguments + ["--resume", str(out), "--max-steps", str(stopped["step"] + 4)],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_checkpoint(out)["step"] == stopped["step"] + 4
