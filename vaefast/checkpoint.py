@@ -63,7 +63,8 @@ def content_digest(state) -> str:
         if isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous().reshape(-1)
             digest.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if t.numel():
+                digest.update(t.view(torch.uint8).numpy())  # the buffer itself, not a copy of it
         elif isinstance(obj, dict):
             digest.update(f"D{len(obj)}".encode())
             for key, value in obj.items():

@@ -94,7 +94,7 @@ class TrainMetrics:
 
     def end_epoch(self, step: int, latent_shape: tuple) -> dict:
         """The epoch's average KL per dim over all ranks, checked for collapse; a collective on every rank."""
-        if self.kl_dim_sum is None:  # every step of the epoch was skipped here; the reduction is still collective
+        if self.kl_dim_sum is None:  # no step ran here this epoch; the reduction is still collective
             self.kl_dim_sum = torch.zeros(latent_shape, dtype=torch.float64, device=self.device)
         self.dist.all_reduce_(self.kl_dim_sum)
         images_seen = self.dist.all_reduce_(self._images(self.epoch_steps))
