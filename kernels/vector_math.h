@@ -112,10 +112,13 @@ static inline float log1p_0_to_1(float e) {
     return log1p_reduced(f) + 0.34657359028f;
 }
 
-// Per-element BCE with logits, stable at any |x|: max(x, 0) - x*t + log1p(exp(-|x|)).
+// Per-element BCE with logits, stable at any |x|: x (1 - t) for x > 0, -x t otherwise, plus log1p(exp(-|x|)).
+// Two branches rather than max(x, 0) - x*t, which is inf - inf = NaN at x = +inf; a zero weight gives 0 even at
+// |x| = inf (the limits: +inf for 0 < t < 1, 0 at the matching end). A NaN x stays NaN through the log1p term.
 static inline float bce_with_logits(float x, float t) {
     float e = exp_nonpositive(-__builtin_fabsf(x));
-    return (x > 0.0f ? x : 0.0f) - x * t + log1p_0_to_1(e);
+    float weight = x > 0.0f ? 1.0f - t : -t;
+    return (weight == 0.0f ? 0.0f : x * weight) + log1p_0_to_1(e);
 }
 
 // sigmoid(x) = exp(min(x, 0)) / (1 + exp(-|x|)), which neither overflows nor loses the small tail.

@@ -98,7 +98,9 @@ def bce_fwd_kernel(x_ptr, t_ptr, partial_ptr, P, n_col_blocks, BLOCK: tl.constex
     u = 1.0 + e
     u_minus_1 = u - 1.0
     log1p_e = tl.where(u_minus_1 == 0.0, e, tl.log(u) * (e / tl.where(u_minus_1 == 0.0, 1.0, u_minus_1)))
-    loss = tl.where(x > 0, x, 0.0) - x * t + log1p_e
+    # x (1 - t) for x > 0, -x t otherwise: max(x, 0) - x*t would be inf - inf = NaN at x = +inf.
+    weight = tl.where(x > 0, 1.0 - t, -t)
+    loss = tl.where(weight == 0.0, 0.0, x * weight) + log1p_e
     loss = tl.where(mask, loss, 0.0)
     tl.store(partial_ptr + row.to(tl.int64) * n_col_blocks + col_block, tl.sum(loss, axis=0))
 
