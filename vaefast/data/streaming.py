@@ -92,7 +92,8 @@ def _whole_shards(folder: ImageFolder):
     paths = list(dict.fromkeys(member.shard for member in folder.train_files))
     complete = list_shards(paths)
     if len(complete) != len(folder.train_files):
-        left_out = next(m for m in complete if m not in set(folder.train_files))
+        kept = set(folder.train_files)
+        left_out = next(m for m in complete if m not in kept)
         raise DataError(f"undecodable image {left_out}: DALI reads whole tar shards and cannot leave it out; repair "
                         "or drop that shard, or use --loader torch --skip-bad-images")
     return paths
