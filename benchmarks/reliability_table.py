@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TESTS = ["tests/test_checkpoint_integrity.py", "tests/test_kill_fuzz.py", "tests/test_preemption.py",
-         "tests/test_fuzz_inputs.py", "tests/test_sync_free.py", "tests/test_trainer.py",
+         "tests/test_fuzz_inputs.py", "tests/test_fuzz_ops.py", "tests/test_sync_free.py", "tests/test_trainer.py",
          "tests/test_distributed.py"]
 GUARANTEES = {
     "checkpoint: one flipped byte in the tensor data": "CheckpointError naming the file (SHA-256 over the contents)",
@@ -27,6 +27,8 @@ GUARANTEES = {
     "checkpoint: previous format, refused unless trusted": "loads only with --trust-checkpoint",
     "resume: newest checkpoint corrupt": "resumes from the newest good one with a warning (or refuses)",
     "full disk during a checkpoint write": "one line naming the folder and sizes; old checkpoint intact, no temp file",
+    "read-only disk": "one line naming the folder, at start or at a checkpoint; old checkpoint intact, no temp file",
+    "full disk during a log write": "one line naming the run folder, no traceback",
     "SIGKILL at a random moment, then --resume (fp32)": "ends bit-identical to an uninterrupted run",
     "SIGKILL at a random moment, then --resume (bf16)": "ends bit-identical (bf16 with float32 master weights)",
     "SIGTERM: checkpoint, exit 75, --resume": "checkpoint at the step boundary; resume bit-identical",
@@ -36,6 +38,9 @@ GUARANTEES = {
     "fuzzed bytes: .npy, .npz": "a correct array or a DataError naming the file",
     "fuzzed bytes: PNG, JPEG": "a correct image or a DataError naming the file",
     "fuzzed bytes: WebDataset tar shard": "correct samples or a DataError naming the shard",
+    "fuzzed ops: reparameterize_kl": "the reference's values (NaN/Inf in place) or a named ValueError/TypeError",
+    "fuzzed ops: FusedVAELoss": "the reference's values (NaN/Inf in place) or a named ValueError/TypeError",
+    "fused BCE at ±Inf logits": "the mathematical limit (+Inf or 0), not NaN",
     "NaN batch: step skipped, nothing changed": "weights, moments, EMA untouched; decided on the device",
     "NaN batch or weight gradient: step skipped, nothing changed": "weights (and master weights) untouched",
     "persistent NaN: stop with a diagnosis, last checkpoint intact": "names the non-finite tensors",

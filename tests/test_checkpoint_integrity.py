@@ -192,3 +192,51 @@ def test_a_full_disk_is_one_clear_error_and_loses_nothing(tmp_path, tiny_data, m
     after = {p.name: p.read_bytes() for p in out.glob("ckpt-step*.pt")}
     assert after == before, "the previous checkpoints are intact"
     assert not list(out.glob(".*.tmp")), "no temporary file is left"
+
+
+def _read_only_after(calls):
+    """A tempfile.mkstemp that works ``calls`` times, then fails as on a file system remounted read-only."""
+    real = ckpt_module.tempfile.mkstemp
+    count = {"calls": 0}
+
+    def mkstemp(*args, dir=None, **kwargs):
+        count["calls"] += 1
+        if count["calls"] > calls:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+        return real(*args, dir=dir, **kwargs)
+    return mkstemp
+
+
+@pytest.mark.parametrize("when", ["at start", "at a checkpoint"])
+def test_a_read_only_disk_is_one_clear_error_and_loses_nothing(tmp_path, tiny_data, monkeypatch, capsys, when,
+                                                               reliability):
+    reliability.case("read-only disk")
+    out = tmp_path / "run"
+    Trainer(_small_config(out, max_steps=2), tiny_data).fit()
+    before = {p.name: p.read_bytes() for p in out.glob("ckpt-step*.pt")}
+    # the trainer's write check at start is the first mkstemp; the checkpoint write is the second
+    monkeypatch.setattr(ckpt_module.tempfile, "mkstemp", _read_only_after(0 if when == "at start" else 1))
+    code = main(["train", "--resume", str(out), "--out", str(out), "--max-steps", "4", "--no-progress",
+                 "--no-tensorboard"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "the file system is read-only" in err[0] and str(out) in err[0], err
+    assert {p.name: p.read_bytes() for p in out.glob("ckpt-step*.pt")} == before
+    assert not list(out.glob(".*.tmp")) and not list(out.glob(".vaefast-write-check.*"))
+
+
+def test_a_log_write_on_a_full_disk_is_one_clear_error(tmp_path, tiny_data, monkeypatch, capsys, reliability):
+    reliability.case("full disk during a log write")
+    from vaefast.train import monitor as monitor_module
+
+    class FullFile(io.StringIO):
+        def flush(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(monitor_module, "open", lambda *args, **kwargs: FullFile(), raising=False)
+    out = tmp_path / "run"
+    code = main(["train", "--out", str(out), "--max-steps", "4", "--log-every", "2", "--no-progress",
+                 "--no-tensorboard"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "the disk is full" in err[0] and str(out) in err[0], err

@@ -57,7 +57,8 @@ def _close(got, expected, dtype):
 @given(shapes=st.tuples(SHAPES, SHAPES, SHAPES), dtypes=st.tuples(DTYPES, DTYPES, DTYPES),
        strided=st.tuples(st.booleans(), st.booleans()), specials=st.tuples(SPECIALS, SPECIALS),
        backend=st.sampled_from(["auto", "torch", "native", "triton"]), seed=st.integers(0, 2**16))
-def test_reparameterize_kl(shapes, dtypes, strided, specials, backend, seed):
+def test_reparameterize_kl(reliability, shapes, dtypes, strided, specials, backend, seed):
+    reliability.case("fuzzed ops: reparameterize_kl")
     mu = _tensor(shapes[0], dtypes[0], strided[0], specials[0], seed)
     logvar = _tensor(shapes[1], dtypes[1], strided[1], specials[1], seed + 1)
     eps = _tensor(shapes[2], dtypes[2], False, [], seed + 2)
@@ -81,7 +82,8 @@ def test_reparameterize_kl(shapes, dtypes, strided, specials, backend, seed):
        specials=FINITE_SPECIALS, beta=st.sampled_from([0.0, 1e-6, 1.0, 4.0]),
        reduction=st.sampled_from(["mean", "sum", "none"]), backend=st.sampled_from(["auto", "native", "triton"]),
        seed=st.integers(0, 2**16))
-def test_fused_vae_loss(shapes, dtypes, strided, specials, beta, reduction, backend, seed):
+def test_fused_vae_loss(reliability, shapes, dtypes, strided, specials, beta, reduction, backend, seed):
+    reliability.case("fuzzed ops: FusedVAELoss")
     logits = _tensor(shapes[0], dtypes[0], strided, specials, seed)
     target = _tensor(shapes[1], dtypes[1], False, [], seed + 1)
     if target.dtype.is_floating_point:
@@ -105,12 +107,13 @@ def test_fused_vae_loss(shapes, dtypes, strided, specials, beta, reduction, back
 
 
 @pytest.mark.parametrize("backend", ["native", "triton"])
-def test_infinite_logits(backend):
+def test_infinite_logits(reliability, backend):
     """BCE-with-logits tends to +Inf as x -> +Inf (t < 1) and as x -> -Inf (t > 0), and to 0 at the matching end
     (t = 1 at +Inf, t = 0 at -Inf). Found by this fuzzing: max(x, 0) - x*t gave inf - inf = NaN at +Inf; torch's
     own formula, which the reference uses, gives NaN at -Inf, so these values are checked against the limits."""
     x = torch.tensor([[float("inf")], [-float("inf")], [float("inf")], [-float("inf")], [float("nan")]])
     target = torch.tensor([[0.3], [0.3], [1.0], [0.0], [0.3]])
+    reliability.case("fused BCE at ±Inf logits")
     got = vaefast.bce_with_logits(x, target, backend=backend)
     assert torch.isposinf(got[:2]).all() and (got[2:4].abs() < 1e-6).all() and got[4].isnan(), got
 

@@ -107,7 +107,7 @@ def atomic_save(state: dict, path: Path) -> Path:
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        reason = _disk_error(exc)
+        reason = disk_error(exc)
         if reason is None:
             raise
         try:
@@ -121,7 +121,22 @@ def atomic_save(state: dict, path: Path) -> Path:
     return path
 
 
-def _disk_error(exc: BaseException) -> str | None:
+def ensure_writable(folder: Path) -> None:
+    """Fail before training, not at the first checkpoint, when ``folder`` cannot be written (read-only file system,
+    permissions, a full disk)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".vaefast-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = disk_error(exc)
+        if reason is None:
+            raise
+        raise CheckpointError(f"cannot write in {folder}: {reason}; pass another --out") from None
+
+
+def disk_error(exc: BaseException) -> str | None:
     """Why a write failed, when the cause is the disk; torch.save reports ENOSPC as a RuntimeError from its zip
     writer without an errno, so its message is read too."""
     while exc is not None:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from .data import DataError
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, disk_error, load_checkpoint
 from .config import TrainConfig, load_toml, merge
 from .integrations.diffusers import DIFFUSERS_CLAMP  # diffusers itself is imported only when used
 from .models.likelihoods import LIKELIHOODS
@@ -352,3 +352,10 @@ def main(argv=None) -> int:
     except (DataError, CheckpointError, FileNotFoundError, ValueError, NonFiniteTraining) as exc:
         print(f"vaefast {args.command}: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, NonFiniteTraining) else 3
+    except OSError as exc:  # a log or output file on a disk that filled up or turned read-only mid-run
+        reason = disk_error(exc)
+        if reason is None:
+            raise
+        where = exc.filename or getattr(args, "out", None) or "an output file"
+        print(f"vaefast {args.command}: error: cannot write in {where}: {reason}", file=sys.stderr)
+        return 2

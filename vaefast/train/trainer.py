@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..checkpoint import Checkpointer, load_checkpoint
+from ..checkpoint import Checkpointer, ensure_writable, load_checkpoint
 from ..config import TrainConfig, save_resolved
 from ..data import ImageDataset, load_dataset, make_loader
 from ..data.convert import to_unit_float
@@ -103,6 +103,8 @@ class Trainer:
         self.out = Path(cfg.out)
         self.checkpointer = Checkpointer(self.out, cfg.keep_checkpoints, enabled=self.dist.is_main,
                                          every=cfg.checkpoint_every)
+        if self.dist.is_main:
+            ensure_writable(self.out)
         self.monitor = Monitor(self.out, enabled=self.dist.is_main, progress=cfg.progress,
                                tensorboard=cfg.tensorboard)
         self.metrics = TrainMetrics(self.monitor, self.dist, device, cfg.log_every,
