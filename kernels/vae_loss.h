@@ -21,19 +21,22 @@ const char* vf_isa(void);
 int vf_has_float16(void);
 
 // Latent side, forward. mu, logvar, eps, z: [B, N] of `dtype`; kl: [B] float32;
+// exactly one of eps and seed is non-NULL: with seed, the noise of element i (row-major) is drawn from Philox4x32-10
+// keyed by *seed (see philox.h) instead of read from eps;
 // kl_per_dim: [N] float32 or NULL when not wanted. eps and z are contiguous; the N elements of each row of mu and
 // logvar are contiguous and their rows lie mu_stride and logvar_stride elements apart (N when contiguous; 2N for
 // the two halves of a packed [B, 2N] encoder output).
-int vf_latent_fwd(int dtype, const void* mu, const void* logvar, const void* eps, void* z, float* kl,
-                  float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo,
-                  float hi, int num_threads);
+int vf_latent_fwd(int dtype, const void* mu, const void* logvar, const void* eps, const int64_t* seed, void* z,
+                  float* kl, float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride,
+                  float lo, float hi, int num_threads);
 
 // Latent side, backward. gz, mu, logvar, eps, dmu, dlogvar: [B, N] of `dtype`, mu and logvar with row strides as
 // in the forward, the others contiguous; gk: [B] float32 with elements gk_stride apart (0: one value broadcast,
-// as the gradient of a sum arrives); gd: [N] float32 (upstream gradient of kl_per_dim) or NULL.
+// as the gradient of a sum arrives); gd: [N] float32 (upstream gradient of kl_per_dim) or NULL; eps or seed as in
+// the forward, which regenerates the same noise.
 int vf_latent_bwd(int dtype, const void* gz, const float* gk, int64_t gk_stride, const float* gd, const void* mu,
-                  const void* logvar, const void* eps, void* dmu, void* dlogvar, int64_t B, int64_t N,
-                  int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads);
+                  const void* logvar, const void* eps, const int64_t* seed, void* dmu, void* dlogvar, int64_t B,
+                  int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads);
 
 // Pixel side, forward: recon[b] = sum_j BCE-with-logits(x[b, j], t[b, j]). recon: [B] float32.
 int vf_bce_fwd(int x_dtype, int t_dtype, const void* x, const void* t, float* recon, int64_t B, int64_t P,

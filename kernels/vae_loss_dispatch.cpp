@@ -8,11 +8,11 @@
 #include "vae_loss.h"
 
 #define VF_DECLARE(isa)                                                                                          \
-    extern "C" int vf_latent_fwd_##isa(int, const void*, const void*, const void*, void*, float*, float*,       \
-                                       int64_t, int64_t, int64_t, int64_t, float, float, int);                  \
+    extern "C" int vf_latent_fwd_##isa(int, const void*, const void*, const void*, const int64_t*, void*,      \
+                                       float*, float*, int64_t, int64_t, int64_t, int64_t, float, float, int);  \
     extern "C" int vf_latent_bwd_##isa(int, const void*, const float*, int64_t, const float*, const void*,     \
-                                       const void*, const void*, void*, void*, int64_t, int64_t, int64_t,      \
-                                       int64_t, float, float, int);                                             \
+                                       const void*, const void*, const int64_t*, void*, void*, int64_t,        \
+                                       int64_t, int64_t, int64_t, float, float, int);                           \
     extern "C" int vf_bce_fwd_##isa(int, int, const void*, const void*, float*, int64_t, int64_t, int);         \
     extern "C" int vf_bce_bwd_##isa(int, int, const float*, const void*, const void*, void*, int64_t, int64_t, \
                                     int);                                                                       \
@@ -83,25 +83,27 @@ const KernelTable& kernels() {
 
 extern "C" {
 
-int vf_abi_version(void) { return 4; }
+int vf_abi_version(void) { return 5; }
 
 const char* vf_isa(void) { return kernels().isa; }
 
 int vf_has_float16(void) { return VF_HAVE_FLOAT16; }
 
-int vf_latent_fwd(int dtype, const void* mu, const void* logvar, const void* eps, void* z, float* kl,
-                  float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo,
-                  float hi, int num_threads) {
+int vf_latent_fwd(int dtype, const void* mu, const void* logvar, const void* eps, const int64_t* seed, void* z,
+                  float* kl, float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride,
+                  float lo, float hi, int num_threads) {
     if (B < 0 || N < 0 || mu_stride < 0 || logvar_stride < 0) return VF_BAD_SIZE;
-    return kernels().latent_fwd(dtype, mu, logvar, eps, z, kl, kl_per_dim, B, N, mu_stride, logvar_stride, lo, hi,
+    if ((eps == nullptr) == (seed == nullptr)) return VF_BAD_SIZE;
+    return kernels().latent_fwd(dtype, mu, logvar, eps, seed, z, kl, kl_per_dim, B, N, mu_stride, logvar_stride, lo, hi,
                                 num_threads);
 }
 
 int vf_latent_bwd(int dtype, const void* gz, const float* gk, int64_t gk_stride, const float* gd, const void* mu,
-                  const void* logvar, const void* eps, void* dmu, void* dlogvar, int64_t B, int64_t N,
-                  int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads) {
+                  const void* logvar, const void* eps, const int64_t* seed, void* dmu, void* dlogvar, int64_t B,
+                  int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads) {
     if (B < 0 || N < 0 || gk_stride < 0 || mu_stride < 0 || logvar_stride < 0) return VF_BAD_SIZE;
-    return kernels().latent_bwd(dtype, gz, gk, gk_stride, gd, mu, logvar, eps, dmu, dlogvar, B, N, mu_stride,
+    if ((eps == nullptr) == (seed == nullptr)) return VF_BAD_SIZE;
+    return kernels().latent_bwd(dtype, gz, gk, gk_stride, gd, mu, logvar, eps, seed, dmu, dlogvar, B, N, mu_stride,
                                 logvar_stride, lo, hi, num_threads);
 }
 

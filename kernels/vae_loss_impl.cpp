@@ -10,6 +10,7 @@
 
 #include "dtypes.h"
 #include "isa_suffix.h"
+#include "philox.h"
 #include "vae_loss.h"
 
 namespace {
@@ -53,8 +54,9 @@ void finish_row_sums(const std::vector<float>& partial, float* out, const Tiling
 bool exp_range_is_safe(float lo, float hi) { return lo >= -170.0f && hi <= 170.0f; }
 
 // z of one latent element, and twice its KL (the 0.5 is applied once per row instead of once per element).
-template <typename T, bool BOUNDED>
-inline float latent_fwd_element(T mu, T logvar, T eps, T& z, float lo, float hi) {
+// E, the noise's type: T for a caller's eps, float for seeded noise generated into a tile buffer.
+template <typename T, typename E, bool BOUNDED>
+inline float latent_fwd_element(T mu, T logvar, E eps, T& z, float lo, float hi) {
     const float m = vf::to_float(mu);
     const float lv = vf::clamp_keep_nan(vf::to_float(logvar), lo, hi);
     const float std = vf::exp_f32<!BOUNDED>(0.5f * lv);
@@ -63,13 +65,13 @@ inline float latent_fwd_element(T mu, T logvar, T eps, T& z, float lo, float hi)
     return m * m + ((std * std - 1.0f) - lv);
 }
 
-template <typename T, bool PER_DIM, bool BOUNDED>
-float latent_fwd_row(const T* __restrict mu, const T* __restrict logvar, const T* __restrict eps, T* __restrict z,
+template <typename T, typename E, bool PER_DIM, bool BOUNDED>
+float latent_fwd_row(const T* __restrict mu, const T* __restrict logvar, const E* __restrict eps, T* __restrict z,
                      float* __restrict dim_acc, int64_t n, float lo, float hi) {
     float acc2 = 0.0f;
 #pragma omp simd reduction(+ : acc2)
     for (int64_t i = 0; i < n; ++i) {
-        const float kl2 = latent_fwd_element<T, BOUNDED>(mu[i], logvar[i], eps[i], z[i], lo, hi);
+        const float kl2 = latent_fwd_element<T, E, BOUNDED>(mu[i], logvar[i], eps[i], z[i], lo, hi);
         acc2 += kl2;
         if constexpr (PER_DIM) dim_acc[i] += 0.5f * kl2;
     }
@@ -77,11 +79,24 @@ float latent_fwd_row(const T* __restrict mu, const T* __restrict logvar, const T
 }
 
 // Whole rows shorter than kShortRow, as one flat run: the twice-KL terms go to kl2 for the caller to sum per row.
-template <typename T, bool BOUNDED>
-void latent_fwd_flat(const T* __restrict mu, const T* __restrict logvar, const T* __restrict eps, T* __restrict z,
+template <typename T, typename E, bool BOUNDED>
+void latent_fwd_flat(const T* __restrict mu, const T* __restrict logvar, const E* __restrict eps, T* __restrict z,
                      float* __restrict kl2, int64_t n, float lo, float hi) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) kl2[i] = latent_fwd_element<T, BOUNDED>(mu[i], logvar[i], eps[i], z[i], lo, hi);
+    for (int64_t i = 0; i < n; ++i)
+        kl2[i] = latent_fwd_element<T, E, BOUNDED>(mu[i], logvar[i], eps[i], z[i], lo, hi);
+}
+
+// The noise of elements first .. first + n: the caller's eps there, or with a seed the regenerated normals in
+// `buf` (a tile's worth on the caller's stack), so that no latent-sized noise tensor exists. fn receives either.
+template <typename T, typename Fn>
+void with_noise(const T* eps, const int64_t* seed, int64_t first, int64_t n, float* buf, Fn&& fn) {
+    if (seed) {
+        vf::fill_seeded_normal(vf::philox_key(*seed), first, n, buf);
+        fn(static_cast<const float*>(buf));
+    } else {
+        fn(eps + first);
+    }
 }
 
 // Rows r0 .. r0 + rows of a [B, N] input whose rows lie `stride` elements apart, as one contiguous run: the input
@@ -95,8 +110,9 @@ const T* contiguous_rows(const T* base, int64_t stride, int64_t r0, int64_t rows
 }
 
 template <typename T>
-void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, float* kl_per_dim, int64_t B,
-                int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads) {
+void latent_fwd(const T* mu, const T* logvar, const T* eps, const int64_t* seed, T* z, float* kl,
+                float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi,
+                int num_threads) {
     const Tiling t(B, N);
     const bool parallel = t.parallel();
     const bool bounded = exp_range_is_safe(lo, hi);
@@ -110,12 +126,15 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
         if (dim_acc) std::fill(dim_acc, dim_acc + n, 0.0f);
         if (N < kShortRow) {  // then one column chunk: the tile is whole rows, contiguous
             const int64_t r0 = t.row_begin(tile), rows = t.row_end(tile) - r0;
-            float kl2[kRowBlock * kShortRow];
+            float kl2[kRowBlock * kShortRow], noise[kRowBlock * kShortRow];
             T mu_rows[kRowBlock * kShortRow], logvar_rows[kRowBlock * kShortRow];
-            (bounded ? latent_fwd_flat<T, true> : latent_fwd_flat<T, false>)(
-                contiguous_rows(mu, mu_stride, r0, rows, N, mu_rows),
-                contiguous_rows(logvar, logvar_stride, r0, rows, N, logvar_rows), eps + r0 * N, z + r0 * N, kl2,
-                rows * N, lo, hi);
+            const T* mu_tile = contiguous_rows(mu, mu_stride, r0, rows, N, mu_rows);
+            const T* logvar_tile = contiguous_rows(logvar, logvar_stride, r0, rows, N, logvar_rows);
+            with_noise(eps, seed, r0 * N, rows * N, noise, [&](auto* e) {
+                using E = std::remove_const_t<std::remove_pointer_t<decltype(e)>>;
+                (bounded ? latent_fwd_flat<T, E, true> : latent_fwd_flat<T, E, false>)(
+                    mu_tile, logvar_tile, e, z + r0 * N, kl2, rows * N, lo, hi);
+            });
             for (int64_t r = 0; r < rows; ++r) {
                 const float* __restrict terms = kl2 + r * N;
                 float acc2 = 0.0f;
@@ -129,13 +148,17 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
             }
             continue;
         }
+        float noise[kColChunk];
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
             const int64_t off = r * N + c0;
-            auto row = dim_acc ? (bounded ? latent_fwd_row<T, true, true> : latent_fwd_row<T, true, false>)
-                               : (bounded ? latent_fwd_row<T, false, true> : latent_fwd_row<T, false, false>);
-            const float kl_sum = row(mu + r * mu_stride + c0, logvar + r * logvar_stride + c0, eps + off, z + off,
-                                     dim_acc, n, lo, hi);
-            row_partial[r * t.n_chunks + t.chunk(tile)] = kl_sum;
+            with_noise(eps, seed, off, n, noise, [&](auto* e) {
+                using E = std::remove_const_t<std::remove_pointer_t<decltype(e)>>;
+                auto row = dim_acc
+                    ? (bounded ? latent_fwd_row<T, E, true, true> : latent_fwd_row<T, E, true, false>)
+                    : (bounded ? latent_fwd_row<T, E, false, true> : latent_fwd_row<T, E, false, false>);
+                row_partial[r * t.n_chunks + t.chunk(tile)] =
+                    row(mu + r * mu_stride + c0, logvar + r * logvar_stride + c0, e, z + off, dim_acc, n, lo, hi);
+            });
         }
     }
     finish_row_sums(row_partial, kl, t, num_threads);
@@ -158,8 +181,8 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, T* z, float* kl, flo
 }
 
 // dmu and dlogvar of one latent element. w is its KL weight: the sample's upstream gradient plus the per-dim KL's.
-template <typename T, bool BOUNDED>
-inline void latent_bwd_element(T gz, float w, T mu, T logvar, T eps, T& dmu, T& dlogvar, float lo, float hi) {
+template <typename T, typename E, bool BOUNDED>
+inline void latent_bwd_element(T gz, float w, T mu, T logvar, E eps, T& dmu, T& dlogvar, float lo, float hi) {
     const float g = vf::to_float(gz);
     const float m = vf::to_float(mu);
     const float raw = vf::to_float(logvar);
@@ -177,31 +200,31 @@ inline void latent_bwd_element(T gz, float w, T mu, T logvar, T eps, T& dmu, T& 
     dlogvar = vf::from_float<T>(passes ? d : 0.0f);
 }
 
-template <typename T, bool HAS_GD, bool BOUNDED>
+template <typename T, typename E, bool HAS_GD, bool BOUNDED>
 void latent_bwd_row(const T* __restrict gz, float gk, const float* __restrict gd, const T* __restrict mu,
-                    const T* __restrict logvar, const T* __restrict eps, T* __restrict dmu, T* __restrict dlogvar,
+                    const T* __restrict logvar, const E* __restrict eps, T* __restrict dmu, T* __restrict dlogvar,
                     int64_t n, float lo, float hi) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
         const float w = HAS_GD ? gk + gd[i] : gk;
-        latent_bwd_element<T, BOUNDED>(gz[i], w, mu[i], logvar[i], eps[i], dmu[i], dlogvar[i], lo, hi);
+        latent_bwd_element<T, E, BOUNDED>(gz[i], w, mu[i], logvar[i], eps[i], dmu[i], dlogvar[i], lo, hi);
     }
 }
 
 // Whole rows shorter than kShortRow, as one flat run with the KL weight of every element in w.
-template <typename T, bool BOUNDED>
+template <typename T, typename E, bool BOUNDED>
 void latent_bwd_flat(const T* __restrict gz, const float* __restrict w, const T* __restrict mu,
-                     const T* __restrict logvar, const T* __restrict eps, T* __restrict dmu, T* __restrict dlogvar,
+                     const T* __restrict logvar, const E* __restrict eps, T* __restrict dmu, T* __restrict dlogvar,
                      int64_t n, float lo, float hi) {
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i)
-        latent_bwd_element<T, BOUNDED>(gz[i], w[i], mu[i], logvar[i], eps[i], dmu[i], dlogvar[i], lo, hi);
+        latent_bwd_element<T, E, BOUNDED>(gz[i], w[i], mu[i], logvar[i], eps[i], dmu[i], dlogvar[i], lo, hi);
 }
 
 template <typename T>
 void latent_bwd(const T* gz, const float* gk, int64_t gk_stride, const float* gd, const T* mu, const T* logvar,
-                const T* eps, T* dmu, T* dlogvar, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride,
-                float lo, float hi, int num_threads) {
+                const T* eps, const int64_t* seed, T* dmu, T* dlogvar, int64_t B, int64_t N, int64_t mu_stride,
+                int64_t logvar_stride, float lo, float hi, int num_threads) {
     const Tiling t(B, N);
     const bool parallel = t.parallel();
     const bool bounded = exp_range_is_safe(lo, hi);
@@ -217,18 +240,26 @@ void latent_bwd(const T* gz, const float* gk, int64_t gk_stride, const float* gd
             }
             const int64_t off = r0 * N;
             T mu_rows[kRowBlock * kShortRow], logvar_rows[kRowBlock * kShortRow];
-            (bounded ? latent_bwd_flat<T, true> : latent_bwd_flat<T, false>)(
-                gz + off, w, contiguous_rows(mu, mu_stride, r0, rows, N, mu_rows),
-                contiguous_rows(logvar, logvar_stride, r0, rows, N, logvar_rows), eps + off, dmu + off,
-                dlogvar + off, rows * N, lo, hi);
+            float noise[kRowBlock * kShortRow];
+            const T* mu_tile = contiguous_rows(mu, mu_stride, r0, rows, N, mu_rows);
+            const T* logvar_tile = contiguous_rows(logvar, logvar_stride, r0, rows, N, logvar_rows);
+            with_noise(eps, seed, off, rows * N, noise, [&](auto* e) {
+                using E = std::remove_const_t<std::remove_pointer_t<decltype(e)>>;
+                (bounded ? latent_bwd_flat<T, E, true> : latent_bwd_flat<T, E, false>)(
+                    gz + off, w, mu_tile, logvar_tile, e, dmu + off, dlogvar + off, rows * N, lo, hi);
+            });
             continue;
         }
+        float noise[kColChunk];
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
             const int64_t off = r * N + c0;
-            auto row = gd ? (bounded ? latent_bwd_row<T, true, true> : latent_bwd_row<T, true, false>)
-                          : (bounded ? latent_bwd_row<T, false, true> : latent_bwd_row<T, false, false>);
-            row(gz + off, gk[r * gk_stride], gd ? gd + c0 : nullptr, mu + r * mu_stride + c0,
-                logvar + r * logvar_stride + c0, eps + off, dmu + off, dlogvar + off, n, lo, hi);
+            with_noise(eps, seed, off, n, noise, [&](auto* e) {
+                using E = std::remove_const_t<std::remove_pointer_t<decltype(e)>>;
+                auto row = gd ? (bounded ? latent_bwd_row<T, E, true, true> : latent_bwd_row<T, E, true, false>)
+                              : (bounded ? latent_bwd_row<T, E, false, true> : latent_bwd_row<T, E, false, false>);
+                row(gz + off, gk[r * gk_stride], gd ? gd + c0 : nullptr, mu + r * mu_stride + c0,
+                    logvar + r * logvar_stride + c0, e, dmu + off, dlogvar + off, n, lo, hi);
+            });
         }
     }
 }
@@ -291,25 +322,25 @@ bool with_dtype(int dtype, Fn&& fn) {
 
 extern "C" {
 
-int VF_EXPORT(vf_latent_fwd)(int dtype, const void* mu, const void* logvar, const void* eps, void* z, float* kl,
-                             float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride,
-                             float lo, float hi, int num_threads) {
+int VF_EXPORT(vf_latent_fwd)(int dtype, const void* mu, const void* logvar, const void* eps, const int64_t* seed,
+                             void* z, float* kl, float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride,
+                             int64_t logvar_stride, float lo, float hi, int num_threads) {
     bool ok = with_dtype(dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
-        latent_fwd<T>(static_cast<const T*>(mu), static_cast<const T*>(logvar), static_cast<const T*>(eps),
+        latent_fwd<T>(static_cast<const T*>(mu), static_cast<const T*>(logvar), static_cast<const T*>(eps), seed,
                       static_cast<T*>(z), kl, kl_per_dim, B, N, mu_stride, logvar_stride, lo, hi, num_threads);
     });
     return ok ? VF_OK : VF_BAD_DTYPE;
 }
 
 int VF_EXPORT(vf_latent_bwd)(int dtype, const void* gz, const float* gk, int64_t gk_stride, const float* gd,
-                             const void* mu, const void* logvar, const void* eps, void* dmu, void* dlogvar, int64_t B,
-                             int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi,
-                             int num_threads) {
+                             const void* mu, const void* logvar, const void* eps, const int64_t* seed, void* dmu,
+                             void* dlogvar, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo,
+                             float hi, int num_threads) {
     bool ok = with_dtype(dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         latent_bwd<T>(static_cast<const T*>(gz), gk, gk_stride, gd, static_cast<const T*>(mu),
-                      static_cast<const T*>(logvar), static_cast<const T*>(eps), static_cast<T*>(dmu),
+                      static_cast<const T*>(logvar), static_cast<const T*>(eps), seed, static_cast<T*>(dmu),
                       static_cast<T*>(dlogvar), B, N, mu_stride, logvar_stride, lo, hi, num_threads);
     });
     return ok ? VF_OK : VF_BAD_DTYPE;

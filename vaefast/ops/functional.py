@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from .dispatch import FUSED_DTYPES, select
-from .reference import bce_with_logits_reference, reparameterize_kl_reference
-from .validation import check_bce_inputs, check_latent_inputs, check_tensor, resolve_clamp
+from .reference import bce_with_logits_reference, reparameterize_kl_reference, seeded_normal
+from .validation import check_bce_inputs, check_latent_inputs, check_tensor, resolve_clamp, seed_tensor
 
 DEFAULT_CLAMP = (-10.0, 10.0)
 
@@ -16,6 +16,7 @@ def reparameterize_kl(
     logvar: torch.Tensor,
     eps: torch.Tensor | None = None,
     *,
+    seed: int | torch.Tensor | None = None,
     clamp: tuple[float, float] | None = DEFAULT_CLAMP,
     backend: str = "auto",
     return_kl_per_dim: bool = False,
@@ -27,8 +28,12 @@ def reparameterize_kl(
 
     Args:
         mu, logvar: ``[B, ...]`` posterior mean and log-variance, flat ``[B, D]`` or spatial ``[B, C, H, W]``.
-        eps: standard normal noise of the same shape; drawn with ``torch.randn_like(mu)`` when None. It takes
-            no gradient.
+        eps: standard normal noise of the same shape. It takes no gradient. When both eps and seed are None it is
+            drawn with ``torch.randn_like(mu)``.
+        seed: draw the noise inside the kernel instead, from Philox4x32-10 keyed by ``seed`` (a Python int, or an
+            int64 tensor of one element on mu's device, which torch.compile and CUDA graphs read afresh on every
+            call) and counted by the element index, and regenerate it in the backward: no eps tensor is allocated
+            or saved. The same seed gives the same noise on every backend (``reference.seeded_normal``).
         clamp: ``(lo, hi)`` bounds for logvar, or None for no clamp. The clamp's gradient
             passes on the bounds and is zero outside them, whatever the installed torch's ``torch.clamp`` does.
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"native"``.
@@ -39,18 +44,25 @@ def reparameterize_kl(
         ``(z, kl)`` or ``(z, kl, kl_per_dim)``; z has mu's dtype, the KL terms are float32.
     """
     check_tensor("mu", mu)
-    if eps is None:
+    if seed is not None:
+        if eps is not None:
+            raise ValueError("pass eps or seed, not both: with a seed the noise is drawn inside the kernel")
+        seed = seed_tensor(seed, mu.device)
+    elif eps is None:
         eps = torch.randn_like(mu)
     check_latent_inputs(mu, logvar, eps)
-    if eps.requires_grad:
+    if eps is not None and eps.requires_grad:
         raise ValueError("eps requires grad, but reparameterize_kl does not differentiate with respect to eps; "
                          "pass eps.detach()")
     lo, hi = resolve_clamp(clamp)
     ops = select(backend, mu.device, mu.dtype)
     if ops is None:
+        if eps is None:
+            eps = seeded_normal(seed, mu.shape, mu.device)
         bounds = (None, None) if clamp is None else (lo, hi)
         return reparameterize_kl_reference(mu, logvar, eps, *bounds, return_kl_per_dim=return_kl_per_dim)
-    z, kl, kl_per_dim = ops.latent(mu, logvar, eps, lo, hi, return_kl_per_dim)
+    seeded = eps is None
+    z, kl, kl_per_dim = ops.latent(mu, logvar, seed if seeded else eps, lo, hi, return_kl_per_dim, seeded)
     return (z, kl, kl_per_dim) if return_kl_per_dim else (z, kl)
 
 

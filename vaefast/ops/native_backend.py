@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 LIBRARY_ENV = "VAEFAST_NATIVE_LIBRARY"
 _LIB_NAMES = {"linux": "libvaefast_kernels.so", "darwin": "libvaefast_kernels.dylib", "win32": "vaefast_kernels.dll"}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -40,8 +40,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     signatures = {
         "vf_abi_version": [],
         "vf_has_float16": [],
-        "vf_latent_fwd": [i32, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i32],
-        "vf_latent_bwd": [i32, vp, vp, i64, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i32],
+        "vf_latent_fwd": [i32, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i32],
+        "vf_latent_bwd": [i32, vp, vp, i64, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i32],
         "vf_bce_fwd": [i32, i32, vp, vp, vp, i64, i64, i32],
         "vf_bce_bwd": [i32, i32, vp, vp, vp, vp, i64, i64, i32],
         "vf_adam_master_step": [i32, i64, vp, vp, f32, f32, f32, f32, f32, i32, i32],
@@ -126,32 +126,42 @@ def _rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     return t, (t.stride(0) if t.shape[0] > 1 else expected)
 
 
-def latent_forward(mu, logvar, eps, lo: float, hi: float, per_dim: bool):
+def _noise_pointers(noise: torch.Tensor, seeded: bool) -> tuple[int | None, int | None]:
+    """(eps, seed) pointers for the kernel: exactly one is set. ``noise`` is eps, or with ``seeded`` the one-element
+    int64 seed, which the kernel reads itself."""
+    if seeded:
+        return None, noise.data_ptr()
+    return noise.data_ptr(), None
+
+
+def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seeded: bool = False):
     B, N = mu.shape[0], math.prod(mu.shape[1:])
     (mu, mu_stride), (logvar, logvar_stride) = _rows(mu), _rows(logvar)
-    eps = eps.contiguous()
+    noise = noise.contiguous()  # kept alive until the call: the kernel gets only its pointer
+    eps_ptr, seed_ptr = _noise_pointers(noise, seeded)
     z = torch.empty(mu.shape, dtype=mu.dtype)
     kl = torch.empty(B, dtype=torch.float32)
     kl_per_dim = torch.empty(mu.shape[1:] if per_dim else (0,), dtype=torch.float32)
     status = library().vf_latent_fwd(
-        _dtype_code(mu), mu.data_ptr(), logvar.data_ptr(), eps.data_ptr(), z.data_ptr(), kl.data_ptr(),
+        _dtype_code(mu), mu.data_ptr(), logvar.data_ptr(), eps_ptr, seed_ptr, z.data_ptr(), kl.data_ptr(),
         kl_per_dim.data_ptr() if per_dim else None, B, N, mu_stride, logvar_stride, lo, hi, _threads(),
     )
     _check(status, "latent forward")
     return z, kl, kl_per_dim
 
 
-def latent_backward(gz, gk, gd, mu, logvar, eps, lo: float, hi: float):
+def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded: bool = False):
     B, N = mu.shape[0], math.prod(mu.shape[1:])
     (mu, mu_stride), (logvar, logvar_stride) = _rows(mu), _rows(logvar)
-    eps, gz = eps.contiguous(), gz.to(mu.dtype).contiguous()
+    noise, gz = noise.contiguous(), gz.to(mu.dtype).contiguous()
+    eps_ptr, seed_ptr = _noise_pointers(noise, seeded)
     # gk is [B]; the gradient of kl.sum() arrives as one value expanded over it: read with stride 0, not copied.
     gk_stride = gk.stride(0) if B > 1 else 1
     gd = None if gd is None else gd.contiguous()
     dmu, dlogvar = torch.empty(mu.shape, dtype=mu.dtype), torch.empty(logvar.shape, dtype=logvar.dtype)
     status = library().vf_latent_bwd(
         _dtype_code(mu), gz.data_ptr(), gk.data_ptr(), gk_stride, None if gd is None else gd.data_ptr(),
-        mu.data_ptr(), logvar.data_ptr(), eps.data_ptr(), dmu.data_ptr(), dlogvar.data_ptr(), B, N, mu_stride,
+        mu.data_ptr(), logvar.data_ptr(), eps_ptr, seed_ptr, dmu.data_ptr(), dlogvar.data_ptr(), B, N, mu_stride,
         logvar_stride, lo, hi, _threads(),
     )
     _check(status, "latent backward")

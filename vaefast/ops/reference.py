@@ -6,6 +6,8 @@ written for clarity and exact autograd semantics, not for speed.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -62,3 +64,65 @@ def bce_with_logits_reference(logits: torch.Tensor, target: torch.Tensor) -> tor
         logits.to(compute_dtype), target.to(compute_dtype), reduction="none"
     )
     return elem.flatten(1).sum(1)
+
+
+# ------------------------------------------------------------------------------------------- seeded noise
+# The noise of reparameterize_kl(..., seed=s): element i of the latent (row-major over mu's shape) is the
+# Box-Muller normal of the first two words of Philox4x32-10 with key (low, high 32 bits of s) and counter
+# (low, high 32 bits of i, 0, 0). For i < 2**31 this is exactly Triton's tl.randn(s, i), so the Triton kernels
+# regenerate it in the backward from (seed, index) instead of storing it; the native kernel implements the same
+# integers in C++. Written with int64 torch ops so that it runs on any device and under torch.compile.
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+_PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+_UNIFORM_SCALE = 4.6566127342e-10  # the largest float32 below 2**-31 * (1 - 2**-24): maps to [0, 1)
+
+
+def _mul_hi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of the 64-bit product of the constant ``a`` and uint32 values ``b`` held in int64,
+    whose product can pass 2**63: formed from the two 16-bit halves of ``a``."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    hi_part, lo_part = a_hi * b, a_lo * b  # each below 2**48
+    hi = (hi_part + (lo_part >> 16)) >> 16
+    lo = (((hi_part & 0xFFFF) << 16) + lo_part) & _MASK32
+    return hi, lo
+
+
+def philox4x32_10(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, torch.Tensor]):
+    """Philox4x32 with 10 rounds (Salmon et al., SC'11; Random123's philox4x32_10) over uint32 words held in
+    int64 tensors: four counter words and two key words in, four words out."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        hi_b, lo_b = _mul_hi_lo(_PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mul_hi_lo(_PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _PHILOX_KEY_A) & _MASK32, (k1 + _PHILOX_KEY_B) & _MASK32
+    return c0, c1, c2, c3
+
+
+def seed_words(seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two Philox key words of an int64 seed (its 64 bits, negative seeds included)."""
+    seed = seed.reshape(()).to(torch.int64)
+    return seed & _MASK32, (seed >> 32) & _MASK32
+
+
+def _uniform(word: torch.Tensor) -> torch.Tensor:
+    """A uint32 word to a float32 in [0, 1), as Triton's uint_to_uniform_float: the word read as int32, negatives
+    folded by bitwise not, times the scale in float32."""
+    folded = torch.where(word >= 2**31, _MASK32 - word, word)
+    return folded.to(torch.float32) * _UNIFORM_SCALE
+
+
+def seeded_normal(seed: torch.Tensor, shape, device=None, first_index: int = 0) -> torch.Tensor:
+    """float32 standard normals of ``shape`` for Philox key ``seed``, element i drawn from counter
+    ``first_index + i``."""
+    numel = math.prod(shape)
+    index = torch.arange(first_index, first_index + numel, dtype=torch.int64, device=device)
+    zero = torch.zeros_like(index)
+    k0, k1 = seed_words(seed.to(index.device))
+    w0, w1, _, _ = philox4x32_10((index & _MASK32, index >> 32, zero, zero), (k0, k1))
+    u1 = torch.clamp_min(_uniform(w0), 1.0e-7)
+    theta = _uniform(w1) * 6.283185307179586
+    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(theta)).reshape(shape)

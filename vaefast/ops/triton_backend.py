@@ -13,6 +13,7 @@ import math
 import triton
 import triton.language as tl
 import torch
+from triton.language.random import pair_uniform_to_normal, philox, uint_to_uniform_float
 
 # --------------------------------------------------------------------------------------------------- kernels
 
@@ -24,10 +25,30 @@ def _clamp_nan_preserving(x, lo, hi):
 
 
 @triton.jit
+def _seeded_normal(seed, index):
+    """``reference.seeded_normal``: Philox4x32-10 keyed by the seed at counter (index low, index high, 0, 0), then
+    Box-Muller; tl.randn(seed, index) for int32 indices, and the same stream past 2**31."""
+    lo_word = index.to(tl.uint32)
+    zero = lo_word * 0
+    w0, w1, _, _ = philox(seed, lo_word, (index >> 32).to(tl.uint32), zero, zero)
+    n, _ = pair_uniform_to_normal(uint_to_uniform_float(w0), uint_to_uniform_float(w1))
+    return n
+
+
+@triton.jit
+def _noise(eps_ptr, offs, mask, SEEDED: tl.constexpr):
+    # With seeded noise eps_ptr holds the int64 seed, loaded on the device: no host read, and a new value per
+    # call under CUDA graphs.
+    if SEEDED:
+        return _seeded_normal(tl.load(eps_ptr), offs)
+    return tl.load(eps_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def latent_fwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_partial_ptr, kl_dim_partial_ptr,
     B, N, n_col_blocks, lo, hi,
-    BLOCK: tl.constexpr, ROWS: tl.constexpr, PER_DIM: tl.constexpr,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr, PER_DIM: tl.constexpr, SEEDED: tl.constexpr,
 ):
     row_block = tl.program_id(0)
     col_block = tl.program_id(1)
@@ -41,7 +62,7 @@ def latent_fwd_kernel(
         offs = row.to(tl.int64) * N + cols
         mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         lv = tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        eps = tl.load(eps_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        eps = _noise(eps_ptr, offs, mask, SEEDED)
         lv = _clamp_nan_preserving(lv, lo, hi)
         std = tl.exp(0.5 * lv)
         z = mu + std * eps
@@ -58,7 +79,7 @@ def latent_fwd_kernel(
 def latent_bwd_kernel(
     gz_ptr, gk_ptr, gd_ptr, mu_ptr, logvar_ptr, eps_ptr, dmu_ptr, dlogvar_ptr,
     N, lo, hi,
-    BLOCK: tl.constexpr, HAS_GD: tl.constexpr,
+    BLOCK: tl.constexpr, HAS_GD: tl.constexpr, SEEDED: tl.constexpr,
 ):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -67,7 +88,7 @@ def latent_bwd_kernel(
     gz = tl.load(gz_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     logvar = tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    eps = tl.load(eps_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    eps = _noise(eps_ptr, offs, mask, SEEDED)
     # The KL weight of an element: its sample's upstream gradient, plus the per-dim KL's when that output is used.
     w = tl.load(gk_ptr + row)
     if HAS_GD:
@@ -135,7 +156,8 @@ def _num_warps(block: int) -> int:
     return 4 if block >= 512 else (2 if block >= 128 else 1)
 
 
-def latent_forward(mu, logvar, eps, lo: float, hi: float, per_dim: bool):
+def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seeded: bool = False):
+    """``noise`` is eps, or with ``seeded`` the one-element int64 seed tensor."""
     B = mu.shape[0]
     N = math.prod(mu.shape[1:])
     z = torch.empty_like(mu, memory_format=torch.contiguous_format)
@@ -143,7 +165,7 @@ def latent_forward(mu, logvar, eps, lo: float, hi: float, per_dim: bool):
     if B == 0 or N == 0:
         kl_dim = torch.zeros(kl_dim_shape, dtype=torch.float32, device=mu.device)
         return z, torch.zeros(B, dtype=torch.float32, device=mu.device), kl_dim
-    mu, logvar, eps = mu.contiguous(), logvar.contiguous(), eps.contiguous()
+    mu, logvar, noise = mu.contiguous(), logvar.contiguous(), noise.contiguous()
     block = _block_size(N)
     n_col_blocks = triton.cdiv(N, block)
     n_row_blocks = triton.cdiv(B, ROWS_PER_PROGRAM)
@@ -152,14 +174,14 @@ def latent_forward(mu, logvar, eps, lo: float, hi: float, per_dim: bool):
         (n_row_blocks, N) if per_dim else (1,), dtype=torch.float32, device=mu.device
     )
     latent_fwd_kernel[(n_row_blocks, n_col_blocks)](
-        mu, logvar, eps, z, kl_partial, kl_dim_partial, B, N, n_col_blocks, lo, hi,
-        BLOCK=block, ROWS=ROWS_PER_PROGRAM, PER_DIM=per_dim, num_warps=_num_warps(block),
+        mu, logvar, noise, z, kl_partial, kl_dim_partial, B, N, n_col_blocks, lo, hi,
+        BLOCK=block, ROWS=ROWS_PER_PROGRAM, PER_DIM=per_dim, SEEDED=seeded, num_warps=_num_warps(block),
     )
     kl_dim = kl_dim_partial.sum(0).view(kl_dim_shape) if per_dim else kl_dim_partial.new_zeros(0)
     return z, kl_partial.sum(1), kl_dim
 
 
-def latent_backward(gz, gk, gd, mu, logvar, eps, lo: float, hi: float):
+def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded: bool = False):
     B = mu.shape[0]
     dmu = torch.empty_like(mu, memory_format=torch.contiguous_format)
     dlogvar = torch.empty_like(logvar, memory_format=torch.contiguous_format)
@@ -170,8 +192,8 @@ def latent_backward(gz, gk, gd, mu, logvar, eps, lo: float, hi: float):
     has_gd = gd is not None
     latent_bwd_kernel[(B, triton.cdiv(N, block))](
         gz.contiguous(), gk.contiguous(), gd.contiguous() if has_gd else gk,
-        mu.contiguous(), logvar.contiguous(), eps.contiguous(), dmu, dlogvar, N, lo, hi,
-        BLOCK=block, HAS_GD=has_gd, num_warps=_num_warps(block),
+        mu.contiguous(), logvar.contiguous(), noise.contiguous(), dmu, dlogvar, N, lo, hi,
+        BLOCK=block, HAS_GD=has_gd, SEEDED=seeded, num_warps=_num_warps(block),
     )
     return dmu, dlogvar
 

@@ -47,11 +47,34 @@ def resolve_clamp(clamp) -> tuple[float, float]:
     return lo, hi
 
 
-def check_latent_inputs(mu, logvar, eps) -> None:
-    """logvar and eps against mu, which the caller has checked already (before drawing eps from it)."""
-    for name, t in (("logvar", logvar), ("eps", eps)):
+def check_latent_inputs(mu, logvar, eps=None) -> None:
+    """logvar and eps (unless the noise is seeded) against mu, which the caller has checked already."""
+    named = [("mu", mu), ("logvar", logvar)] + ([("eps", eps)] if eps is not None else [])
+    for name, t in named[1:]:
         check_tensor(name, t)
-    check_same([("mu", mu), ("logvar", logvar), ("eps", eps)], dtype=True)
+    check_same(named, dtype=True)
+
+
+def seed_tensor(seed, device: torch.device) -> torch.Tensor:
+    """The Philox key of seeded noise as a one-element int64 tensor on ``device``: a Python int (any value that fits
+    in 64 bits, as two's complement) or an integer tensor of one element. A tensor stays where it is, so a device
+    seed advanced on the device is read by the kernel, never by the host."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype not in (torch.int64, torch.int32) or seed.numel() != 1:
+            raise ValueError(f"seed must be a Python int or an int64 tensor of one element, got a tensor of shape "
+                             f"{tuple(seed.shape)} and dtype {seed.dtype}")
+        if seed.device != device:
+            raise ValueError(f"device mismatch: seed is on {seed.device} but mu is on {device}")
+        if seed.requires_grad:
+            raise ValueError("seed must not require grad")
+        return seed.reshape(1).to(torch.int64)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be a Python int or an int64 tensor, got {type(seed).__name__}")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed {seed} does not fit in 64 bits")
+    if seed >= 2**63:  # the same 64 bits as an int64
+        seed -= 2**64
+    return torch.tensor([seed], dtype=torch.int64, device=device)
 
 
 def check_bce_inputs(logits, target) -> None:
