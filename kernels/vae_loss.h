@@ -38,6 +38,11 @@ int vf_latent_bwd(int dtype, const void* gz, const float* gk, int64_t gk_stride,
                   const void* logvar, const void* eps, const int64_t* seed, void* dmu, void* dlogvar, int64_t B,
                   int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads);
 
+// The seeded noise's stream, for tests against the reference: the first two Philox4x32-10 words (out: 2n uint32)
+// and the normals (out: n float32) of elements first .. first + n under seed.
+int vf_philox_words(int64_t seed, int64_t first, int64_t n, uint32_t* out);
+int vf_seeded_normal(int64_t seed, int64_t first, int64_t n, float* out);
+
 // Pixel side, forward: recon[b] = sum_j BCE-with-logits(x[b, j], t[b, j]). recon: [B] float32.
 int vf_bce_fwd(int x_dtype, int t_dtype, const void* x, const void* t, float* recon, int64_t B, int64_t P,
                int num_threads);

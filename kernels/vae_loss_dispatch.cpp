@@ -5,6 +5,7 @@
 
 #include "dtypes.h"
 #include "optimizer.h"
+#include "philox.h"
 #include "vae_loss.h"
 
 #define VF_DECLARE(isa)                                                                                          \
@@ -93,7 +94,7 @@ int vf_latent_fwd(int dtype, const void* mu, const void* logvar, const void* eps
                   float* kl, float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride,
                   float lo, float hi, int num_threads) {
     if (B < 0 || N < 0 || mu_stride < 0 || logvar_stride < 0) return VF_BAD_SIZE;
-    if ((eps == nullptr) == (seed == nullptr)) return VF_BAD_SIZE;
+    if ((eps && seed) || (!eps && !seed && B * N > 0)) return VF_BAD_SIZE;  // one noise source (none if empty)
     return kernels().latent_fwd(dtype, mu, logvar, eps, seed, z, kl, kl_per_dim, B, N, mu_stride, logvar_stride, lo, hi,
                                 num_threads);
 }
@@ -102,9 +103,26 @@ int vf_latent_bwd(int dtype, const void* gz, const float* gk, int64_t gk_stride,
                   const void* logvar, const void* eps, const int64_t* seed, void* dmu, void* dlogvar, int64_t B,
                   int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads) {
     if (B < 0 || N < 0 || gk_stride < 0 || mu_stride < 0 || logvar_stride < 0) return VF_BAD_SIZE;
-    if ((eps == nullptr) == (seed == nullptr)) return VF_BAD_SIZE;
+    if ((eps && seed) || (!eps && !seed && B * N > 0)) return VF_BAD_SIZE;  // one noise source (none if empty)
     return kernels().latent_bwd(dtype, gz, gk, gk_stride, gd, mu, logvar, eps, seed, dmu, dlogvar, B, N, mu_stride,
                                 logvar_stride, lo, hi, num_threads);
+}
+
+int vf_philox_words(int64_t seed, int64_t first, int64_t n, uint32_t* out) {
+    if (first < 0 || n < 0) return VF_BAD_SIZE;
+    const vf::PhiloxKey key = vf::philox_key(seed);
+    for (int64_t i = 0; i < n; ++i) {
+        const uint64_t index = static_cast<uint64_t>(first + i);
+        vf::philox_first_two(key, static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), out[2 * i],
+                             out[2 * i + 1]);
+    }
+    return VF_OK;
+}
+
+int vf_seeded_normal(int64_t seed, int64_t first, int64_t n, float* out) {
+    if (first < 0 || n < 0) return VF_BAD_SIZE;
+    vf::fill_seeded_normal(vf::philox_key(seed), first, n, out);
+    return VF_OK;
 }
 
 int vf_bce_fwd(int x_dtype, int t_dtype, const void* x, const void* t, float* recon, int64_t B, int64_t P,

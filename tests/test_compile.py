@@ -12,13 +12,17 @@ def _latent_args(dtype=torch.float32, per_dim=True):
     mu = torch.randn(5, 2, 3, 4, generator=g).to(dtype).requires_grad_()
     logvar = (torch.randn(5, 2, 3, 4, generator=g) * 6).to(dtype).requires_grad_()
     eps = torch.randn(5, 2, 3, 4, generator=g).to(dtype)
-    return (mu, logvar, eps, -4.0, 4.0, per_dim)
+    return (mu, logvar, eps, -4.0, 4.0, per_dim, False)
 
 
 @pytest.mark.parametrize("per_dim", [False, True])
-def test_opcheck_latent(fused_backend, per_dim):
+@pytest.mark.parametrize("seeded", [False, True])
+def test_opcheck_latent(fused_backend, per_dim, seeded):
     ops = select(fused_backend, torch.device("cpu"), torch.float32)
-    torch.library.opcheck(ops.latent_op, _latent_args(per_dim=per_dim))
+    args = _latent_args(per_dim=per_dim)
+    if seeded:  # the noise input is the one-element int64 seed
+        args = (*args[:2], torch.tensor([11]), *args[3:6], True)
+    torch.library.opcheck(ops.latent_op, args)
 
 
 def test_opcheck_bce(fused_backend):

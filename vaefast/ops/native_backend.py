@@ -46,6 +46,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         "vf_bce_bwd": [i32, i32, vp, vp, vp, vp, i64, i64, i32],
         "vf_adam_master_step": [i32, i64, vp, vp, f32, f32, f32, f32, f32, i32, i32],
         "vf_all_finite": [i32, i64, vp, vp, i32],
+        "vf_philox_words": [i64, i64, i64, vp],
+        "vf_seeded_normal": [i64, i64, i64, vp],
     }
     for fn, argtypes in signatures.items():
         getattr(lib, fn).argtypes = argtypes
@@ -190,6 +192,20 @@ def bce_backward(g, logits, target):
     )
     _check(status, "BCE backward")
     return dx
+
+
+def philox_words(seed: int, first: int, n: int) -> torch.Tensor:
+    """[n, 2] int64: the first two Philox4x32-10 words of elements first .. first + n of the seeded noise."""
+    out = torch.empty(n, 2, dtype=torch.int32)
+    _check(library().vf_philox_words(seed, first, n, out.data_ptr()), "Philox words")
+    return out.to(torch.int64) & 0xFFFFFFFF
+
+
+def seeded_normal(seed: int, first: int, n: int) -> torch.Tensor:
+    """[n] float32: the native kernel's normals of elements first .. first + n of the seeded noise."""
+    out = torch.empty(n, dtype=torch.float32)
+    _check(library().vf_seeded_normal(seed, first, n, out.data_ptr()), "seeded normals")
+    return out
 
 
 def adam_master_step(masters, grads, exp_avgs, exp_avg_sqs, params, steps, *, lr: float, beta1: float,
