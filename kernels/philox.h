@@ -44,17 +44,6 @@ static inline float uniform_from_word(uint32_t w) {
     return static_cast<float>(s < 0 ? ~s : s) * 4.6566127342e-10f;
 }
 
-// log(u) for a positive normal float u: u = 2^e m with m in [sqrt(1/2), sqrt(2)), log = e ln2 + log1p(m - 1).
-static inline float log_positive(float u) {
-    const uint32_t bits = float_to_bits(u);
-    const int32_t e = static_cast<int32_t>(bits >> 23) - 127;
-    const float m = bits_to_float((bits & 0x7FFFFFu) | 0x3F800000u);  // [1, 2)
-    const bool halve = m > 1.41421356237f;
-    const float f = (halve ? 0.5f * m : m) - 1.0f;
-    const float ef = static_cast<float>(halve ? e + 1 : e);
-    return ef * 0.693359375f + (log1p_reduced(f) + ef * -2.12194440e-4f);
-}
-
 // cos(2 pi u) for u in [0, 1): folded by symmetry to an angle in [0, pi/4] where Cephes' sin and cos polynomials
 // hold float32 accuracy.
 static inline float cos_two_pi(float u) {

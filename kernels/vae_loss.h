@@ -43,13 +43,15 @@ int vf_latent_bwd(int dtype, const void* gz, const float* gk, int64_t gk_stride,
 int vf_philox_words(int64_t seed, int64_t first, int64_t n, uint32_t* out);
 int vf_seeded_normal(int64_t seed, int64_t first, int64_t n, float* out);
 
-// Pixel side, forward: recon[b] = sum_j BCE-with-logits(x[b, j], t[b, j]). recon: [B] float32.
-int vf_bce_fwd(int x_dtype, int t_dtype, const void* x, const void* t, float* recon, int64_t B, int64_t P,
-               int num_threads);
-
-// Pixel side, backward: dx[b, j] = g[b] * (sigmoid(x[b, j]) - t[b, j]), dx of x_dtype. g: [B] float32.
-int vf_bce_bwd(int x_dtype, int t_dtype, const float* g, const void* x, const void* t, void* dx, int64_t B,
+// Pixel side, forward: recon[b] = sum_j BCE-with-logits(x[b, j], t[b, j]). recon: [B] float32. continuous != 0:
+// the continuous Bernoulli's NLL instead, the BCE minus the log-normalizer log C(sigmoid(x)) of each pixel.
+int vf_bce_fwd(int x_dtype, int t_dtype, int continuous, const void* x, const void* t, float* recon, int64_t B,
                int64_t P, int num_threads);
+
+// Pixel side, backward: dx[b, j] = g[b] * (sigmoid(x[b, j]) - t[b, j]), dx of x_dtype. g: [B] float32; with
+// continuous, minus d log C / dx as well.
+int vf_bce_bwd(int x_dtype, int t_dtype, int continuous, const float* g, const void* x, const void* t, void* dx,
+               int64_t B, int64_t P, int num_threads);
 
 #ifdef __cplusplus
 }

@@ -14,9 +14,9 @@
     extern "C" int vf_latent_bwd_##isa(int, const void*, const float*, int64_t, const float*, const void*,     \
                                        const void*, const void*, const int64_t*, void*, void*, int64_t,        \
                                        int64_t, int64_t, int64_t, float, float, int);                           \
-    extern "C" int vf_bce_fwd_##isa(int, int, const void*, const void*, float*, int64_t, int64_t, int);         \
-    extern "C" int vf_bce_bwd_##isa(int, int, const float*, const void*, const void*, void*, int64_t, int64_t, \
-                                    int);                                                                       \
+    extern "C" int vf_bce_fwd_##isa(int, int, int, const void*, const void*, float*, int64_t, int64_t, int);    \
+    extern "C" int vf_bce_bwd_##isa(int, int, int, const float*, const void*, const void*, void*, int64_t,     \
+                                    int64_t, int);                                                              \
     extern "C" int vf_adam_master_step_##isa(int, int64_t, const int64_t*, const float*, float, float, float,   \
                                              float, float, int, int);                                        \
     extern "C" int vf_all_finite_##isa(int, int64_t, const int64_t*, const void* const*, int);
@@ -125,16 +125,16 @@ int vf_seeded_normal(int64_t seed, int64_t first, int64_t n, float* out) {
     return VF_OK;
 }
 
-int vf_bce_fwd(int x_dtype, int t_dtype, const void* x, const void* t, float* recon, int64_t B, int64_t P,
-               int num_threads) {
-    if (B < 0 || P < 0) return VF_BAD_SIZE;
-    return kernels().bce_fwd(x_dtype, t_dtype, x, t, recon, B, P, num_threads);
-}
-
-int vf_bce_bwd(int x_dtype, int t_dtype, const float* g, const void* x, const void* t, void* dx, int64_t B,
+int vf_bce_fwd(int x_dtype, int t_dtype, int continuous, const void* x, const void* t, float* recon, int64_t B,
                int64_t P, int num_threads) {
     if (B < 0 || P < 0) return VF_BAD_SIZE;
-    return kernels().bce_bwd(x_dtype, t_dtype, g, x, t, dx, B, P, num_threads);
+    return kernels().bce_fwd(x_dtype, t_dtype, continuous, x, t, recon, B, P, num_threads);
+}
+
+int vf_bce_bwd(int x_dtype, int t_dtype, int continuous, const float* g, const void* x, const void* t, void* dx,
+               int64_t B, int64_t P, int num_threads) {
+    if (B < 0 || P < 0) return VF_BAD_SIZE;
+    return kernels().bce_bwd(x_dtype, t_dtype, continuous, g, x, t, dx, B, P, num_threads);
 }
 
 int vf_adam_master_step(int dtype, int64_t count, const int64_t* meta, const float* factors, float lr, float beta1,

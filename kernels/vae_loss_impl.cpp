@@ -264,15 +264,20 @@ void latent_bwd(const T* gz, const float* gk, int64_t gk_stride, const float* gd
     }
 }
 
-template <typename T, typename U>
+// CONTINUOUS: the continuous Bernoulli's NLL, the BCE minus its log-normalizer, in the same pass.
+template <typename T, typename U, bool CONTINUOUS>
 float bce_fwd_row(const T* __restrict x, const U* __restrict target, int64_t n) {
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < n; ++i) acc += vf::bce_with_logits(vf::to_float(x[i]), vf::to_float(target[i]));
+    for (int64_t i = 0; i < n; ++i) {
+        const float xi = vf::to_float(x[i]);
+        const float bce = vf::bce_with_logits(xi, vf::to_float(target[i]));
+        acc += CONTINUOUS ? bce - vf::cb_log_norm(xi) : bce;
+    }
     return acc;
 }
 
-template <typename T, typename U>
+template <typename T, typename U, bool CONTINUOUS>
 void bce_fwd(const T* x, const U* target, float* recon, int64_t B, int64_t P, int num_threads) {
     const Tiling t(B, P);
     const bool parallel = t.parallel();
@@ -281,19 +286,23 @@ void bce_fwd(const T* x, const U* target, float* recon, int64_t B, int64_t P, in
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r)
-            row_partial[r * t.n_chunks + t.chunk(tile)] = bce_fwd_row(x + r * P + c0, target + r * P + c0, n);
+            row_partial[r * t.n_chunks + t.chunk(tile)] =
+                bce_fwd_row<T, U, CONTINUOUS>(x + r * P + c0, target + r * P + c0, n);
     }
     finish_row_sums(row_partial, recon, t, num_threads);
 }
 
-template <typename T, typename U>
+template <typename T, typename U, bool CONTINUOUS>
 void bce_bwd_row(float g, const T* __restrict x, const U* __restrict target, T* __restrict dx, int64_t n) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i)
-        dx[i] = vf::from_float<T>(g * (vf::sigmoid(vf::to_float(x[i])) - vf::to_float(target[i])));
+    for (int64_t i = 0; i < n; ++i) {
+        const float xi = vf::to_float(x[i]);
+        const float d = vf::sigmoid(xi) - vf::to_float(target[i]);
+        dx[i] = vf::from_float<T>(g * (CONTINUOUS ? d - vf::cb_log_norm_grad(xi) : d));
+    }
 }
 
-template <typename T, typename U>
+template <typename T, typename U, bool CONTINUOUS>
 void bce_bwd(const float* g, const T* x, const U* target, T* dx, int64_t B, int64_t P, int num_threads) {
     const Tiling t(B, P);
     const bool parallel = t.parallel();
@@ -301,7 +310,7 @@ void bce_bwd(const float* g, const T* x, const U* target, T* dx, int64_t B, int6
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r)
-            bce_bwd_row(g[r], x + r * P + c0, target + r * P + c0, dx + r * P + c0, n);
+            bce_bwd_row<T, U, CONTINUOUS>(g[r], x + r * P + c0, target + r * P + c0, dx + r * P + c0, n);
     }
 }
 
@@ -346,28 +355,30 @@ int VF_EXPORT(vf_latent_bwd)(int dtype, const void* gz, const float* gk, int64_t
     return ok ? VF_OK : VF_BAD_DTYPE;
 }
 
-int VF_EXPORT(vf_bce_fwd)(int x_dtype, int t_dtype, const void* x, const void* t, float* recon, int64_t B,
-                          int64_t P, int num_threads) {
-    bool t_ok = false;
-    bool x_ok = with_dtype(x_dtype, [&](auto* x_tag) {
-        using T = std::remove_pointer_t<decltype(x_tag)>;
-        t_ok = with_dtype(t_dtype, [&](auto* t_tag) {
-            using U = std::remove_pointer_t<decltype(t_tag)>;
-            bce_fwd<T, U>(static_cast<const T*>(x), static_cast<const U*>(t), recon, B, P, num_threads);
-        });
-    });
-    return x_ok && t_ok ? VF_OK : VF_BAD_DTYPE;
-}
-
-int VF_EXPORT(vf_bce_bwd)(int x_dtype, int t_dtype, const float* g, const void* x, const void* t, void* dx,
+int VF_EXPORT(vf_bce_fwd)(int x_dtype, int t_dtype, int continuous, const void* x, const void* t, float* recon,
                           int64_t B, int64_t P, int num_threads) {
     bool t_ok = false;
     bool x_ok = with_dtype(x_dtype, [&](auto* x_tag) {
         using T = std::remove_pointer_t<decltype(x_tag)>;
         t_ok = with_dtype(t_dtype, [&](auto* t_tag) {
             using U = std::remove_pointer_t<decltype(t_tag)>;
-            bce_bwd<T, U>(g, static_cast<const T*>(x), static_cast<const U*>(t), static_cast<T*>(dx), B, P,
-                          num_threads);
+            (continuous ? bce_fwd<T, U, true> : bce_fwd<T, U, false>)(static_cast<const T*>(x),
+                                                                      static_cast<const U*>(t), recon, B, P,
+                                                                      num_threads);
+        });
+    });
+    return x_ok && t_ok ? VF_OK : VF_BAD_DTYPE;
+}
+
+int VF_EXPORT(vf_bce_bwd)(int x_dtype, int t_dtype, int continuous, const float* g, const void* x, const void* t,
+                          void* dx, int64_t B, int64_t P, int num_threads) {
+    bool t_ok = false;
+    bool x_ok = with_dtype(x_dtype, [&](auto* x_tag) {
+        using T = std::remove_pointer_t<decltype(x_tag)>;
+        t_ok = with_dtype(t_dtype, [&](auto* t_tag) {
+            using U = std::remove_pointer_t<decltype(t_tag)>;
+            (continuous ? bce_bwd<T, U, true> : bce_bwd<T, U, false>)(
+                g, static_cast<const T*>(x), static_cast<const U*>(t), static_cast<T*>(dx), B, P, num_threads);
         });
     });
     return x_ok && t_ok ? VF_OK : VF_BAD_DTYPE;

@@ -102,6 +102,19 @@ static inline float log1p_reduced(float f) {
     return f + (f2 * f * p - 0.5f * f2);
 }
 
+// log(u) for a positive normal float u (and +inf, NaN, which pass through): u = 2^e m with m in
+// [sqrt(1/2), sqrt(2)), log = e ln2 + log1p(m - 1).
+static inline float log_positive(float u) {
+    const uint32_t bits = float_to_bits(u);
+    const int32_t e = static_cast<int32_t>(bits >> 23) - 127;
+    const float m = bits_to_float((bits & 0x7FFFFFu) | 0x3F800000u);  // [1, 2)
+    const bool halve = m > 1.41421356237f;
+    const float f = (halve ? 0.5f * m : m) - 1.0f;
+    const float ef = static_cast<float>(halve ? e + 1 : e);
+    const float result = ef * 0.693359375f + (log1p_reduced(f) + ef * -2.12194440e-4f);
+    return u <= 3.40282347e38f ? result : u;  // false for +inf and NaN
+}
+
 // log1p(e) for e in [0, 1], as log(u) with u = 1 + e = sqrt(2) (1 + f), f = (u - sqrt2) / sqrt2 in
 // [-0.293, 0.414]: one range, no select, so the compiler cannot if-convert it into two polynomial evaluations
 // (it did, with a two-range form). u - sqrt2 is exact (Sterbenz); the only error is rounding 1 + e, an absolute
@@ -119,6 +132,40 @@ static inline float bce_with_logits(float x, float t) {
     float e = exp_nonpositive(-__builtin_fabsf(x));
     float weight = x > 0.0f ? 1.0f - t : -t;
     return (weight == 0.0f ? 0.0f : x * weight) + log1p_0_to_1(e);
+}
+
+// The continuous Bernoulli's log-normalizer (Loaiza-Ganem & Cunningham, 2019) at lambda = sigmoid(x):
+// log C = log(2 atanh(1 - 2 lambda) / (1 - 2 lambda)) = log(x / tanh(x / 2)), even in x; with a = |x| and
+// e = exp(-a), log a - log(1 - e) + log(1 + e), and below a = 0.5, where log a and log(1 - e) cancel, its Taylor
+// series log 2 + x^2/12 - 7x^4/1440 + 31x^6/90720 - 127x^8/4838400 + 73x^10/34214400 (next term 4e-11 at 0.5).
+constexpr float kContinuousBernoulliTaylor = 0.5f;
+
+static inline float cb_log_norm(float x) {
+    const float a = __builtin_fabsf(x);
+    const bool small = a < kContinuousBernoulliTaylor;
+    const float safe = small ? 1.0f : a;
+    const float e = exp_nonpositive(-safe);
+    const float direct = log_positive(safe) - log_positive(1.0f - e) + log1p_0_to_1(e);
+    const float x2 = x * x;
+    const float taylor = 0.69314718056f +
+        x2 * (8.33333333e-2f + x2 * (-4.86111111e-3f + x2 * (3.41710758e-4f + x2 * (-2.62483466e-5f +
+                                                                                    x2 * 2.13360456e-6f))));
+    return small ? taylor : direct;
+}
+
+// d log C / dx = 1/x - csch(x) (odd), with csch(x) = sign(x) 2e / (1 - e^2); below |x| = 0.5 its series
+// x/6 - 7x^3/360 + 31x^5/15120 - 127x^7/604800 + 73x^9/3421440.
+static inline float cb_log_norm_grad(float x) {
+    const float a = __builtin_fabsf(x);
+    const bool small = a < kContinuousBernoulliTaylor;
+    const float safe = small ? 1.0f : x;
+    const float e = exp_nonpositive(-(small ? 1.0f : a));
+    const float csch = 2.0f * e / (1.0f - e * e);
+    const float direct = 1.0f / safe - (safe < 0.0f ? -csch : csch);
+    const float x2 = x * x;
+    const float taylor = x * (1.66666667e-1f + x2 * (-1.94444444e-2f + x2 * (2.05026455e-3f + x2 * (-2.09986772e-4f +
+                                                                                                 x2 * 2.13360456e-5f))));
+    return small ? taylor : direct;
 }
 
 // sigmoid(x) = exp(min(x, 0)) / (1 + exp(-|x|)), which neither overflows nor loses the small tail.

@@ -25,7 +25,7 @@ def main():
     if args.get("zero_noise"):
         fused = vae_module.reparameterize_kl
 
-        def without_noise(mu, logvar, eps=None, **kwargs):
+        def without_noise(mu, logvar, eps=None, *, seed=None, **kwargs):
             return fused(mu, logvar, torch.zeros_like(mu), **kwargs)
 
         vae_module.reparameterize_kl = without_noise

@@ -25,10 +25,11 @@ def test_opcheck_latent(fused_backend, per_dim, seeded):
     torch.library.opcheck(ops.latent_op, args)
 
 
-def test_opcheck_bce(fused_backend):
+@pytest.mark.parametrize("continuous", [False, True])
+def test_opcheck_bce(fused_backend, continuous):
     ops = select(fused_backend, torch.device("cpu"), torch.float32)
     x = (torch.randn(4, 37) * 3).requires_grad_()
-    torch.library.opcheck(ops.bce_op, (x, torch.rand(4, 37)))
+    torch.library.opcheck(ops.bce_op, (x, torch.rand(4, 37), continuous))
 
 
 def _loss(mu, logvar, eps, logits, target, backend):

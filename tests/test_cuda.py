@@ -44,7 +44,7 @@ def test_opcheck_on_cuda():
     ops = select("triton", CUDA, torch.float32)
     mu, logvar, eps, logits, target = _inputs()
     torch.library.opcheck(ops.latent_op, (mu, logvar, eps, -4.0, 4.0, True, False))
-    torch.library.opcheck(ops.bce_op, (logits, target))
+    torch.library.opcheck(ops.bce_op, (logits, target, False))
 
 
 def test_inductor_fullgraph_matches_eager_on_cuda():

@@ -6,6 +6,7 @@ from .ops import (
     VAELossOutput,
     available_backends,
     bce_with_logits,
+    continuous_bernoulli_nll,
     reparameterize_kl,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "__version__",
     "available_backends",
     "bce_with_logits",
+    "continuous_bernoulli_nll",
     "reparameterize_kl",
 ]

@@ -22,7 +22,7 @@ TRAIN_FLAGS = {
     "weight_decay": (None, "weight_decay"), "grad_accum": (None, "grad_accum"),
     "dist_backend": (None, "dist_backend"), "dist_timeout": (None, "dist_timeout"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
     "beta": (None, "beta"), "kl_warmup_steps": (None, "kl_warmup_steps"), "kl_cycles": (None, "kl_cycles"),
-    "free_bits": (None, "free_bits"), "ema": (None, "ema"),
+    "free_bits": (None, "free_bits"), "noise": (None, "noise"), "ema": (None, "ema"),
     "activation_checkpointing": (None, "activation_checkpointing"), "channels_last": (None, "channels_last"),
     "precision": (None, "precision"),
     "compile": (None, "compile"),
@@ -94,6 +94,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-warmup-steps", type=int, default=S, help="linear KL warm-up from 0 to beta")
     p.add_argument("--kl-cycles", type=int, default=S, help="cyclical KL annealing with this many cycles")
     p.add_argument("--free-bits", type=float, default=S, help="per-dimension KL floor in nats")
+    p.add_argument("--noise", choices=["seeded", "randn"], default=S,
+                   help="seeded (default): the fused op draws eps in the kernel from a device key (Philox) and "
+                        "regenerates it in backward; randn: eps from torch.randn_like, saved for backward")
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=S,
                    help="recompute encoder and decoder activations in backward (less memory, one more forward)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S,

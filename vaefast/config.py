@@ -37,6 +37,9 @@ class TrainConfig:
     kl_warmup_steps: int = 0  # linear warm-up of the KL weight from 0 to beta
     kl_cycles: int = 0  # > 0: cyclical annealing with this many cycles over the run (Fu et al., 2019)
     free_bits: float = 0.0  # per-latent-dim KL floor in nats (Kingma et al., 2016)
+    # "seeded": the fused op draws eps in the kernel from a device key and regenerates it in backward (nothing
+    # stored); "randn": eps from torch.randn_like, stored for backward (the explicit-eps path).
+    noise: str = "seeded"
     activation_checkpointing: bool = False  # recompute encoder/decoder activations in backward to save memory
     channels_last: bool = False  # conv models: NHWC weights and batches, where that measures faster
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999)
@@ -77,6 +80,8 @@ class TrainConfig:
             problems.append(f"compile mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.master_weights and self.precision not in ("auto", "bf16"):
             problems.append(f"master weights are for bf16 training; precision is {self.precision!r}")
+        if self.noise not in ("seeded", "randn"):
+            problems.append(f"noise must be 'seeded' or 'randn', got {self.noise!r}")
         if self.optimizer not in ("adam", "adamw"):
             problems.append(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -1,8 +1,9 @@
 """VAE models and their likelihoods."""
 
-from .likelihoods import LIKELIHOODS, Bernoulli, DiscretizedLogistic, Gaussian, Laplace, make_likelihood
+from .likelihoods import (LIKELIHOODS, Bernoulli, ContinuousBernoulli, DiscretizedLogistic, Gaussian, Laplace,
+                          make_likelihood)
 from .protocol import ModuleVAE
 from .vae import VAE, ModelConfig, VAEOutput, build_model, split_moments
 
-__all__ = ["LIKELIHOODS", "VAE", "Bernoulli", "DiscretizedLogistic", "Gaussian", "Laplace", "ModelConfig", "ModuleVAE",
-           "VAEOutput", "build_model", "make_likelihood", "split_moments"]
+__all__ = ["LIKELIHOODS", "VAE", "Bernoulli", "ContinuousBernoulli", "DiscretizedLogistic", "Gaussian", "Laplace",
+           "ModelConfig", "ModuleVAE", "VAEOutput", "build_model", "make_likelihood", "split_moments"]

@@ -32,19 +32,20 @@ class NegativeELBO(nn.Module):
         self.model, self.free_bits = model, free_bits
         self.loss_terms = nn.ModuleList(check_loss_terms(loss_terms))
 
-    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, VAEOutput]:
-        """The per-image reconstruction NLL [B] and the model's output (z, KL per image and per dim, ...)."""
-        out = self.model(x)
+    def terms(self, x: torch.Tensor, noise_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, VAEOutput]:
+        """The per-image reconstruction NLL [B] and the model's output (z, KL per image and per dim, ...);
+        ``noise_seed``: the key of the fused op's seeded noise (None: torch.randn_like)."""
+        out = self.model(x, seed=noise_seed)
         with stage("recon loss"):
             nll = self.model.nll(out.decoded, x)
         return nll, out
 
     def forward(self, x: torch.Tensor, kl_w: torch.Tensor, scale: torch.Tensor,
-                term_weights: torch.Tensor | None = None):
+                term_weights: torch.Tensor | None = None, noise_seed: torch.Tensor | None = None):
         """``scale`` turns the local sums into this rank's share of the global mean (world_size / global count);
         ``term_weights`` holds one weight per extra loss term. Returns the loss and, detached, the NLL and KL sums,
         the per-dim KL and the extra terms' sums (None without terms)."""
-        nll, out = self.terms(x)
+        nll, out = self.terms(x, noise_seed)
         nll_sum = nll.sum()
         total = nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, x.shape[0], self.free_bits)
         term_sums = None

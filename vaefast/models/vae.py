@@ -108,12 +108,15 @@ class VAE(nn.Module):
             return checkpoint(fn, arg, use_reentrant=False)
         return fn(arg)
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> VAEOutput:
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None, *,
+                seed: int | torch.Tensor | None = None) -> VAEOutput:
+        """``eps``: the noise; or ``seed``: the key of noise drawn inside the fused op (see reparameterize_kl);
+        neither: torch.randn_like."""
         with stage("encoder"):
             mu, logvar = self._maybe_checkpointed(self.encode, x)
         with stage("reparam/KL"):
-            z, kl, kl_per_dim = reparameterize_kl(mu, logvar, eps, clamp=self.clamp, backend=self.backend,
-                                                  return_kl_per_dim=True)
+            z, kl, kl_per_dim = reparameterize_kl(mu, logvar, eps, seed=seed, clamp=self.clamp,
+                                                  backend=self.backend, return_kl_per_dim=True)
         with stage("decoder"):
             decoded = self._maybe_checkpointed(self.decode, z)
         return VAEOutput(decoded, z, kl, kl_per_dim, mu, logvar)

@@ -1,7 +1,7 @@
 """The fused VAE loss: reference, backends, dispatch and the public API."""
 
 from .dispatch import BACKENDS, BackendUnavailable, available_backends
-from .functional import bce_with_logits, reparameterize_kl
+from .functional import bce_with_logits, continuous_bernoulli_nll, reparameterize_kl
 from .module import FusedVAELoss, VAELossOutput
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "VAELossOutput",
     "available_backends",
     "bce_with_logits",
+    "continuous_bernoulli_nll",
     "reparameterize_kl",
 ]

@@ -20,7 +20,7 @@ class FusedOps:
 
     name: str
     latent: Callable  # (mu, logvar, noise, lo, hi, per_dim, seeded) -> (z, kl, kl_per_dim)
-    bce: Callable  # (logits, target) -> recon
+    bce: Callable  # (logits, target, continuous) -> recon: BCE, or the continuous Bernoulli's NLL
     latent_op: Callable  # the same as torch.library custom ops, which the two above use under torch.compile
     bce_op: Callable
 
@@ -97,30 +97,32 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
     latent_fwd.register_autograd(latent_grad(latent_bwd), setup_context=latent_setup_context)
 
     @torch.library.custom_op(lib.format("bce_fwd"), mutates_args=())
-    def bce_fwd(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return bce_forward(logits, target)
+    def bce_fwd(logits: torch.Tensor, target: torch.Tensor, continuous: bool) -> torch.Tensor:
+        return bce_forward(logits, target, continuous)
 
     @bce_fwd.register_fake
-    def _(logits, target):
+    def _(logits, target, continuous):
         return logits.new_empty(logits.shape[0], dtype=torch.float32)
 
     @torch.library.custom_op(lib.format("bce_bwd"), mutates_args=())
-    def bce_bwd(g: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return bce_backward(g, logits, target)
+    def bce_bwd(g: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, continuous: bool) -> torch.Tensor:
+        return bce_backward(g, logits, target, continuous)
 
     @bce_bwd.register_fake
-    def _(g, logits, target):
+    def _(g, logits, target, continuous):
         return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
     def bce_setup_context(ctx, inputs, output):
         # The gradient sigmoid(x) - t is recomputed in backward rather than stored in forward: the memory
         # traffic is the same (read x, t; write dx) and no extra logits-sized buffer is held between the passes.
-        ctx.save_for_backward(*inputs)
+        logits, target, continuous = inputs
+        ctx.save_for_backward(logits, target)
+        ctx.continuous = continuous
 
     def bce_grad(backward):
         def grad(ctx, g):
             logits, target = ctx.saved_tensors
-            return backward(g.float(), logits, target), None
+            return backward(g.float(), logits, target, ctx.continuous), None, None
 
         return grad
 
@@ -136,9 +138,9 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
         latent_setup_context(ctx, inputs, out)
         return out
 
-    def bce_function_forward(ctx, logits, target):
-        bce_setup_context(ctx, (logits, target), None)
-        return bce_forward(logits, target)
+    def bce_function_forward(ctx, logits, target, continuous):
+        bce_setup_context(ctx, (logits, target, continuous), None)
+        return bce_forward(logits, target, continuous)
 
     # Named per backend (the autograd node becomes e.g. "vaefast_latent_nativeBackward"), so that profiles and
     # traces say which kernel ran.
@@ -152,9 +154,9 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
             return latent_fwd(mu, logvar, noise, lo, hi, per_dim, seeded)
         return LatentFunction.apply(mu, logvar, noise, lo, hi, per_dim, seeded)
 
-    def bce(logits, target):
+    def bce(logits, target, continuous=False):
         if torch.compiler.is_compiling():
-            return bce_fwd(logits, target)
-        return BCEFunction.apply(logits, target)
+            return bce_fwd(logits, target, continuous)
+        return BCEFunction.apply(logits, target, continuous)
 
     return FusedOps(name=name, latent=latent, bce=bce, latent_op=latent_fwd, bce_op=bce_fwd)

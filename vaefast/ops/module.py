@@ -45,10 +45,11 @@ class FusedVAELoss(nn.Module):
         self.reduction = reduction
         self.backend = backend
 
-    def reparameterize(self, mu, logvar, eps=None, *, return_kl_per_dim: bool = False):
-        """``reparameterize_kl`` with this loss's clamp and backend: ``(z, kl[, kl_per_dim])``."""
+    def reparameterize(self, mu, logvar, eps=None, *, seed=None, return_kl_per_dim: bool = False):
+        """``reparameterize_kl`` with this loss's clamp and backend: ``(z, kl[, kl_per_dim])``; ``seed`` draws the
+        noise inside the kernel (see reparameterize_kl)."""
         return reparameterize_kl(
-            mu, logvar, eps, clamp=self.clamp, backend=self.backend, return_kl_per_dim=return_kl_per_dim
+            mu, logvar, eps, seed=seed, clamp=self.clamp, backend=self.backend, return_kl_per_dim=return_kl_per_dim
         )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, kl: torch.Tensor) -> VAELossOutput:

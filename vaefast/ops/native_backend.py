@@ -42,8 +42,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         "vf_has_float16": [],
         "vf_latent_fwd": [i32, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i32],
         "vf_latent_bwd": [i32, vp, vp, i64, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i32],
-        "vf_bce_fwd": [i32, i32, vp, vp, vp, i64, i64, i32],
-        "vf_bce_bwd": [i32, i32, vp, vp, vp, vp, i64, i64, i32],
+        "vf_bce_fwd": [i32, i32, i32, vp, vp, vp, i64, i64, i32],
+        "vf_bce_bwd": [i32, i32, i32, vp, vp, vp, vp, i64, i64, i32],
         "vf_adam_master_step": [i32, i64, vp, vp, f32, f32, f32, f32, f32, i32, i32],
         "vf_all_finite": [i32, i64, vp, vp, i32],
         "vf_philox_words": [i64, i64, i64, vp],
@@ -170,25 +170,25 @@ def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded:
     return dmu, dlogvar
 
 
-def bce_forward(logits, target):
+def bce_forward(logits, target, continuous: bool = False):
     B, P = logits.shape[0], math.prod(logits.shape[1:])
     logits, target = logits.contiguous(), target.contiguous()
     recon = torch.empty(B, dtype=torch.float32)
     status = library().vf_bce_fwd(
-        _dtype_code(logits), _dtype_code(target), logits.data_ptr(), target.data_ptr(), recon.data_ptr(), B, P,
-        _threads(),
+        _dtype_code(logits), _dtype_code(target), int(continuous), logits.data_ptr(), target.data_ptr(),
+        recon.data_ptr(), B, P, _threads(),
     )
     _check(status, "BCE forward")
     return recon
 
 
-def bce_backward(g, logits, target):
+def bce_backward(g, logits, target, continuous: bool = False):
     B, P = logits.shape[0], math.prod(logits.shape[1:])
     logits, target, g = logits.contiguous(), target.contiguous(), g.contiguous()
     dx = torch.empty_like(logits)
     status = library().vf_bce_bwd(
-        _dtype_code(logits), _dtype_code(target), g.data_ptr(), logits.data_ptr(), target.data_ptr(),
-        dx.data_ptr(), B, P, _threads(),
+        _dtype_code(logits), _dtype_code(target), int(continuous), g.data_ptr(), logits.data_ptr(),
+        target.data_ptr(), dx.data_ptr(), B, P, _threads(),
     )
     _check(status, "BCE backward")
     return dx

@@ -105,8 +105,43 @@ def latent_bwd_kernel(
     tl.store(dlogvar_ptr + offs, dlogvar.to(dlogvar_ptr.dtype.element_ty), mask=mask)
 
 
+# Below this |logit| the continuous Bernoulli's log-normalizer and its derivative use their Taylor series: the
+# closed forms subtract nearly equal numbers there.
+CB_TAYLOR = 0.5
+
+
 @triton.jit
-def bce_fwd_kernel(x_ptr, t_ptr, partial_ptr, P, n_col_blocks, BLOCK: tl.constexpr):
+def _cb_log_norm(x):
+    """``reference.continuous_bernoulli_log_norm``: log(x / tanh(x/2)) = log a - log(1 - e) + log(1 + e), a = |x|,
+    e = exp(-a); its Taylor series near 0."""
+    a = tl.abs(x)
+    small = a < CB_TAYLOR
+    safe = tl.where(small, 1.0, a)
+    e = tl.exp(-safe)
+    direct = tl.log(safe) - tl.log(1.0 - e) + tl.log(1.0 + e)
+    x2 = x * x
+    taylor = 0.6931471805599453 + x2 * (1.0 / 12.0 + x2 * (-7.0 / 1440.0 + x2 * (31.0 / 90720.0 + x2 * (
+        -127.0 / 4838400.0 + x2 * (73.0 / 34214400.0)))))
+    return tl.where(small, taylor, direct)
+
+
+@triton.jit
+def _cb_log_norm_grad(x):
+    """d log C / dx = 1/x - csch(x); its Taylor series near 0."""
+    a = tl.abs(x)
+    small = a < CB_TAYLOR
+    safe = tl.where(small, 1.0, x)
+    e = tl.exp(-tl.where(small, 1.0, a))
+    csch = 2.0 * e / (1.0 - e * e)
+    direct = 1.0 / safe - tl.where(safe < 0, -csch, csch)
+    x2 = x * x
+    taylor = x * (1.0 / 6.0 + x2 * (-7.0 / 360.0 + x2 * (31.0 / 15120.0 + x2 * (
+        -127.0 / 604800.0 + x2 * (73.0 / 3421440.0)))))
+    return tl.where(small, taylor, direct)
+
+
+@triton.jit
+def bce_fwd_kernel(x_ptr, t_ptr, partial_ptr, P, n_col_blocks, BLOCK: tl.constexpr, CONTINUOUS: tl.constexpr):
     row = tl.program_id(0)
     col_block = tl.program_id(1)
     cols = col_block * BLOCK + tl.arange(0, BLOCK)
@@ -122,12 +157,14 @@ def bce_fwd_kernel(x_ptr, t_ptr, partial_ptr, P, n_col_blocks, BLOCK: tl.constex
     # x (1 - t) for x > 0, -x t otherwise: max(x, 0) - x*t would be inf - inf = NaN at x = +inf.
     weight = tl.where(x > 0, 1.0 - t, -t)
     loss = tl.where(weight == 0.0, 0.0, x * weight) + log1p_e
+    if CONTINUOUS:  # the continuous Bernoulli: minus its log-normalizer, in the same pass
+        loss = loss - _cb_log_norm(x)
     loss = tl.where(mask, loss, 0.0)
     tl.store(partial_ptr + row.to(tl.int64) * n_col_blocks + col_block, tl.sum(loss, axis=0))
 
 
 @triton.jit
-def bce_bwd_kernel(g_ptr, x_ptr, t_ptr, dx_ptr, P, BLOCK: tl.constexpr):
+def bce_bwd_kernel(g_ptr, x_ptr, t_ptr, dx_ptr, P, BLOCK: tl.constexpr, CONTINUOUS: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < P
@@ -137,7 +174,10 @@ def bce_bwd_kernel(g_ptr, x_ptr, t_ptr, dx_ptr, P, BLOCK: tl.constexpr):
     g = tl.load(g_ptr + row)
     e = tl.exp(-tl.abs(x))
     sigmoid = tl.where(x >= 0, 1.0, e) / (1.0 + e)
-    tl.store(dx_ptr + offs, (g * (sigmoid - t)).to(dx_ptr.dtype.element_ty), mask=mask)
+    d = sigmoid - t
+    if CONTINUOUS:
+        d = d - _cb_log_norm_grad(x)
+    tl.store(dx_ptr + offs, (g * d).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------------------- launch helpers
@@ -198,7 +238,7 @@ def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded:
     return dmu, dlogvar
 
 
-def bce_forward(logits, target):
+def bce_forward(logits, target, continuous: bool = False):
     B = logits.shape[0]
     P = math.prod(logits.shape[1:])
     if B == 0 or P == 0:
@@ -208,12 +248,12 @@ def bce_forward(logits, target):
     partial = torch.empty(B, n_col_blocks, dtype=torch.float32, device=logits.device)
     bce_fwd_kernel[(B, n_col_blocks)](
         logits.contiguous(), target.contiguous(), partial, P, n_col_blocks,
-        BLOCK=block, num_warps=_num_warps(block),
+        BLOCK=block, CONTINUOUS=continuous, num_warps=_num_warps(block),
     )
     return partial.sum(1)
 
 
-def bce_backward(g, logits, target):
+def bce_backward(g, logits, target, continuous: bool = False):
     dx = torch.empty_like(logits, memory_format=torch.contiguous_format)
     B = logits.shape[0]
     P = math.prod(logits.shape[1:])
@@ -222,6 +262,6 @@ def bce_backward(g, logits, target):
     block = _block_size(P)
     bce_bwd_kernel[(B, triton.cdiv(P, block))](
         g.contiguous(), logits.contiguous(), target.contiguous(), dx, P,
-        BLOCK=block, num_warps=_num_warps(block),
+        BLOCK=block, CONTINUOUS=continuous, num_warps=_num_warps(block),
     )
     return dx

@@ -22,24 +22,31 @@ BLOCK = 1024
 
 
 def kernel_specs(elem: str, block: int = BLOCK) -> dict[str, tuple[dict, dict, list[int]]]:
-    """Per kernel: its signature, constexprs, and the argument indices that get the divisibility hint."""
+    """Per kernel (``name`` or ``name[seeded]``, the noise drawn in the kernel from an int64 seed): its signature,
+    constexprs, and the argument indices that get the divisibility hint."""
     BLOCK = block  # noqa: N806 - the constexpr's own name
     f32p = "*fp32"
-    return {
-        "latent_fwd_kernel": (
-            {"mu_ptr": elem, "logvar_ptr": elem, "eps_ptr": elem, "z_ptr": elem, "kl_partial_ptr": f32p,
+    specs = {}
+    for seeded in (False, True):
+        noise = "*i64" if seeded else elem
+        suffix = "[seeded]" if seeded else ""
+        specs["latent_fwd_kernel" + suffix] = (
+            {"mu_ptr": elem, "logvar_ptr": elem, "eps_ptr": noise, "z_ptr": elem, "kl_partial_ptr": f32p,
              "kl_dim_partial_ptr": f32p, "B": "i32", "N": "i32", "n_col_blocks": "i32", "lo": "fp32",
-             "hi": "fp32", "BLOCK": "constexpr", "ROWS": "constexpr", "PER_DIM": "constexpr"},
-            {"BLOCK": BLOCK, "ROWS": 4, "PER_DIM": True},
+             "hi": "fp32", "BLOCK": "constexpr", "ROWS": "constexpr", "PER_DIM": "constexpr",
+             "SEEDED": "constexpr"},
+            {"BLOCK": BLOCK, "ROWS": 4, "PER_DIM": True, "SEEDED": seeded},
             [0, 1, 2, 3, 4, 5, 7],
-        ),
-        "latent_bwd_kernel": (
-            {"gz_ptr": elem, "gk_ptr": f32p, "gd_ptr": f32p, "mu_ptr": elem, "logvar_ptr": elem, "eps_ptr": elem,
+        )
+        specs["latent_bwd_kernel" + suffix] = (
+            {"gz_ptr": elem, "gk_ptr": f32p, "gd_ptr": f32p, "mu_ptr": elem, "logvar_ptr": elem, "eps_ptr": noise,
              "dmu_ptr": elem, "dlogvar_ptr": elem, "N": "i32", "lo": "fp32", "hi": "fp32",
-             "BLOCK": "constexpr", "HAS_GD": "constexpr"},
-            {"BLOCK": BLOCK, "HAS_GD": True},
+             "BLOCK": "constexpr", "HAS_GD": "constexpr", "SEEDED": "constexpr"},
+            {"BLOCK": BLOCK, "HAS_GD": True, "SEEDED": seeded},
             [0, 1, 2, 3, 4, 5, 6, 7, 8],
-        ),
+        )
+    return {
+        **specs,
         "bce_fwd_kernel": (
             {"x_ptr": elem, "t_ptr": elem, "partial_ptr": f32p, "P": "i32", "n_col_blocks": "i32",
              "BLOCK": "constexpr"},
@@ -70,7 +77,7 @@ def inspect_kernel(name: str, dtype: str, arch: int, block: int = BLOCK, num_war
 
     signature, constexprs, hinted = kernel_specs(DTYPES[dtype], block)[name]
     attrs = {(i,): [["tt.divisibility", 16]] for i in hinted}
-    source = ASTSource(fn=getattr(triton_backend, name), signature=signature, constexprs=constexprs, attrs=attrs)
+    source = ASTSource(fn=getattr(triton_backend, name.split("[")[0]), signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")

@@ -40,6 +40,7 @@ from .monitor import Monitor
 from .preemption import StopRequest
 from .optim import make_optimizer, native_master_step_available, skips_on_device
 from .schedules import KLWeight
+from .noise import NoiseSeeds
 from .state import reshard_position, rng_state, seed_everything, set_rng_state
 
 
@@ -115,6 +116,7 @@ class Trainer:
         self.preempted = False  # stopped by SIGTERM/SIGINT
         self.stop_request: StopRequest | None = None
         self.last_checkpoint: Path | None = None
+        self.noise_seeds = NoiseSeeds(cfg.seed, rank, device) if cfg.noise == "seeded" else None
         self.kl_schedule = KLWeight(self.total_steps, cfg.beta, cfg.kl_warmup_steps, cfg.kl_cycles, device=device)
         self._term_w_value, self._term_w = None, None
         self._unit_scale = None
@@ -157,8 +159,9 @@ class Trainer:
             with sync:
                 if self.plan.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()
+                noise_seed = self.noise_seeds.next() if self.noise_seeds is not None else None
                 with self.plan.autocast():
-                    loss, *part = self.loss_fn(x, kl_w, scale, term_w)
+                    loss, *part = self.loss_fn(x, kl_w, scale, term_w, noise_seed)
                 with stage("backward"):
                     self.scaler.scale(loss).backward()
             finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
@@ -412,6 +415,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
+            **({"noise": self.noise_seeds.state_dict()} if self.noise_seeds is not None else {}),
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
@@ -462,6 +466,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        if self.noise_seeds is not None and "noise" in state:
+            self.noise_seeds.load_state_dict(state["noise"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.kl_schedule.set_step(self.step)
         self.guard.skipped = state.get("skipped_steps", 0)
