@@ -3,7 +3,8 @@
 The same kernels run on CUDA tensors and, under ``TRITON_INTERPRET=1``, on CPU tensors, which is how CI checks
 them without a GPU. Layout: program axis 0 walks rows (the batch, up to 2**31 programs), axis 1 walks column
 blocks. Per-sample sums are written as ``[B, n_col_blocks]`` partials and finished with a tiny ``sum(1)``, so
-every reduction has a fixed order and the results are deterministic (no atomics).
+every reduction has a fixed order and the results are deterministic (no atomics). Where a row fits one program
+(one column block) the partials are the sums themselves and are returned as a view: no second launch.
 """
 
 from __future__ import annotations
@@ -196,6 +197,11 @@ def _num_warps(block: int) -> int:
     return 4 if block >= 512 else (2 if block >= 128 else 1)
 
 
+def _finish(partial: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sum of ``partial`` over ``dim``: a view when that dimension has one block (nothing to add, no launch)."""
+    return partial.squeeze(dim) if partial.shape[dim] == 1 else partial.sum(dim)
+
+
 def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seeded: bool = False):
     """``noise`` is eps, or with ``seeded`` the one-element int64 seed tensor."""
     B = mu.shape[0]
@@ -217,8 +223,11 @@ def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seede
         mu, logvar, noise, z, kl_partial, kl_dim_partial, B, N, n_col_blocks, lo, hi,
         BLOCK=block, ROWS=ROWS_PER_PROGRAM, PER_DIM=per_dim, SEEDED=seeded, num_warps=_num_warps(block),
     )
-    kl_dim = kl_dim_partial.sum(0).view(kl_dim_shape) if per_dim else kl_dim_partial.new_zeros(0)
-    return z, kl_partial.sum(1), kl_dim
+    if not per_dim:
+        kl_dim = kl_dim_partial.new_zeros(0)
+    else:
+        kl_dim = _finish(kl_dim_partial, 0).view(kl_dim_shape)
+    return z, _finish(kl_partial, 1), kl_dim
 
 
 def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded: bool = False):
@@ -250,7 +259,7 @@ def bce_forward(logits, target, continuous: bool = False):
         logits.contiguous(), target.contiguous(), partial, P, n_col_blocks,
         BLOCK=block, CONTINUOUS=continuous, num_warps=_num_warps(block),
     )
-    return partial.sum(1)
+    return _finish(partial, 1)
 
 
 def bce_backward(g, logits, target, continuous: bool = False):
