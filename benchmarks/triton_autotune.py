@@ -123,10 +123,10 @@ def tune(dtype: torch.dtype, out: Path, *, device: str = "cuda", batch: int = 25
 
         def bfwd():
             partial.zero_()
-            bce_fwd[lambda m: (B, triton.cdiv(p, m["BLOCK"]))](x, t, partial, p, max_blocks)
+            bce_fwd[lambda m: (B, triton.cdiv(p, m["BLOCK"]))](x, t, partial, p, max_blocks, CONTINUOUS=False)
 
         def bbwd():
-            bce_bwd[lambda m: (B, triton.cdiv(p, m["BLOCK"]))](g, x, t, dx, p)
+            bce_bwd[lambda m: (B, triton.cdiv(p, m["BLOCK"]))](g, x, t, dx, p, CONTINUOUS=False)
 
         bfwd()
         bfwd()

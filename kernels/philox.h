@@ -4,9 +4,22 @@
 // polynomial cos, within a few float32 ulp of the other backends'. Everything is branch-free so that the loops
 // filling a tile vectorize.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "vector_math.h"
+
+// Forced inline: called from many kernel instantiations, GCC's inliner otherwise gives up on seeded_normal, and the
+// fill loop, left with a call inside, does not vectorize.
+#if defined(__GNUC__)
+#define VF_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define VF_ALWAYS_INLINE inline
+#endif
 
 namespace vf {
 
@@ -19,34 +32,36 @@ static inline PhiloxKey philox_key(int64_t seed) {
     return {static_cast<uint32_t>(bits), static_cast<uint32_t>(bits >> 32)};
 }
 
-// The first two output words of Philox4x32-10 at counter (c0, c1, 0, 0).
-static inline void philox_first_two(PhiloxKey key, uint32_t c0, uint32_t c1, uint32_t& out0, uint32_t& out1) {
-    uint32_t c2 = 0, c3 = 0, k0 = key.k0, k1 = key.k1;
+// The first two output words of Philox4x32-10 at counter (c0, c1, 0, 0). The 32-bit words live in 64-bit
+// variables so that, vectorized, each product is one 32x32->64 lane multiply (vpmuludq) with no repacking of
+// 32-bit lanes between rounds; every value stays below 2^32 except the products.
+static VF_ALWAYS_INLINE void philox_first_two(PhiloxKey key, uint32_t counter0, uint32_t counter1, uint32_t& out0,
+                                              uint32_t& out1) {
+    constexpr uint64_t kLow = 0xFFFFFFFFu;
+    uint64_t c0 = counter0, c1 = counter1, c2 = 0, c3 = 0, k0 = key.k0, k1 = key.k1;
     for (int round = 0; round < 10; ++round) {
-        const uint64_t pb = static_cast<uint64_t>(0xCD9E8D57u) * c2;
-        const uint64_t pa = static_cast<uint64_t>(0xD2511F53u) * c0;
-        const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c1 ^ k0;
-        const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ c3 ^ k1;
-        c1 = static_cast<uint32_t>(pb);
-        c3 = static_cast<uint32_t>(pa);
-        c0 = n0;
-        c2 = n2;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
+        const uint64_t pb = 0xCD9E8D57u * c2;
+        const uint64_t pa = 0xD2511F53u * c0;
+        c0 = (pb >> 32) ^ c1 ^ k0;
+        c2 = (pa >> 32) ^ c3 ^ k1;
+        c1 = pb & kLow;
+        c3 = pa & kLow;
+        k0 = (k0 + 0x9E3779B9u) & kLow;
+        k1 = (k1 + 0xBB67AE85u) & kLow;
     }
-    out0 = c0;
-    out1 = c1;
+    out0 = static_cast<uint32_t>(c0);
+    out1 = static_cast<uint32_t>(c1);
 }
 
 // A uint32 word to [0, 1) as Triton's uint_to_uniform_float: read as int32, negatives folded by bitwise not.
-static inline float uniform_from_word(uint32_t w) {
+static VF_ALWAYS_INLINE float uniform_from_word(uint32_t w) {
     const int32_t s = static_cast<int32_t>(w);
     return static_cast<float>(s < 0 ? ~s : s) * 4.6566127342e-10f;
 }
 
 // cos(2 pi u) for u in [0, 1): folded by symmetry to an angle in [0, pi/4] where Cephes' sin and cos polynomials
 // hold float32 accuracy.
-static inline float cos_two_pi(float u) {
+static VF_ALWAYS_INLINE float cos_two_pi(float u) {
     const float v = u > 0.5f ? u - 1.0f : u;
     const float a = __builtin_fabsf(v);                   // [0, 0.5]: cos(2 pi a)
     const bool flip = a > 0.25f;                          // cos(2 pi a) = -cos(2 pi (0.5 - a))
@@ -61,18 +76,86 @@ static inline float cos_two_pi(float u) {
     return flip ? -r : r;
 }
 
-static inline float seeded_normal(PhiloxKey key, uint64_t index) {
-    uint32_t w0, w1;
-    philox_first_two(key, static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), w0, w1);
+// Box-Muller of two Philox words, as Triton's pair_uniform_to_normal (first output).
+static VF_ALWAYS_INLINE float normal_from_words(uint32_t w0, uint32_t w1) {
     const float u1 = uniform_from_word(w0);
     const float clamped = u1 < 1.0e-7f ? 1.0e-7f : u1;
     return __builtin_sqrtf(-2.0f * log_positive(clamped)) * cos_two_pi(uniform_from_word(w1));
 }
 
-// out[i] = the normal of element first + i, for i < n.
+static VF_ALWAYS_INLINE float seeded_normal(PhiloxKey key, uint64_t index) {
+    uint32_t w0, w1;
+    philox_first_two(key, static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), w0, w1);
+    return normal_from_words(w0, w1);
+}
+
+#if defined(__AVX2__)
+// x86 has no 32-bit multiply-high: the even and odd lanes are multiplied apart as 32x32->64 products
+// (vpmuludq) and blended back. Compilers vectorize the scalar form with 64-bit lanes and emulated 64-bit
+// multiplies, several times slower.
+static inline void mul_hi_lo(__m256i constant, __m256i x, __m256i& hi, __m256i& lo) {
+    const __m256i even = _mm256_mul_epu32(constant, x);
+    const __m256i odd = _mm256_mul_epu32(constant, _mm256_srli_epi64(x, 32));
+    lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+// Words of 8 consecutive counters (low word first .. first + 7, high word `high`), no carry between them.
+static inline void philox_first_two_x8(PhiloxKey key, uint32_t first, uint32_t high, uint32_t* out0,
+                                       uint32_t* out1) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first)),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(high)), c2 = _mm256_setzero_si256(), c3 = c2;
+    __m256i k0 = _mm256_set1_epi32(static_cast<int>(key.k0)), k1 = _mm256_set1_epi32(static_cast<int>(key.k1));
+    const __m256i round_a = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+    const __m256i round_b = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+    const __m256i key_a = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u));
+    const __m256i key_b = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
+    for (int round = 0; round < 10; ++round) {
+        __m256i hi_b, lo_b, hi_a, lo_a;
+        mul_hi_lo(round_b, c2, hi_b, lo_b);
+        mul_hi_lo(round_a, c0, hi_a, lo_a);
+        c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, c1), k0);
+        c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, c3), k1);
+        c1 = lo_b;
+        c3 = lo_a;
+        k0 = _mm256_add_epi32(k0, key_a);
+        k1 = _mm256_add_epi32(k1, key_b);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out0), c0);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out1), c1);
+}
+#endif
+
+// The first two words of counters first .. first + n.
+static inline void philox_words(PhiloxKey key, int64_t first, int64_t n, uint32_t* __restrict out0,
+                                uint32_t* __restrict out1) {
+    int64_t i = 0;
+#if defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) {
+        const uint64_t index = static_cast<uint64_t>(first + i);
+        const uint32_t low = static_cast<uint32_t>(index);
+        if (low > 0xFFFFFFFFu - 7u) break;  // the high word changes inside this group: finish in scalar
+        philox_first_two_x8(key, low, static_cast<uint32_t>(index >> 32), out0 + i, out1 + i);
+    }
+#endif
+    for (; i < n; ++i) {
+        const uint64_t index = static_cast<uint64_t>(first + i);
+        philox_first_two(key, static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), out0[i], out1[i]);
+    }
+}
+
+// out[i] = the normal of element first + i, for i < n: the words in groups, then the vectorized transform.
 static inline void fill_seeded_normal(PhiloxKey key, int64_t first, int64_t n, float* __restrict out) {
+    constexpr int64_t kGroup = 256;
+    uint32_t w0[kGroup], w1[kGroup];
+    for (int64_t start = 0; start < n; start += kGroup) {
+        const int64_t m = std::min(kGroup, n - start);
+        philox_words(key, first + start, m, w0, w1);
+        float* __restrict dst = out + start;
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = seeded_normal(key, static_cast<uint64_t>(first + i));
+        for (int64_t i = 0; i < m; ++i) dst[i] = normal_from_words(w0[i], w1[i]);
+    }
 }
 
 }  // namespace vf

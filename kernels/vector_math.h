@@ -104,6 +104,9 @@ static inline float log1p_reduced(float f) {
 
 // log(u) for a positive normal float u (and +inf, NaN, which pass through): u = 2^e m with m in
 // [sqrt(1/2), sqrt(2)), log = e ln2 + log1p(m - 1).
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 static inline float log_positive(float u) {
     const uint32_t bits = float_to_bits(u);
     const int32_t e = static_cast<int32_t>(bits >> 23) - 127;

@@ -109,7 +109,9 @@ def test_same_result_with_one_and_two_threads(native, batch, width):
 
 @pytest.mark.parametrize("isa", ["baseline", "x86-64-v3"])
 def test_lower_isa_copies_match_reference(native, isa):
-    """Each compiled copy of the loops (chosen at load time by CPU features) is correct, not only the best one."""
+    """Each compiled copy of the loops (chosen at load time by CPU features) is correct, not only the best one: the
+    eps and seeded-noise latent paths (the x86-64-v3 copy draws Philox with AVX2, the baseline one in scalar code)
+    and the BCE and continuous Bernoulli passes."""
     if platform.machine() not in ("x86_64", "AMD64") and isa != "baseline":
         pytest.skip("only the baseline copy is built off x86-64")
     out = _run(
@@ -125,8 +127,11 @@ def test_lower_isa_copies_match_reference(native, isa):
                 z, kl = vaefast.reparameterize_kl(mu, lv, eps, backend=b)
                 x = (mu * 3).detach().requires_grad_()
                 r = vaefast.bce_with_logits(x, torch.rand(9, 777, generator=g.manual_seed(1)), backend=b)
-                grads = torch.autograd.grad((z.float().sum() + kl.sum() + r.sum()), (mu, lv, x))
-                res[b] = [z.float(), kl, r] + [t.float() for t in grads]
+                zs, kls = vaefast.reparameterize_kl(mu, lv, seed=5, backend=b)  # seeded noise (Philox)
+                cb = vaefast.continuous_bernoulli_nll(x, torch.rand(9, 777, generator=g.manual_seed(2)), backend=b)
+                loss = z.float().sum() + kl.sum() + r.sum() + (zs.float() ** 2).sum() + kls.sum() + cb.sum()
+                grads = torch.autograd.grad(loss, (mu, lv, x))
+                res[b] = [z.float(), kl, r, zs.float(), cb] + [t.float() for t in grads]
             for a, b in zip(res["native"], res["torch"]):
                 torch.testing.assert_close(a, b, rtol=1e-2 if dtype != torch.float32 else 1e-5, atol=1e-3)
         print("ISA", native_backend.isa())

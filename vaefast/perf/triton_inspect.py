@@ -22,8 +22,9 @@ BLOCK = 1024
 
 
 def kernel_specs(elem: str, block: int = BLOCK) -> dict[str, tuple[dict, dict, list[int]]]:
-    """Per kernel (``name`` or ``name[seeded]``, the noise drawn in the kernel from an int64 seed): its signature,
-    constexprs, and the argument indices that get the divisibility hint."""
+    """Per kernel (``name``, ``name[seeded]`` with the noise drawn in the kernel from an int64 seed, or
+    ``name[continuous]`` for the continuous Bernoulli): its signature, constexprs, and the argument indices that get
+    the divisibility hint."""
     BLOCK = block  # noqa: N806 - the constexpr's own name
     f32p = "*fp32"
     specs = {}
@@ -45,20 +46,21 @@ def kernel_specs(elem: str, block: int = BLOCK) -> dict[str, tuple[dict, dict, l
             {"BLOCK": BLOCK, "HAS_GD": True, "SEEDED": seeded},
             [0, 1, 2, 3, 4, 5, 6, 7, 8],
         )
-    return {
-        **specs,
-        "bce_fwd_kernel": (
+    for continuous in (False, True):  # [continuous]: the continuous Bernoulli's log-normalizer in the same pass
+        suffix = "[continuous]" if continuous else ""
+        specs["bce_fwd_kernel" + suffix] = (
             {"x_ptr": elem, "t_ptr": elem, "partial_ptr": f32p, "P": "i32", "n_col_blocks": "i32",
-             "BLOCK": "constexpr"},
-            {"BLOCK": BLOCK},
+             "BLOCK": "constexpr", "CONTINUOUS": "constexpr"},
+            {"BLOCK": BLOCK, "CONTINUOUS": continuous},
             [0, 1, 2, 3],
-        ),
-        "bce_bwd_kernel": (
-            {"g_ptr": f32p, "x_ptr": elem, "t_ptr": elem, "dx_ptr": elem, "P": "i32", "BLOCK": "constexpr"},
-            {"BLOCK": BLOCK},
+        )
+        specs["bce_bwd_kernel" + suffix] = (
+            {"g_ptr": f32p, "x_ptr": elem, "t_ptr": elem, "dx_ptr": elem, "P": "i32", "BLOCK": "constexpr",
+             "CONTINUOUS": "constexpr"},
+            {"BLOCK": BLOCK, "CONTINUOUS": continuous},
             [0, 1, 2, 3, 4],
-        ),
-    }
+        )
+    return specs
 
 
 def _cuobjdump(*args: str) -> str:
