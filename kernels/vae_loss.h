@@ -26,17 +26,21 @@ int vf_has_float16(void);
 // kl_per_dim: [N] float32 or NULL when not wanted. eps and z are contiguous; the N elements of each row of mu and
 // logvar are contiguous and their rows lie mu_stride and logvar_stride elements apart (N when contiguous; 2N for
 // the two halves of a packed [B, 2N] encoder output).
+// samples = K > 1: z and eps are [K, B, N] (sample k at k * B * N, seeded noise counted likewise), drawn from one
+// read of mu and logvar; kl is the analytic KL, the same for every sample.
 int vf_latent_fwd(int dtype, const void* mu, const void* logvar, const void* eps, const int64_t* seed, void* z,
                   float* kl, float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride,
-                  float lo, float hi, int num_threads);
+                  float lo, float hi, int64_t samples, int num_threads);
 
 // Latent side, backward. gz, mu, logvar, eps, dmu, dlogvar: [B, N] of `dtype`, mu and logvar with row strides as
 // in the forward, the others contiguous; gk: [B] float32 with elements gk_stride apart (0: one value broadcast,
 // as the gradient of a sum arrives); gd: [N] float32 (upstream gradient of kl_per_dim) or NULL; eps or seed as in
 // the forward, which regenerates the same noise.
+// With samples = K > 1, gz and eps are [K, B, N] and the gradients are summed over the samples.
 int vf_latent_bwd(int dtype, const void* gz, const float* gk, int64_t gk_stride, const float* gd, const void* mu,
                   const void* logvar, const void* eps, const int64_t* seed, void* dmu, void* dlogvar, int64_t B,
-                  int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads);
+                  int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int64_t samples,
+                  int num_threads);
 
 // The seeded noise's stream, for tests against the reference: the first two Philox4x32-10 words (out: 2n uint32)
 // and the normals (out: n float32) of elements first .. first + n under seed.

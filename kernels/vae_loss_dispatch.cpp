@@ -10,10 +10,11 @@
 
 #define VF_DECLARE(isa)                                                                                          \
     extern "C" int vf_latent_fwd_##isa(int, const void*, const void*, const void*, const int64_t*, void*,      \
-                                       float*, float*, int64_t, int64_t, int64_t, int64_t, float, float, int);  \
+                                       float*, float*, int64_t, int64_t, int64_t, int64_t, float, float,       \
+                                       int64_t, int);                                                           \
     extern "C" int vf_latent_bwd_##isa(int, const void*, const float*, int64_t, const float*, const void*,     \
                                        const void*, const void*, const int64_t*, void*, void*, int64_t,        \
-                                       int64_t, int64_t, int64_t, float, float, int);                           \
+                                       int64_t, int64_t, int64_t, float, float, int64_t, int);                  \
     extern "C" int vf_bce_fwd_##isa(int, int, int, const void*, const void*, float*, int64_t, int64_t, int);    \
     extern "C" int vf_bce_bwd_##isa(int, int, int, const float*, const void*, const void*, void*, int64_t,     \
                                     int64_t, int);                                                              \
@@ -92,20 +93,21 @@ int vf_has_float16(void) { return VF_HAVE_FLOAT16; }
 
 int vf_latent_fwd(int dtype, const void* mu, const void* logvar, const void* eps, const int64_t* seed, void* z,
                   float* kl, float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride,
-                  float lo, float hi, int num_threads) {
-    if (B < 0 || N < 0 || mu_stride < 0 || logvar_stride < 0) return VF_BAD_SIZE;
+                  float lo, float hi, int64_t samples, int num_threads) {
+    if (B < 0 || N < 0 || mu_stride < 0 || logvar_stride < 0 || samples < 1) return VF_BAD_SIZE;
     if ((eps && seed) || (!eps && !seed && B * N > 0)) return VF_BAD_SIZE;  // one noise source (none if empty)
     return kernels().latent_fwd(dtype, mu, logvar, eps, seed, z, kl, kl_per_dim, B, N, mu_stride, logvar_stride, lo, hi,
-                                num_threads);
+                                samples, num_threads);
 }
 
 int vf_latent_bwd(int dtype, const void* gz, const float* gk, int64_t gk_stride, const float* gd, const void* mu,
                   const void* logvar, const void* eps, const int64_t* seed, void* dmu, void* dlogvar, int64_t B,
-                  int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int num_threads) {
-    if (B < 0 || N < 0 || gk_stride < 0 || mu_stride < 0 || logvar_stride < 0) return VF_BAD_SIZE;
+                  int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, int64_t samples,
+                  int num_threads) {
+    if (B < 0 || N < 0 || gk_stride < 0 || mu_stride < 0 || logvar_stride < 0 || samples < 1) return VF_BAD_SIZE;
     if ((eps && seed) || (!eps && !seed && B * N > 0)) return VF_BAD_SIZE;  // one noise source (none if empty)
     return kernels().latent_bwd(dtype, gz, gk, gk_stride, gd, mu, logvar, eps, seed, dmu, dlogvar, B, N, mu_stride,
-                                logvar_stride, lo, hi, num_threads);
+                                logvar_stride, lo, hi, samples, num_threads);
 }
 
 int vf_philox_words(int64_t seed, int64_t first, int64_t n, uint32_t* out) {

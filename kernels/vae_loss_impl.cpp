@@ -87,6 +87,18 @@ void latent_fwd_flat(const T* __restrict mu, const T* __restrict logvar, const E
         kl2[i] = latent_fwd_element<T, E, BOUNDED>(mu[i], logvar[i], eps[i], z[i], lo, hi);
 }
 
+// z = mu + std * eps alone, for the samples after the first of a K-sample draw: the first sample's pass computed
+// the KL, and mu and logvar are read again from cache, not memory.
+template <typename T, typename E, bool BOUNDED>
+void latent_z_run(const T* __restrict mu, const T* __restrict logvar, const E* __restrict eps, T* __restrict z,
+                  int64_t n, float lo, float hi) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+        const float lv = vf::clamp_keep_nan(vf::to_float(logvar[i]), lo, hi);
+        z[i] = vf::from_float<T>(vf::to_float(mu[i]) + vf::exp_f32<!BOUNDED>(0.5f * lv) * vf::to_float(eps[i]));
+    }
+}
+
 // The noise of elements first .. first + n: the caller's eps there, or with a seed the regenerated normals in
 // `buf` (a tile's worth on the caller's stack), so that no latent-sized noise tensor exists. fn receives either.
 template <typename T, typename Fn>
@@ -109,10 +121,28 @@ const T* contiguous_rows(const T* base, int64_t stride, int64_t r0, int64_t rows
     return buf;
 }
 
+// Samples 1 .. K-1 of the rows of one tile (sample k's elements lie k * B * N after sample 0's).
+template <typename T>
+void latent_fwd_more_samples(const T* mu, const T* logvar, const T* eps, const int64_t* seed, T* z, int64_t B,
+                             int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi, bool bounded,
+                             int64_t samples, int64_t r0, int64_t r1, int64_t c0, int64_t n) {
+    float noise[kColChunk];
+    for (int64_t k = 1; k < samples; ++k) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t off = k * B * N + r * N + c0;
+            with_noise(eps, seed, off, n, noise, [&](auto* e) {
+                using E = std::remove_const_t<std::remove_pointer_t<decltype(e)>>;
+                (bounded ? latent_z_run<T, E, true> : latent_z_run<T, E, false>)(
+                    mu + r * mu_stride + c0, logvar + r * logvar_stride + c0, e, z + off, n, lo, hi);
+            });
+        }
+    }
+}
+
 template <typename T>
 void latent_fwd(const T* mu, const T* logvar, const T* eps, const int64_t* seed, T* z, float* kl,
                 float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo, float hi,
-                int num_threads) {
+                int64_t samples, int num_threads) {
     const Tiling t(B, N);
     const bool parallel = t.parallel();
     const bool bounded = exp_range_is_safe(lo, hi);
@@ -124,6 +154,9 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, const int64_t* seed,
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         float* dim_acc = kl_per_dim ? dim_partial.data() + (tile / t.n_chunks) * N + c0 : nullptr;
         if (dim_acc) std::fill(dim_acc, dim_acc + n, 0.0f);
+        if (samples > 1)
+            latent_fwd_more_samples(mu, logvar, eps, seed, z, B, N, mu_stride, logvar_stride, lo, hi, bounded, samples,
+                                    t.row_begin(tile), t.row_end(tile), c0, n);
         if (N < kShortRow) {  // then one column chunk: the tile is whole rows, contiguous
             const int64_t r0 = t.row_begin(tile), rows = t.row_end(tile) - r0;
             float kl2[kRowBlock * kShortRow], noise[kRowBlock * kShortRow];
@@ -181,9 +214,10 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, const int64_t* seed,
 }
 
 // dmu and dlogvar of one latent element. w is its KL weight: the sample's upstream gradient plus the per-dim KL's.
-template <typename T, typename E, bool BOUNDED>
-inline void latent_bwd_element(T gz, float w, T mu, T logvar, E eps, T& dmu, T& dlogvar, float lo, float hi) {
-    const float g = vf::to_float(gz);
+// g: the upstream gradient of z (summed over samples), g_eps: the gradient times the noise (summed likewise).
+template <typename T, bool BOUNDED>
+inline void latent_bwd_core(float g, float g_eps, float w, T mu, T logvar, T& dmu, T& dlogvar, float lo,
+                            float hi) {
     const float m = vf::to_float(mu);
     const float raw = vf::to_float(logvar);
     const float lv = vf::clamp_keep_nan(raw, lo, hi);
@@ -196,8 +230,41 @@ inline void latent_bwd_element(T gz, float w, T mu, T logvar, E eps, T& dmu, T& 
     // d = 0.5 * std * (g*eps + w*std) - 0.5*w. w*std is formed before the product with std, never std*std
     // alone, which keeps it finite wherever the true value is (exp(lv) overflows float32 above lv = 88.7
     // even when w is small).
-    const float d = 0.5f * (std * (g * vf::to_float(eps) + w * std) - w);
+    const float d = 0.5f * (std * (g_eps + w * std) - w);
     dlogvar = vf::from_float<T>(passes ? d : 0.0f);
+}
+
+template <typename T, typename E, bool BOUNDED>
+inline void latent_bwd_element(T gz, float w, T mu, T logvar, E eps, T& dmu, T& dlogvar, float lo, float hi) {
+    const float g = vf::to_float(gz);
+    latent_bwd_core<T, BOUNDED>(g, g * vf::to_float(eps), w, mu, logvar, dmu, dlogvar, lo, hi);
+}
+
+// Backward of a K-sample draw over one run of n elements of a row: the upstream gradients and gradient-times-noise
+// summed over the samples first (sample k's elements lie k * B * N on), then the single-sample formula.
+template <typename T, bool BOUNDED>
+void latent_bwd_samples_run(const T* gz, const T* eps, const int64_t* seed, int64_t sample_stride, int64_t samples,
+                            int64_t first, float gk, const float* gd, const T* __restrict mu,
+                            const T* __restrict logvar, T* __restrict dmu, T* __restrict dlogvar, int64_t n, float lo,
+                            float hi) {
+    float g_sum[kColChunk], g_eps_sum[kColChunk], noise[kColChunk];
+    std::fill(g_sum, g_sum + n, 0.0f);
+    std::fill(g_eps_sum, g_eps_sum + n, 0.0f);
+    for (int64_t k = 0; k < samples; ++k) {
+        const T* __restrict g = gz + k * sample_stride + first;
+        with_noise(eps, seed, k * sample_stride + first, n, noise, [&](auto* e) {
+#pragma omp simd
+            for (int64_t i = 0; i < n; ++i) {
+                const float gi = vf::to_float(g[i]);
+                g_sum[i] += gi;
+                g_eps_sum[i] += gi * vf::to_float(e[i]);
+            }
+        });
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+        latent_bwd_core<T, BOUNDED>(g_sum[i], g_eps_sum[i], gd ? gk + gd[i] : gk, mu[i], logvar[i], dmu[i],
+                                    dlogvar[i], lo, hi);
 }
 
 template <typename T, typename E, bool HAS_GD, bool BOUNDED>
@@ -224,13 +291,22 @@ void latent_bwd_flat(const T* __restrict gz, const float* __restrict w, const T*
 template <typename T>
 void latent_bwd(const T* gz, const float* gk, int64_t gk_stride, const float* gd, const T* mu, const T* logvar,
                 const T* eps, const int64_t* seed, T* dmu, T* dlogvar, int64_t B, int64_t N, int64_t mu_stride,
-                int64_t logvar_stride, float lo, float hi, int num_threads) {
+                int64_t logvar_stride, float lo, float hi, int64_t samples, int num_threads) {
     const Tiling t(B, N);
     const bool parallel = t.parallel();
     const bool bounded = exp_range_is_safe(lo, hi);
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
+        if (samples > 1) {
+            for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
+                const int64_t off = r * N + c0;
+                (bounded ? latent_bwd_samples_run<T, true> : latent_bwd_samples_run<T, false>)(
+                    gz, eps, seed, B * N, samples, off, gk[r * gk_stride], gd ? gd + c0 : nullptr,
+                    mu + r * mu_stride + c0, logvar + r * logvar_stride + c0, dmu + off, dlogvar + off, n, lo, hi);
+            }
+            continue;
+        }
         if (N < kShortRow) {  // then one column chunk: the tile is whole rows, contiguous
             const int64_t r0 = t.row_begin(tile), rows = t.row_end(tile) - r0;
             float w[kRowBlock * kShortRow];
@@ -333,11 +409,12 @@ extern "C" {
 
 int VF_EXPORT(vf_latent_fwd)(int dtype, const void* mu, const void* logvar, const void* eps, const int64_t* seed,
                              void* z, float* kl, float* kl_per_dim, int64_t B, int64_t N, int64_t mu_stride,
-                             int64_t logvar_stride, float lo, float hi, int num_threads) {
+                             int64_t logvar_stride, float lo, float hi, int64_t samples, int num_threads) {
     bool ok = with_dtype(dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         latent_fwd<T>(static_cast<const T*>(mu), static_cast<const T*>(logvar), static_cast<const T*>(eps), seed,
-                      static_cast<T*>(z), kl, kl_per_dim, B, N, mu_stride, logvar_stride, lo, hi, num_threads);
+                      static_cast<T*>(z), kl, kl_per_dim, B, N, mu_stride, logvar_stride, lo, hi, samples,
+                      num_threads);
     });
     return ok ? VF_OK : VF_BAD_DTYPE;
 }
@@ -345,12 +422,12 @@ int VF_EXPORT(vf_latent_fwd)(int dtype, const void* mu, const void* logvar, cons
 int VF_EXPORT(vf_latent_bwd)(int dtype, const void* gz, const float* gk, int64_t gk_stride, const float* gd,
                              const void* mu, const void* logvar, const void* eps, const int64_t* seed, void* dmu,
                              void* dlogvar, int64_t B, int64_t N, int64_t mu_stride, int64_t logvar_stride, float lo,
-                             float hi, int num_threads) {
+                             float hi, int64_t samples, int num_threads) {
     bool ok = with_dtype(dtype, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         latent_bwd<T>(static_cast<const T*>(gz), gk, gk_stride, gd, static_cast<const T*>(mu),
                       static_cast<const T*>(logvar), static_cast<const T*>(eps), seed, static_cast<T*>(dmu),
-                      static_cast<T*>(dlogvar), B, N, mu_stride, logvar_stride, lo, hi, num_threads);
+                      static_cast<T*>(dlogvar), B, N, mu_stride, logvar_stride, lo, hi, samples, num_threads);
     });
     return ok ? VF_OK : VF_BAD_DTYPE;
 }

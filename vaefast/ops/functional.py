@@ -7,7 +7,8 @@ import torch
 from .dispatch import FUSED_DTYPES, select
 from .reference import (bce_with_logits_reference, continuous_bernoulli_nll_reference, reparameterize_kl_reference,
                         seeded_normal)
-from .validation import check_bce_inputs, check_latent_inputs, check_tensor, resolve_clamp, seed_tensor
+from .validation import (check_bce_inputs, check_latent_inputs, check_samples, check_tensor, resolve_clamp,
+                         sample_shape, seed_tensor)
 
 DEFAULT_CLAMP = (-10.0, 10.0)
 
@@ -18,6 +19,7 @@ def reparameterize_kl(
     eps: torch.Tensor | None = None,
     *,
     seed: int | torch.Tensor | None = None,
+    samples: int = 1,
     clamp: tuple[float, float] | None = DEFAULT_CLAMP,
     backend: str = "auto",
     return_kl_per_dim: bool = False,
@@ -37,6 +39,9 @@ def reparameterize_kl(
             or saved. The same seed gives the same noise on every backend (``reference.seeded_normal``).
         clamp: ``(lo, hi)`` bounds for logvar, or None for no clamp. The clamp's gradient
             passes on the bounds and is zero outside them, whatever the installed torch's ``torch.clamp`` does.
+        samples: K > 1 draws K samples from one read of mu and logvar: z is ``[K, B, ...]`` (eps, when given, too;
+            seeded noise counts the elements of ``[K, B, ...]``), the KL, analytic, is the same for every sample, and
+            the backward sums the samples' gradients. For importance-weighted bounds (IWAE, DReG).
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"native"``.
         return_kl_per_dim: also return the KL summed over the batch per latent element (shape
             ``mu.shape[1:]``), computed in the same pass, for active-unit monitoring and free bits.
@@ -45,13 +50,14 @@ def reparameterize_kl(
         ``(z, kl)`` or ``(z, kl, kl_per_dim)``; z has mu's dtype, the KL terms are float32.
     """
     check_tensor("mu", mu)
+    samples = check_samples(samples)
     if seed is not None:
         if eps is not None:
             raise ValueError("pass eps or seed, not both: with a seed the noise is drawn inside the kernel")
         seed = seed_tensor(seed, mu.device)
     elif eps is None:
-        eps = torch.randn_like(mu)
-    check_latent_inputs(mu, logvar, eps)
+        eps = torch.randn_like(mu) if samples == 1 else mu.new_empty(sample_shape(mu, samples)).normal_()
+    check_latent_inputs(mu, logvar, eps, samples)
     if eps is not None and eps.requires_grad:
         raise ValueError("eps requires grad, but reparameterize_kl does not differentiate with respect to eps; "
                          "pass eps.detach()")
@@ -59,11 +65,11 @@ def reparameterize_kl(
     ops = select(backend, mu.device, mu.dtype)
     if ops is None:
         if eps is None:
-            eps = seeded_normal(seed, mu.shape, mu.device)
+            eps = seeded_normal(seed, sample_shape(mu, samples), mu.device)
         bounds = (None, None) if clamp is None else (lo, hi)
         return reparameterize_kl_reference(mu, logvar, eps, *bounds, return_kl_per_dim=return_kl_per_dim)
     seeded = eps is None
-    z, kl, kl_per_dim = ops.latent(mu, logvar, seed if seeded else eps, lo, hi, return_kl_per_dim, seeded)
+    z, kl, kl_per_dim = ops.latent(mu, logvar, seed if seeded else eps, lo, hi, return_kl_per_dim, seeded, samples)
     return (z, kl, kl_per_dim) if return_kl_per_dim else (z, kl)
 
 

@@ -13,13 +13,15 @@ from typing import Callable
 
 import torch
 
+from .validation import sample_shape
+
 
 @dataclass(frozen=True)
 class FusedOps:
     """The two public ops of one backend, as callables that autograd and torch.compile understand."""
 
     name: str
-    latent: Callable  # (mu, logvar, noise, lo, hi, per_dim, seeded) -> (z, kl, kl_per_dim)
+    latent: Callable  # (mu, logvar, noise, lo, hi, per_dim, seeded, samples) -> (z, kl, kl_per_dim)
     bce: Callable  # (logits, target, continuous) -> recon: BCE, or the continuous Bernoulli's NLL
     latent_op: Callable  # the same as torch.library custom ops, which the two above use under torch.compile
     bce_op: Callable
@@ -40,15 +42,15 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
     @torch.library.custom_op(lib.format("latent_fwd"), mutates_args=())
     def latent_fwd(
         mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor, lo: float, hi: float, per_dim: bool,
-        seeded: bool,
+        seeded: bool, samples: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return latent_forward(mu, logvar, noise, lo, hi, per_dim, seeded)
+        return latent_forward(mu, logvar, noise, lo, hi, per_dim, seeded, samples)
 
     @latent_fwd.register_fake
-    def _(mu, logvar, noise, lo, hi, per_dim, seeded):
+    def _(mu, logvar, noise, lo, hi, per_dim, seeded, samples):
         kl_dim_shape = mu.shape[1:] if per_dim else (0,)
         return (
-            torch.empty_like(mu, memory_format=torch.contiguous_format),
+            mu.new_empty(sample_shape(mu, samples)),
             mu.new_empty(mu.shape[0], dtype=torch.float32),
             mu.new_empty(kl_dim_shape, dtype=torch.float32),
         )
@@ -64,33 +66,34 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
         lo: float,
         hi: float,
         seeded: bool,
+        samples: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return latent_backward(gz, gk, gd, mu, logvar, noise, lo, hi, seeded)
+        return latent_backward(gz, gk, gd, mu, logvar, noise, lo, hi, seeded, samples)
 
     @latent_bwd.register_fake
-    def _(gz, gk, gd, mu, logvar, noise, lo, hi, seeded):
+    def _(gz, gk, gd, mu, logvar, noise, lo, hi, seeded, samples):
         return (
             torch.empty_like(mu, memory_format=torch.contiguous_format),
             torch.empty_like(logvar, memory_format=torch.contiguous_format),
         )
 
     def latent_setup_context(ctx, inputs, output):
-        mu, logvar, noise, lo, hi, per_dim, seeded = inputs
+        mu, logvar, noise, lo, hi, per_dim, seeded, samples = inputs
         # mu and logvar are the caller's tensors, alive anyway: saving them costs no memory, and std is recomputed
         # in backward because an exp is cheaper than a stored tensor's round trip. The noise is eps, or with
         # seeded noise the one-element seed from which the backward regenerates eps.
         ctx.save_for_backward(mu, logvar, noise)
-        ctx.lo, ctx.hi, ctx.per_dim, ctx.seeded = lo, hi, per_dim, seeded
+        ctx.lo, ctx.hi, ctx.per_dim, ctx.seeded, ctx.samples = lo, hi, per_dim, seeded, samples
 
     def latent_grad(backward):
         def grad(ctx, gz, gk, gd):
             mu, logvar, noise = ctx.saved_tensors
             if gz is None:
-                gz = torch.zeros_like(mu)
+                gz = mu.new_zeros(sample_shape(mu, ctx.samples))
             gk = mu.new_zeros(mu.shape[0], dtype=torch.float32) if gk is None else gk.float()
             gd = gd.float() if ctx.per_dim and gd is not None else None
-            dmu, dlogvar = backward(gz, gk, gd, mu, logvar, noise, ctx.lo, ctx.hi, ctx.seeded)
-            return dmu, dlogvar, None, None, None, None, None
+            dmu, dlogvar = backward(gz, gk, gd, mu, logvar, noise, ctx.lo, ctx.hi, ctx.seeded, ctx.samples)
+            return dmu, dlogvar, None, None, None, None, None, None
 
         return grad
 
@@ -129,11 +132,11 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
     bce_fwd.register_autograd(bce_grad(bce_bwd), setup_context=bce_setup_context)
 
     # Old-style forward(ctx, ...): the separate setup_context form costs an inspect.signature bind per call.
-    def latent_function_forward(ctx, mu, logvar, noise, lo, hi, per_dim, seeded):
+    def latent_function_forward(ctx, mu, logvar, noise, lo, hi, per_dim, seeded, samples):
         # Outputs without a gradient (the per-dim KL, when only monitored) reach backward as None, not as a
         # zeros tensor that the kernel would then read.
         ctx.set_materialize_grads(False)
-        inputs = (mu, logvar, noise, lo, hi, per_dim, seeded)
+        inputs = (mu, logvar, noise, lo, hi, per_dim, seeded, samples)
         out = latent_forward(*inputs)
         latent_setup_context(ctx, inputs, out)
         return out
@@ -149,10 +152,10 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
     BCEFunction = type(f"vaefast_bce_{name}", (torch.autograd.Function,), {
         "forward": staticmethod(bce_function_forward), "backward": staticmethod(bce_grad(bce_backward))})
 
-    def latent(mu, logvar, noise, lo, hi, per_dim, seeded=False):
+    def latent(mu, logvar, noise, lo, hi, per_dim, seeded=False, samples=1):
         if torch.compiler.is_compiling():
-            return latent_fwd(mu, logvar, noise, lo, hi, per_dim, seeded)
-        return LatentFunction.apply(mu, logvar, noise, lo, hi, per_dim, seeded)
+            return latent_fwd(mu, logvar, noise, lo, hi, per_dim, seeded, samples)
+        return LatentFunction.apply(mu, logvar, noise, lo, hi, per_dim, seeded, samples)
 
     def bce(logits, target, continuous=False):
         if torch.compiler.is_compiling():

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .validation import sample_shape
+
 ABI_VERSION = 5
 LIBRARY_ENV = "VAEFAST_NATIVE_LIBRARY"
 _LIB_NAMES = {"linux": "libvaefast_kernels.so", "darwin": "libvaefast_kernels.dylib", "win32": "vaefast_kernels.dll"}
@@ -40,8 +42,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     signatures = {
         "vf_abi_version": [],
         "vf_has_float16": [],
-        "vf_latent_fwd": [i32, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i32],
-        "vf_latent_bwd": [i32, vp, vp, i64, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i32],
+        "vf_latent_fwd": [i32, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i64, i32],
+        "vf_latent_bwd": [i32, vp, vp, i64, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i64, i32],
         "vf_bce_fwd": [i32, i32, i32, vp, vp, vp, i64, i64, i32],
         "vf_bce_bwd": [i32, i32, i32, vp, vp, vp, vp, i64, i64, i32],
         "vf_adam_master_step": [i32, i64, vp, vp, f32, f32, f32, f32, f32, i32, i32],
@@ -136,23 +138,23 @@ def _noise_pointers(noise: torch.Tensor, seeded: bool) -> tuple[int | None, int 
     return noise.data_ptr(), None
 
 
-def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seeded: bool = False):
+def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seeded: bool = False, samples: int = 1):
     B, N = mu.shape[0], math.prod(mu.shape[1:])
     (mu, mu_stride), (logvar, logvar_stride) = _rows(mu), _rows(logvar)
     noise = noise.contiguous()  # kept alive until the call: the kernel gets only its pointer
     eps_ptr, seed_ptr = _noise_pointers(noise, seeded)
-    z = torch.empty(mu.shape, dtype=mu.dtype)
+    z = torch.empty(sample_shape(mu, samples), dtype=mu.dtype)
     kl = torch.empty(B, dtype=torch.float32)
     kl_per_dim = torch.empty(mu.shape[1:] if per_dim else (0,), dtype=torch.float32)
     status = library().vf_latent_fwd(
         _dtype_code(mu), mu.data_ptr(), logvar.data_ptr(), eps_ptr, seed_ptr, z.data_ptr(), kl.data_ptr(),
-        kl_per_dim.data_ptr() if per_dim else None, B, N, mu_stride, logvar_stride, lo, hi, _threads(),
+        kl_per_dim.data_ptr() if per_dim else None, B, N, mu_stride, logvar_stride, lo, hi, samples, _threads(),
     )
     _check(status, "latent forward")
     return z, kl, kl_per_dim
 
 
-def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded: bool = False):
+def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded: bool = False, samples: int = 1):
     B, N = mu.shape[0], math.prod(mu.shape[1:])
     (mu, mu_stride), (logvar, logvar_stride) = _rows(mu), _rows(logvar)
     noise, gz = noise.contiguous(), gz.to(mu.dtype).contiguous()
@@ -164,7 +166,7 @@ def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded:
     status = library().vf_latent_bwd(
         _dtype_code(mu), gz.data_ptr(), gk.data_ptr(), gk_stride, None if gd is None else gd.data_ptr(),
         mu.data_ptr(), logvar.data_ptr(), eps_ptr, seed_ptr, dmu.data_ptr(), dlogvar.data_ptr(), B, N, mu_stride,
-        logvar_stride, lo, hi, _threads(),
+        logvar_stride, lo, hi, samples, _threads(),
     )
     _check(status, "latent backward")
     return dmu, dlogvar

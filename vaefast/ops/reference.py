@@ -36,6 +36,8 @@ def reparameterize_kl_reference(
 ):
     """z = mu + exp(0.5*lv)*eps and kl[b] = 0.5*sum(mu^2 + exp(lv) - 1 - lv), lv = clamp(logvar, lo, hi).
 
+    eps has mu's shape, or ``[K, *mu.shape]`` for K samples, and z then too (the KL does not depend on eps).
+
     The clamp's gradient passes on the bounds and is zero outside them (``clamp_with_inclusive_gradient``).
 
     Arithmetic runs in float32 (or float64 for float64 inputs), as the kernels do; z comes back in mu's dtype

@@ -16,6 +16,8 @@ import triton.language as tl
 import torch
 from triton.language.random import pair_uniform_to_normal, philox, uint_to_uniform_float
 
+from .validation import sample_shape
+
 # --------------------------------------------------------------------------------------------------- kernels
 
 
@@ -48,9 +50,10 @@ def _noise(eps_ptr, offs, mask, SEEDED: tl.constexpr):
 @triton.jit
 def latent_fwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_partial_ptr, kl_dim_partial_ptr,
-    B, N, n_col_blocks, lo, hi,
+    B, N, n_col_blocks, lo, hi, K,
     BLOCK: tl.constexpr, ROWS: tl.constexpr, PER_DIM: tl.constexpr, SEEDED: tl.constexpr,
 ):
+    # K samples z[k] = mu + std * eps[k] from one read of mu and logvar; sample k's elements lie B*N further on.
     row_block = tl.program_id(0)
     col_block = tl.program_id(1)
     cols = col_block * BLOCK + tl.arange(0, BLOCK)
@@ -63,11 +66,12 @@ def latent_fwd_kernel(
         offs = row.to(tl.int64) * N + cols
         mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         lv = tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        eps = _noise(eps_ptr, offs, mask, SEEDED)
         lv = _clamp_nan_preserving(lv, lo, hi)
         std = tl.exp(0.5 * lv)
-        z = mu + std * eps
-        tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
+        for k in range(K):
+            sample_offs = tl.cast(k, tl.int64) * B * N + offs
+            z = mu + std * _noise(eps_ptr, sample_offs, mask, SEEDED)
+            tl.store(z_ptr + sample_offs, z.to(z_ptr.dtype.element_ty), mask=mask)
         kl = tl.where(mask, 0.5 * (mu * mu + std * std - 1.0 - lv), 0.0)
         tl.store(kl_partial_ptr + row.to(tl.int64) * n_col_blocks + col_block, tl.sum(kl, axis=0), mask=row_ok)
         if PER_DIM:
@@ -79,17 +83,23 @@ def latent_fwd_kernel(
 @triton.jit
 def latent_bwd_kernel(
     gz_ptr, gk_ptr, gd_ptr, mu_ptr, logvar_ptr, eps_ptr, dmu_ptr, dlogvar_ptr,
-    N, lo, hi,
+    B, N, lo, hi, K,
     BLOCK: tl.constexpr, HAS_GD: tl.constexpr, SEEDED: tl.constexpr,
 ):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < N
     offs = row.to(tl.int64) * N + cols
-    gz = tl.load(gz_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mu = tl.load(mu_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     logvar = tl.load(logvar_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    eps = _noise(eps_ptr, offs, mask, SEEDED)
+    # Over the K samples: sum of the upstream gradients (for dmu) and of gradient times noise (for dlogvar).
+    gz = tl.zeros([BLOCK], dtype=tl.float32)
+    gz_eps = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(K):
+        sample_offs = tl.cast(k, tl.int64) * B * N + offs
+        g = tl.load(gz_ptr + sample_offs, mask=mask, other=0.0).to(tl.float32)
+        gz += g
+        gz_eps += g * _noise(eps_ptr, sample_offs, mask, SEEDED)
     # The KL weight of an element: its sample's upstream gradient, plus the per-dim KL's when that output is used.
     w = tl.load(gk_ptr + row)
     if HAS_GD:
@@ -101,7 +111,7 @@ def latent_bwd_kernel(
     # d/dlv of 0.5*w*(exp(lv) - 1) is (0.5*w*std)*std - 0.5*w: never forming std*std alone keeps it finite
     # wherever the true value is (exp(lv) overflows float32 above lv = 88.7 even when w is small).
     half_w = 0.5 * w
-    dlogvar = tl.where(passes, gz * eps * (0.5 * std) + (half_w * std) * std - half_w, 0.0)
+    dlogvar = tl.where(passes, gz_eps * (0.5 * std) + (half_w * std) * std - half_w, 0.0)
     tl.store(dmu_ptr + offs, dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
     tl.store(dlogvar_ptr + offs, dlogvar.to(dlogvar_ptr.dtype.element_ty), mask=mask)
 
@@ -202,11 +212,12 @@ def _finish(partial: torch.Tensor, dim: int) -> torch.Tensor:
     return partial.squeeze(dim) if partial.shape[dim] == 1 else partial.sum(dim)
 
 
-def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seeded: bool = False):
-    """``noise`` is eps, or with ``seeded`` the one-element int64 seed tensor."""
+def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seeded: bool = False, samples: int = 1):
+    """``noise`` is eps ([samples, B, ...] when samples > 1), or with ``seeded`` the one-element int64 seed tensor;
+    z is [samples, B, ...] when samples > 1."""
     B = mu.shape[0]
     N = math.prod(mu.shape[1:])
-    z = torch.empty_like(mu, memory_format=torch.contiguous_format)
+    z = mu.new_empty(sample_shape(mu, samples))
     kl_dim_shape = mu.shape[1:] if per_dim else (0,)
     if B == 0 or N == 0:
         kl_dim = torch.zeros(kl_dim_shape, dtype=torch.float32, device=mu.device)
@@ -220,7 +231,7 @@ def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seede
         (n_row_blocks, N) if per_dim else (1,), dtype=torch.float32, device=mu.device
     )
     latent_fwd_kernel[(n_row_blocks, n_col_blocks)](
-        mu, logvar, noise, z, kl_partial, kl_dim_partial, B, N, n_col_blocks, lo, hi,
+        mu, logvar, noise, z, kl_partial, kl_dim_partial, B, N, n_col_blocks, lo, hi, samples,
         BLOCK=block, ROWS=ROWS_PER_PROGRAM, PER_DIM=per_dim, SEEDED=seeded, num_warps=_num_warps(block),
     )
     if not per_dim:
@@ -230,7 +241,7 @@ def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seede
     return z, _finish(kl_partial, 1), kl_dim
 
 
-def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded: bool = False):
+def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded: bool = False, samples: int = 1):
     B = mu.shape[0]
     dmu = torch.empty_like(mu, memory_format=torch.contiguous_format)
     dlogvar = torch.empty_like(logvar, memory_format=torch.contiguous_format)
@@ -241,7 +252,7 @@ def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded:
     has_gd = gd is not None
     latent_bwd_kernel[(B, triton.cdiv(N, block))](
         gz.contiguous(), gk.contiguous(), gd.contiguous() if has_gd else gk,
-        mu.contiguous(), logvar.contiguous(), noise.contiguous(), dmu, dlogvar, N, lo, hi,
+        mu.contiguous(), logvar.contiguous(), noise.contiguous(), dmu, dlogvar, B, N, lo, hi, samples,
         BLOCK=block, HAS_GD=has_gd, SEEDED=seeded, num_warps=_num_warps(block),
     )
     return dmu, dlogvar

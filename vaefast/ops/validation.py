@@ -47,12 +47,32 @@ def resolve_clamp(clamp) -> tuple[float, float]:
     return lo, hi
 
 
-def check_latent_inputs(mu, logvar, eps=None) -> None:
-    """logvar and eps (unless the noise is seeded) against mu, which the caller has checked already."""
-    named = [("mu", mu), ("logvar", logvar)] + ([("eps", eps)] if eps is not None else [])
-    for name, t in named[1:]:
-        check_tensor(name, t)
-    check_same(named, dtype=True)
+def check_latent_inputs(mu, logvar, eps=None, samples: int = 1) -> None:
+    """logvar and eps (unless the noise is seeded) against mu, which the caller has checked already; with K > 1
+    samples eps is [K, *mu.shape]."""
+    check_tensor("logvar", logvar)
+    check_same([("mu", mu), ("logvar", logvar)], dtype=True)
+    if eps is None:
+        return
+    check_tensor("eps", eps)
+    if samples > 1:
+        if tuple(eps.shape) != (samples, *mu.shape):
+            raise ValueError(f"shape mismatch: with samples={samples}, eps must have shape {(samples, *mu.shape)}, "
+                             f"got {_describe('eps', eps)}")
+        check_same([("mu", mu[None].expand(eps.shape)), ("eps", eps)], dtype=True)
+    else:
+        check_same([("mu", mu), ("eps", eps)], dtype=True)
+
+
+def sample_shape(mu: torch.Tensor, samples: int) -> tuple[int, ...]:
+    """The shape of z: mu's, with a leading dimension of ``samples`` when there is more than one."""
+    return (samples, *mu.shape) if samples > 1 else tuple(mu.shape)
+
+
+def check_samples(samples) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    return samples
 
 
 def seed_tensor(seed, device: torch.device) -> torch.Tensor:
