@@ -36,6 +36,8 @@ CONFIGS = {
     "grad accumulation": {"grad_accum": 2},
     "EMA": {"ema": 0.99},
     "conv, spatial latent": {"model": ModelConfig(kind="conv", channels=[8, 16], latent_channels=2)},
+    "IWAE, 4 samples, DReG": {"samples": 4, "objective": "iwae", "estimator": "dreg"},
+    "randn noise": {"noise": "randn"},
 }
 
 

@@ -23,6 +23,7 @@ TRAIN_FLAGS = {
     "dist_backend": (None, "dist_backend"), "dist_timeout": (None, "dist_timeout"), "lr_schedule": (None, "lr_schedule"), "clip_grad": (None, "clip_grad"),
     "beta": (None, "beta"), "kl_warmup_steps": (None, "kl_warmup_steps"), "kl_cycles": (None, "kl_cycles"),
     "free_bits": (None, "free_bits"), "noise": (None, "noise"), "ema": (None, "ema"),
+    "samples": (None, "samples"), "objective": (None, "objective"), "estimator": (None, "estimator"),
     "activation_checkpointing": (None, "activation_checkpointing"), "channels_last": (None, "channels_last"),
     "precision": (None, "precision"),
     "compile": (None, "compile"),
@@ -94,6 +95,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-warmup-steps", type=int, default=S, help="linear KL warm-up from 0 to beta")
     p.add_argument("--kl-cycles", type=int, default=S, help="cyclical KL annealing with this many cycles")
     p.add_argument("--free-bits", type=float, default=S, help="per-dimension KL floor in nats")
+    p.add_argument("--samples", type=int, default=S,
+                   help="posterior samples per image, drawn in one fused pass (default 1)")
+    p.add_argument("--objective", choices=["elbo", "iwae"], default=S,
+                   help="elbo (default; the K-sample average with --samples) or iwae: the importance-weighted bound")
+    p.add_argument("--estimator", choices=["standard", "dreg"], default=S,
+                   help="IWAE encoder gradient: standard, or dreg (doubly reparameterized, lower variance)")
     p.add_argument("--noise", choices=["seeded", "randn"], default=S,
                    help="seeded (default): the fused op draws eps in the kernel from a device key (Philox) and "
                         "regenerates it in backward; randn: eps from torch.randn_like, saved for backward")

@@ -40,6 +40,9 @@ class TrainConfig:
     # "seeded": the fused op draws eps in the kernel from a device key and regenerates it in backward (nothing
     # stored); "randn": eps from torch.randn_like, stored for backward (the explicit-eps path).
     noise: str = "seeded"
+    samples: int = 1  # posterior samples per image (K): the K-sample ELBO, or the bound of `objective`
+    objective: str = "elbo"  # "elbo", or "iwae": the importance-weighted bound over the K samples (Burda et al.)
+    estimator: str = "standard"  # IWAE encoder gradient: "standard" or "dreg" (Tucker et al., 2018)
     activation_checkpointing: bool = False  # recompute encoder/decoder activations in backward to save memory
     channels_last: bool = False  # conv models: NHWC weights and batches, where that measures faster
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999)
@@ -80,6 +83,15 @@ class TrainConfig:
             problems.append(f"compile mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.master_weights and self.precision not in ("auto", "bf16"):
             problems.append(f"master weights are for bf16 training; precision is {self.precision!r}")
+        if self.samples < 1:
+            problems.append(f"samples must be >= 1, got {self.samples}")
+        if self.objective not in ("elbo", "iwae") or self.estimator not in ("standard", "dreg"):
+            problems.append(f"objective must be elbo or iwae and estimator standard or dreg, got "
+                            f"{self.objective!r} and {self.estimator!r}")
+        elif self.estimator == "dreg" and self.objective != "iwae":
+            problems.append("--estimator dreg is for --objective iwae")
+        if self.objective == "iwae" and self.free_bits > 0:
+            problems.append("--free-bits floors the ELBO's analytic KL; the IWAE bound has no such term")
         if self.noise not in ("seeded", "randn"):
             problems.append(f"noise must be 'seeded' or 'randn', got {self.noise!r}")
         if self.optimizer not in ("adam", "adamw"):

@@ -1,6 +1,10 @@
-"""The training objective: the negative ELBO with KL weighting and free bits, shared by the trainer and eval."""
+"""The training objective: the negative ELBO with KL weighting and free bits, or with K posterior samples the
+K-sample ELBO or the importance-weighted bound (IWAE, Burda et al. 2016) with the standard or the doubly
+reparameterized gradient (DReG, Tucker et al. 2018); shared by the trainer and eval."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -23,31 +27,87 @@ def kl_objective(kl: torch.Tensor, kl_per_dim: torch.Tensor, batch_size: int, fr
     return floored.sum() * batch_size
 
 
+OBJECTIVES = ("elbo", "iwae")
+ESTIMATORS = ("standard", "dreg")
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def importance_log_weights(nll: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, clamp,
+                           *, kl_weight=1.0, stop_q_gradient: bool = False) -> torch.Tensor:
+    """``log w_k = log p(x|z_k) + kl_weight * (log p(z_k) - log q(z_k|x))``, [K, B], for K samples ``z`` [K, B, ...]
+    of q = N(mu, exp(lv)), lv = clamp(logvar) as the fused op clamps it, with ``nll`` [K, B] = -log p(x|z_k).
+
+    log q is evaluated at the z the decoder saw, from (z - mu) / std, in float32 (float64 for float64 inputs).
+    ``stop_q_gradient``: q's parameters enter log q detached, so that the gradient reaches the encoder through z
+    alone (DReG); otherwise autograd gives the reparameterized total derivative.
+    """
+    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    lv = logvar.to(dtype) if clamp is None else clamp_with_inclusive_gradient(logvar.to(dtype), *clamp)
+    mu = mu.to(dtype)
+    if stop_q_gradient:
+        mu, lv = mu.detach(), lv.detach()
+    z = z.to(dtype)
+    eps = (z - mu) * torch.exp(-0.5 * lv)
+    latent_dims = tuple(range(2, z.dim()))
+    log_prior = (-0.5 * (z * z + LOG_2PI)).sum(latent_dims)
+    log_q = (-0.5 * (eps * eps + LOG_2PI) - 0.5 * lv).sum(latent_dims)
+    return -nll.to(dtype) + kl_weight * (log_prior - log_q)
+
+
+def _scale_gradient(z: torch.Tensor, weights: torch.Tensor) -> None:
+    """DReG: the encoder's gradient through sample k carries weight w~_k squared instead of w~_k, so the gradient
+    that reaches z from the bound (already weighted by w~_k) is multiplied by w~_k once more."""
+    factor = weights.detach().to(z.dtype).view(*weights.shape, *([1] * (z.dim() - 2)))
+    z.register_hook(lambda grad: grad * factor)
+
+
 class NegativeELBO(nn.Module):
     """The model and its loss as one module, so that DDP wraps (and synchronizes) every parameter the loss uses,
     the likelihood's learned scale included."""
 
-    def __init__(self, model: nn.Module, free_bits: float = 0.0, loss_terms: list[LossTerm] | None = None):
+    def __init__(self, model: nn.Module, free_bits: float = 0.0, loss_terms: list[LossTerm] | None = None, *,
+                 samples: int = 1, objective: str = "elbo", estimator: str = "standard"):
         super().__init__()
+        if objective not in OBJECTIVES or estimator not in ESTIMATORS:
+            raise ValueError(f"objective must be one of {OBJECTIVES} and estimator one of {ESTIMATORS}, got "
+                             f"{objective!r} and {estimator!r}")
+        if estimator == "dreg" and objective != "iwae":
+            raise ValueError("the DReG estimator is for the IWAE objective: pass objective='iwae'")
+        if objective == "iwae" and free_bits > 0:
+            raise ValueError("free bits floor the analytic KL of the ELBO; the IWAE bound has no such term")
+        if samples > 1 and loss_terms:
+            raise ValueError("extra loss terms take one reconstruction per image: use samples=1 with them")
         self.model, self.free_bits = model, free_bits
+        self.samples, self.objective, self.estimator = samples, objective, estimator
         self.loss_terms = nn.ModuleList(check_loss_terms(loss_terms))
 
     def terms(self, x: torch.Tensor, noise_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, VAEOutput]:
-        """The per-image reconstruction NLL [B] and the model's output (z, KL per image and per dim, ...);
-        ``noise_seed``: the key of the fused op's seeded noise (None: torch.randn_like)."""
-        out = self.model(x, seed=noise_seed)
+        """The per-image reconstruction NLL ([B], or [K, B] for K samples) and the model's output (z, KL per image
+        and per dim, ...); ``noise_seed``: the key of the fused op's seeded noise (None: torch.randn_like)."""
+        out = self.model(x, seed=noise_seed, samples=self.samples)
         with stage("recon loss"):
-            nll = self.model.nll(out.decoded, x)
-        return nll, out
+            if self.samples == 1:
+                return self.model.nll(out.decoded, x), out
+            images = x.expand(self.samples, *x.shape).flatten(0, 1)
+            return self.model.nll(out.decoded, images).view(self.samples, x.shape[0]), out
 
     def forward(self, x: torch.Tensor, kl_w: torch.Tensor, scale: torch.Tensor,
                 term_weights: torch.Tensor | None = None, noise_seed: torch.Tensor | None = None):
         """``scale`` turns the local sums into this rank's share of the global mean (world_size / global count);
-        ``term_weights`` holds one weight per extra loss term. Returns the loss and, detached, the NLL and KL sums,
-        the per-dim KL and the extra terms' sums (None without terms)."""
+        ``term_weights`` holds one weight per extra loss term. Returns the loss and, detached, the NLL (averaged over
+        the samples) and KL sums, the per-dim KL and the extra terms' sums (None without terms). With the IWAE
+        objective the loss is the negative bound summed over the batch."""
         nll, out = self.terms(x, noise_seed)
-        nll_sum = nll.sum()
-        total = nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, x.shape[0], self.free_bits)
+        if self.objective == "iwae":
+            log_w = importance_log_weights(nll, out.z, out.mu, out.logvar, self.model.clamp, kl_weight=kl_w,
+                                           stop_q_gradient=self.estimator == "dreg")
+            if self.estimator == "dreg":
+                _scale_gradient(out.z, torch.softmax(log_w.detach(), dim=0))
+            total = -(torch.logsumexp(log_w, dim=0) - math.log(self.samples)).sum()
+            nll_sum = nll.mean(0).sum()
+        else:
+            nll_sum = nll.mean(0).sum() if self.samples > 1 else nll.sum()
+            total = nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, x.shape[0], self.free_bits)
         term_sums = None
         if len(self.loss_terms):
             with stage("extra loss terms"):

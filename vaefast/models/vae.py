@@ -39,8 +39,8 @@ class ModelConfig:
 
 
 class VAEOutput(NamedTuple):
-    decoded: torch.Tensor  # likelihood parameters, image-shaped
-    z: torch.Tensor
+    decoded: torch.Tensor  # likelihood parameters, image-shaped ([K * B, ...] for K samples, sample-major)
+    z: torch.Tensor  # [B, ...], or [K, B, ...] for K samples
     kl: torch.Tensor  # [B] float32
     kl_per_dim: torch.Tensor  # latent-shaped, summed over the batch
     mu: torch.Tensor
@@ -109,16 +109,17 @@ class VAE(nn.Module):
         return fn(arg)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None, *,
-                seed: int | torch.Tensor | None = None) -> VAEOutput:
+                seed: int | torch.Tensor | None = None, samples: int = 1) -> VAEOutput:
         """``eps``: the noise; or ``seed``: the key of noise drawn inside the fused op (see reparameterize_kl);
-        neither: torch.randn_like."""
+        neither: torch.randn_like. ``samples`` = K > 1: K posterior samples per image, decoded as one batch of
+        K * B (sample-major)."""
         with stage("encoder"):
             mu, logvar = self._maybe_checkpointed(self.encode, x)
         with stage("reparam/KL"):
-            z, kl, kl_per_dim = reparameterize_kl(mu, logvar, eps, seed=seed, clamp=self.clamp,
+            z, kl, kl_per_dim = reparameterize_kl(mu, logvar, eps, seed=seed, samples=samples, clamp=self.clamp,
                                                   backend=self.backend, return_kl_per_dim=True)
         with stage("decoder"):
-            decoded = self._maybe_checkpointed(self.decode, z)
+            decoded = self._maybe_checkpointed(self.decode, z.flatten(0, 1) if samples > 1 else z)
         return VAEOutput(decoded, z, kl, kl_per_dim, mu, logvar)
 
     def nll(self, decoded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

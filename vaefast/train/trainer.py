@@ -92,7 +92,8 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optimizer, self.model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                         device=device, master_weights=self.plan.master_weights)
         torch.manual_seed(cfg.seed + rank)
-        self.objective = NegativeELBO(self.model, cfg.free_bits, loss_terms).to(device)
+        self.objective = NegativeELBO(self.model, cfg.free_bits, loss_terms, samples=cfg.samples,
+                                      objective=cfg.objective, estimator=cfg.estimator).to(device)
         if self.dist.enabled:
             device_ids = [device.index] if device.type == "cuda" else None
             self.objective = DDP(self.objective, device_ids=device_ids)
