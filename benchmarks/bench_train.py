@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, update_readme_section, write_result  # noqa: E402
 
 from vaefast.data import load_dataset  # noqa: E402
+from vaefast.perf.loss_bench import eager_log_normalizer  # noqa: E402
 from vaefast.train import TrainConfig, Trainer  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
@@ -81,19 +82,8 @@ def recipe_loss(recon_x, x, mu, logvar):
     return bce + kld
 
 
-def recipe_log_normalizer(lam, lower=0.49, upper=0.51):
-    """The recipe's eager continuous Bernoulli log-normalizer in lambda: log|2 atanh(1 - 2 lam)| - log|1 - 2 lam|
-    outside [lower, upper], log 2 + 4/3 (lam - 1/2)^2 + 104/45 (lam - 1/2)^4 inside."""
-    outside = (lam <= lower) | (lam > upper)
-    cut = torch.where(outside, lam, torch.full_like(lam, lower))
-    two_atanh = torch.log(1.0 + (1 - 2.0 * cut)) - torch.log(1.0 - (1 - 2.0 * cut))
-    closed = torch.log(two_atanh.abs()) - torch.log((1 - 2.0 * cut).abs())
-    taylor = math.log(2.0) + 4.0 / 3.0 * (lam - 0.5) ** 2 + 104.0 / 45.0 * (lam - 0.5) ** 4
-    return torch.where(outside, closed, taylor)
-
-
 def recipe_continuous_loss(recon_x, x, mu, logvar):
-    return recipe_loss(recon_x, x, mu, logvar) - recipe_log_normalizer(recon_x).sum()
+    return recipe_loss(recon_x, x, mu, logvar) - eager_log_normalizer(recon_x).sum()
 
 
 class PerSampleImages(Dataset):

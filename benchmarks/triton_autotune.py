@@ -97,12 +97,12 @@ def tune(dtype: torch.dtype, out: Path, *, device: str = "cuda", batch: int = 25
         def fwd():
             partial.zero_()
             latent_fwd[lambda m: (n_row_blocks, triton.cdiv(n, m["BLOCK"]))](
-                mu, lv, eps, z, partial, dim_partial, B, n, max_blocks, -10.0, 10.0,
+                mu, lv, eps, z, partial, dim_partial, B, n, max_blocks, -10.0, 10.0, 1,
                 ROWS=tb.ROWS_PER_PROGRAM, PER_DIM=True, SEEDED=False)
 
         def bwd():
             latent_bwd[lambda m: (B, triton.cdiv(n, m["BLOCK"]))](
-                gz, gk, gk, mu, lv, eps, dmu, dlv, n, -10.0, 10.0, HAS_GD=False, SEEDED=False)
+                gz, gk, gk, mu, lv, eps, dmu, dlv, B, n, -10.0, 10.0, 1, HAS_GD=False, SEEDED=False)
 
         fwd()  # autotunes
         fwd()  # the chosen config alone

@@ -12,17 +12,18 @@ def _latent_args(dtype=torch.float32, per_dim=True):
     mu = torch.randn(5, 2, 3, 4, generator=g).to(dtype).requires_grad_()
     logvar = (torch.randn(5, 2, 3, 4, generator=g) * 6).to(dtype).requires_grad_()
     eps = torch.randn(5, 2, 3, 4, generator=g).to(dtype)
-    return (mu, logvar, eps, -4.0, 4.0, per_dim, False)
+    return (mu, logvar, eps, -4.0, 4.0, per_dim, False, 1)
 
 
 @pytest.mark.parametrize("per_dim", [False, True])
 @pytest.mark.parametrize("seeded", [False, True])
-def test_opcheck_latent(fused_backend, per_dim, seeded):
+@pytest.mark.parametrize("samples", [1, 3])
+def test_opcheck_latent(fused_backend, per_dim, seeded, samples):
     ops = select(fused_backend, torch.device("cpu"), torch.float32)
-    args = _latent_args(per_dim=per_dim)
-    if seeded:  # the noise input is the one-element int64 seed
-        args = (*args[:2], torch.tensor([11]), *args[3:6], True)
-    torch.library.opcheck(ops.latent_op, args)
+    mu, logvar, eps, *rest = _latent_args(per_dim=per_dim)
+    # the noise input: the one-element int64 seed, or eps of z's shape
+    noise = torch.tensor([11]) if seeded else (eps.expand(samples, *eps.shape).contiguous() if samples > 1 else eps)
+    torch.library.opcheck(ops.latent_op, (mu, logvar, noise, *rest[:3], seeded, samples))
 
 
 @pytest.mark.parametrize("continuous", [False, True])

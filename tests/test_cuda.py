@@ -43,7 +43,7 @@ def test_auto_picks_triton_on_cuda():
 def test_opcheck_on_cuda():
     ops = select("triton", CUDA, torch.float32)
     mu, logvar, eps, logits, target = _inputs()
-    torch.library.opcheck(ops.latent_op, (mu, logvar, eps, -4.0, 4.0, True, False))
+    torch.library.opcheck(ops.latent_op, (mu, logvar, eps, -4.0, 4.0, True, False, 1))
     torch.library.opcheck(ops.bce_op, (logits, target, False))
 
 

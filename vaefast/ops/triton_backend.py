@@ -118,7 +118,7 @@ def latent_bwd_kernel(
 
 # Below this |logit| the continuous Bernoulli's log-normalizer and its derivative use their Taylor series: the
 # closed forms subtract nearly equal numbers there.
-CB_TAYLOR = 0.5
+CB_TAYLOR = tl.constexpr(0.5)
 
 
 @triton.jit

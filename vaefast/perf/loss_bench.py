@@ -44,6 +44,34 @@ def eager_composition(mu, logvar, eps, logits, target):
     return z, kl, recon
 
 
+def eager_log_normalizer(lam, lower=0.49, upper=0.51):
+    """The continuous Bernoulli's log-normalizer as the current pytorch/examples VAE computes it, in eager ops on
+    the decoder's probabilities: log|2 atanh(1 - 2 lam)| - log|1 - 2 lam| outside [lower, upper], and
+    log 2 + 4/3 (lam - 1/2)^2 + 104/45 (lam - 1/2)^4 inside."""
+    outside = (lam <= lower) | (lam > upper)
+    cut = torch.where(outside, lam, torch.full_like(lam, lower))
+    two_atanh = torch.log(1.0 + (1 - 2.0 * cut)) - torch.log(1.0 - (1 - 2.0 * cut))
+    closed = torch.log(two_atanh.abs()) - torch.log((1 - 2.0 * cut).abs())
+    taylor = math.log(2.0) + 4.0 / 3.0 * (lam - 0.5) ** 2 + 104.0 / 45.0 * (lam - 0.5) ** 4
+    return torch.where(outside, closed, taylor)
+
+
+def eager_continuous_composition(mu, logvar, eps, logits, target):
+    """The eager composition with the continuous Bernoulli's NLL: the BCE minus the log-normalizer of the clamped
+    probabilities, as pytorch/examples does it."""
+    z, kl, recon = eager_composition(mu, logvar, eps, logits, target)
+    lam = torch.sigmoid(logits).clamp(1e-4, 1.0 - 1e-4)
+    return z, kl, recon - eager_log_normalizer(lam).flatten(1).sum(1)
+
+
+def fused_continuous(backend):
+    def run(mu, logvar, eps, logits, target):
+        z, kl = vaefast.reparameterize_kl(mu, logvar, eps, clamp=CLAMP, backend=backend)
+        return z, kl, vaefast.continuous_bernoulli_nll(logits, target, backend=backend)
+
+    return run
+
+
 def fused(backend):
     def run(mu, logvar, eps, logits, target):
         z, kl = vaefast.reparameterize_kl(mu, logvar, eps, clamp=CLAMP, backend=backend)
@@ -161,6 +189,12 @@ def run_case(name, latent_shape, pixel_shape, *, batch, rounds, min_time, device
         if vaefast.available_backends(device)[backend] is None and not (backend == "triton" and device.type == "cpu"):
             variants[backend] = fused(backend)
             variants[f"{backend} seeded"] = fused_seeded(backend, seed)
+    # The continuous Bernoulli pair, compared with each other (the fused one computes the normalizer in the BCE
+    # pass on the logits; eager, as pytorch/examples, on the clamped probabilities).
+    variants["eager, continuous Bernoulli"] = eager_continuous_composition
+    for backend in ("native", "triton"):
+        if f"{backend} seeded" in variants:
+            variants[f"{backend}, continuous Bernoulli"] = fused_continuous(backend)
     steps = {k: step_fn(fn, leaves, upstream) for k, fn in variants.items()}
     src = torch.randn(floor // 8, device=device)  # float32: copy reads and writes floor bytes in all
     dst = torch.empty_like(src)

@@ -34,17 +34,17 @@ def kernel_specs(elem: str, block: int = BLOCK) -> dict[str, tuple[dict, dict, l
         specs["latent_fwd_kernel" + suffix] = (
             {"mu_ptr": elem, "logvar_ptr": elem, "eps_ptr": noise, "z_ptr": elem, "kl_partial_ptr": f32p,
              "kl_dim_partial_ptr": f32p, "B": "i32", "N": "i32", "n_col_blocks": "i32", "lo": "fp32",
-             "hi": "fp32", "BLOCK": "constexpr", "ROWS": "constexpr", "PER_DIM": "constexpr",
+             "hi": "fp32", "K": "i32", "BLOCK": "constexpr", "ROWS": "constexpr", "PER_DIM": "constexpr",
              "SEEDED": "constexpr"},
             {"BLOCK": BLOCK, "ROWS": 4, "PER_DIM": True, "SEEDED": seeded},
             [0, 1, 2, 3, 4, 5, 7],
         )
         specs["latent_bwd_kernel" + suffix] = (
             {"gz_ptr": elem, "gk_ptr": f32p, "gd_ptr": f32p, "mu_ptr": elem, "logvar_ptr": elem, "eps_ptr": noise,
-             "dmu_ptr": elem, "dlogvar_ptr": elem, "N": "i32", "lo": "fp32", "hi": "fp32",
-             "BLOCK": "constexpr", "HAS_GD": "constexpr", "SEEDED": "constexpr"},
+             "dmu_ptr": elem, "dlogvar_ptr": elem, "B": "i32", "N": "i32", "lo": "fp32", "hi": "fp32",
+             "K": "i32", "BLOCK": "constexpr", "HAS_GD": "constexpr", "SEEDED": "constexpr"},
             {"BLOCK": BLOCK, "HAS_GD": True, "SEEDED": seeded},
-            [0, 1, 2, 3, 4, 5, 6, 7, 8],
+            [0, 1, 2, 3, 4, 5, 6, 7, 9],
         )
     for continuous in (False, True):  # [continuous]: the continuous Bernoulli's log-normalizer in the same pass
         suffix = "[continuous]" if continuous else ""
