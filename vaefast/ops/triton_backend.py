@@ -203,8 +203,13 @@ def _block_size(n: int) -> int:
     return max(16, min(MAX_BLOCK, triton.next_power_of_2(n)))
 
 
-def _num_warps(block: int) -> int:
-    return 4 if block >= 512 else (2 if block >= 128 else 1)
+def _num_warps(block: int, seeded: bool = False, element_size: int = 4) -> int:
+    # Seeded noise keeps Philox's state per element: for 4-byte inputs, twice the warps at large blocks halves the
+    # elements each thread holds and keeps the kernels within 64 registers (124 at 4 warps) while each thread
+    # still loads 16 bytes; 2-byte inputs keep 4 warps, or their loads would narrow to 8 bytes
+    # (tests/test_triton_inspect.py).
+    warps = 4 if block >= 512 else (2 if block >= 128 else 1)
+    return 2 * warps if seeded and block >= 512 and element_size >= 4 else warps
 
 
 def _finish(partial: torch.Tensor, dim: int) -> torch.Tensor:
@@ -232,7 +237,7 @@ def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seede
     )
     latent_fwd_kernel[(n_row_blocks, n_col_blocks)](
         mu, logvar, noise, z, kl_partial, kl_dim_partial, B, N, n_col_blocks, lo, hi, samples,
-        BLOCK=block, ROWS=ROWS_PER_PROGRAM, PER_DIM=per_dim, SEEDED=seeded, num_warps=_num_warps(block),
+        BLOCK=block, ROWS=ROWS_PER_PROGRAM, PER_DIM=per_dim, SEEDED=seeded, num_warps=_num_warps(block, seeded, mu.element_size()),
     )
     if not per_dim:
         kl_dim = kl_dim_partial.new_zeros(0)
@@ -253,7 +258,7 @@ def latent_backward(gz, gk, gd, mu, logvar, noise, lo: float, hi: float, seeded:
     latent_bwd_kernel[(B, triton.cdiv(N, block))](
         gz.contiguous(), gk.contiguous(), gd.contiguous() if has_gd else gk,
         mu.contiguous(), logvar.contiguous(), noise.contiguous(), dmu, dlogvar, B, N, lo, hi, samples,
-        BLOCK=block, HAS_GD=has_gd, SEEDED=seeded, num_warps=_num_warps(block),
+        BLOCK=block, HAS_GD=has_gd, SEEDED=seeded, num_warps=_num_warps(block, seeded, mu.element_size()),
     )
     return dmu, dlogvar
 

@@ -98,7 +98,11 @@ def inspect_kernel(name: str, dtype: str, arch: int, block: int = BLOCK, num_war
 
 
 def inspect_all() -> list[dict]:
-    return [inspect_kernel(name, dtype, arch)
+    """Every kernel at BLOCK with the number of warps its launcher uses there."""
+    from ..ops.triton_backend import _num_warps
+
+    sizes = {"fp32": 4, "bf16": 2, "fp16": 2}
+    return [inspect_kernel(name, dtype, arch, num_warps=_num_warps(BLOCK, "[seeded]" in name, sizes[dtype]))
             for name in kernel_specs("*fp32") for dtype in DTYPES for arch in ARCHS]
 
 
