@@ -38,7 +38,8 @@ def main() -> dict:
     payload = {"benchmark": "launch_count", "command": "TRITON_INTERPRET=1 python benchmarks/launch_count.py",
                "machine": machine_info("cpu"), "rows": rows}
     path = write_result("launch_count", payload)
-    lines = ["| D | pixels | noise | backend | launches | Triton kernels | aten compute ops |", "|---|---|---|---|---|---|---|"]
+    lines = ["| D | pixels | noise | backend | launches | Triton kernels | aten compute ops |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         kernels = ", ".join(f"{k.removesuffix('_kernel')} {v}" for k, v in sorted(r["triton_kernels"].items()))
         aten = ", ".join(f"{k} {v}" for k, v in sorted(r["aten_ops"].items()))

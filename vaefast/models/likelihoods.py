@@ -52,7 +52,8 @@ class Bernoulli(Likelihood):
 
 class ContinuousBernoulli(Likelihood):
     """The continuous Bernoulli on the decoder's logits (the current pytorch/examples VAE), fused: the BCE and the
-    log-normalizer in one pass. Its mean is not sigmoid(logits) but lambda/(2 lambda - 1) + 1/(2 atanh(1 - 2 lambda))."""
+    log-normalizer in one pass. Its mean is not sigmoid(logits) but
+    lambda / (2 lambda - 1) + 1 / (2 atanh(1 - 2 lambda))."""
 
     def __init__(self, backend: str = "auto"):
         super().__init__()

@@ -237,7 +237,8 @@ def latent_forward(mu, logvar, noise, lo: float, hi: float, per_dim: bool, seede
     )
     latent_fwd_kernel[(n_row_blocks, n_col_blocks)](
         mu, logvar, noise, z, kl_partial, kl_dim_partial, B, N, n_col_blocks, lo, hi, samples,
-        BLOCK=block, ROWS=ROWS_PER_PROGRAM, PER_DIM=per_dim, SEEDED=seeded, num_warps=_num_warps(block, seeded, mu.element_size()),
+        BLOCK=block, ROWS=ROWS_PER_PROGRAM, PER_DIM=per_dim, SEEDED=seeded,
+        num_warps=_num_warps(block, seeded, mu.element_size()),
     )
     if not per_dim:
         kl_dim = kl_dim_partial.new_zeros(0)

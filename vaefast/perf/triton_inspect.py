@@ -79,7 +79,8 @@ def inspect_kernel(name: str, dtype: str, arch: int, block: int = BLOCK, num_war
 
     signature, constexprs, hinted = kernel_specs(DTYPES[dtype], block)[name]
     attrs = {(i,): [["tt.divisibility", 16]] for i in hinted}
-    source = ASTSource(fn=getattr(triton_backend, name.split("[")[0]), signature=signature, constexprs=constexprs, attrs=attrs)
+    source = ASTSource(fn=getattr(triton_backend, name.split("[")[0]), signature=signature, constexprs=constexprs,
+                       attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
