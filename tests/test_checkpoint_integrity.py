@@ -174,18 +174,25 @@ class _FullDisk(io.RawIOBase):
         super().close()
 
 
+def _resume_on_a_failing_disk(tmp_path, tiny_data, capsys, break_the_disk):
+    """Train 2 steps, call ``break_the_disk()``, resume to step 4 through the CLI: (run folder, the checkpoints'
+    bytes before, exit code, stderr lines)."""
+    out = tmp_path / "run"
+    Trainer(_small_config(out, max_steps=2), tiny_data).fit()
+    before = {p.name: p.read_bytes() for p in out.glob("ckpt-step*.pt")}
+    break_the_disk()
+    code = main(["train", "--resume", str(out), "--out", str(out), "--max-steps", "4", "--no-progress",
+                 "--no-tensorboard"])
+    return out, before, code, capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.mark.parametrize("room", [0, 2000, 20_000])
 def test_a_full_disk_is_one_clear_error_and_loses_nothing(tmp_path, tiny_data, monkeypatch, capsys, room,
                                                           reliability):
     reliability.case("full disk during a checkpoint write")
-    out = tmp_path / "run"
-    Trainer(_small_config(out, max_steps=2), tiny_data).fit()
-    before = {p.name: p.read_bytes() for p in out.glob("ckpt-step*.pt")}
     real_fdopen = os.fdopen
-    monkeypatch.setattr(ckpt_module.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode), room))
-    code = main(["train", "--resume", str(out), "--out", str(out), "--max-steps", "4", "--no-progress",
-                 "--no-tensorboard"])
-    err = capsys.readouterr().err.strip().splitlines()
+    out, before, code, err = _resume_on_a_failing_disk(tmp_path, tiny_data, capsys, lambda: monkeypatch.setattr(
+        ckpt_module.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode), room)))
     assert code == 2
     assert len(err) == 1 and "the disk is full" in err[0] and str(out) in err[0] and "MiB free" in err[0], err
     assert "Traceback" not in "".join(err)
@@ -211,14 +218,10 @@ def _read_only_after(calls):
 def test_a_read_only_disk_is_one_clear_error_and_loses_nothing(tmp_path, tiny_data, monkeypatch, capsys, when,
                                                                reliability):
     reliability.case("read-only disk")
-    out = tmp_path / "run"
-    Trainer(_small_config(out, max_steps=2), tiny_data).fit()
-    before = {p.name: p.read_bytes() for p in out.glob("ckpt-step*.pt")}
     # the trainer's write check at start is the first mkstemp; the checkpoint write is the second
-    monkeypatch.setattr(ckpt_module.tempfile, "mkstemp", _read_only_after(0 if when == "at start" else 1))
-    code = main(["train", "--resume", str(out), "--out", str(out), "--max-steps", "4", "--no-progress",
-                 "--no-tensorboard"])
-    err = capsys.readouterr().err.strip().splitlines()
+    failing = _read_only_after(0 if when == "at start" else 1)
+    out, before, code, err = _resume_on_a_failing_disk(
+        tmp_path, tiny_data, capsys, lambda: monkeypatch.setattr(ckpt_module.tempfile, "mkstemp", failing))
     assert code == 2
     assert len(err) == 1 and "the file system is read-only" in err[0] and str(out) in err[0], err
     assert {p.name: p.read_bytes() for p in out.glob("ckpt-step*.pt")} == before

@@ -79,13 +79,7 @@ def bce_with_logits(logits: torch.Tensor, target: torch.Tensor, *, backend: str 
     ``target`` is in [0, 1] (grayscale intensities as well as binary values), may have its own float dtype, and
     takes no gradient. The gradient with respect to the logits is ``sigmoid(logits) - target``.
     """
-    check_bce_inputs(logits, target)
-    ops = select(backend, logits.device, logits.dtype)
-    if ops is None:
-        return bce_with_logits_reference(logits, target)
-    if target.dtype not in FUSED_DTYPES:
-        target = target.float()
-    return ops.bce(logits, target)
+    return _pixel_nll(logits, target, backend, continuous=False)
 
 
 def continuous_bernoulli_nll(logits: torch.Tensor, target: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -95,10 +89,16 @@ def continuous_bernoulli_nll(logits: torch.Tensor, target: torch.Tensor, *, back
 
     Arguments as in ``bce_with_logits``; the log-normalizer uses its Taylor series near logit 0 (lambda = 1/2).
     """
+    return _pixel_nll(logits, target, backend, continuous=True)
+
+
+def _pixel_nll(logits, target, backend: str, *, continuous: bool) -> torch.Tensor:
+    """The BCE pass, with the continuous Bernoulli's log-normalizer when ``continuous``."""
     check_bce_inputs(logits, target)
     ops = select(backend, logits.device, logits.dtype)
     if ops is None:
-        return continuous_bernoulli_nll_reference(logits, target)
+        reference = continuous_bernoulli_nll_reference if continuous else bce_with_logits_reference
+        return reference(logits, target)
     if target.dtype not in FUSED_DTYPES:
         target = target.float()
-    return ops.bce(logits, target, True)
+    return ops.bce(logits, target, continuous)
