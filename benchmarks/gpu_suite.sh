@@ -5,7 +5,8 @@
 #
 # 0. the CUDA tests: the property tests on the compiled Triton kernels, opcheck, inductor, autocast, training;
 # 1. the fused ops vs eager vs torch.compile, forward+backward, fp32/bf16/fp16, B=256, D in {20, 512, 4096, 16384}
-#    and a 4x64x64 spatial latent, timed from Python (launch overhead included) and from CUDA graphs (GPU time);
+#    and a 4x64x64 spatial latent, timed from Python (launch overhead included) and from CUDA graphs (GPU time),
+#    with the seeded-noise (Philox in the kernel) and continuous-Bernoulli variants of the Triton path;
 # 2. the Triton kernels autotuned over BLOCK/num_warps (triton.autotune), the chosen configs logged;
 # 3. end-to-end images/s for the MLP and the conv VAE, with and without torch.compile and AMP;
 # 4. registers and load widths of the kernels (no GPU needed);
