@@ -1,8 +1,8 @@
 // Seeded standard normals, the same stream as vaefast.ops.reference.seeded_normal and the Triton kernels: element i
 // is Box-Muller over the first two words of Philox4x32-10 with key (low, high 32 bits of the seed) and counter
 // (low, high 32 bits of i, 0, 0). The integers are bit-exact; the normal transform uses vector_math's log and a
-// polynomial cos, within a few float32 ulp of the other backends'. Everything is branch-free so that the loops
-// filling a tile vectorize.
+// polynomial cos, within a few float32 ulp of the other backends'. The transform is branch-free so that its loop
+// vectorizes.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -32,25 +32,25 @@ static inline PhiloxKey philox_key(int64_t seed) {
     return {static_cast<uint32_t>(bits), static_cast<uint32_t>(bits >> 32)};
 }
 
-// The first two output words of Philox4x32-10 at counter (c0, c1, 0, 0). The 32-bit words live in 64-bit
-// variables so that, vectorized, each product is one 32x32->64 lane multiply (vpmuludq) with no repacking of
-// 32-bit lanes between rounds; every value stays below 2^32 except the products.
-static VF_ALWAYS_INLINE void philox_first_two(PhiloxKey key, uint32_t counter0, uint32_t counter1, uint32_t& out0,
+// The first two output words of Philox4x32-10 at counter (c0, c1, 0, 0), one element at a time: the scalar path
+// (baseline copy, group remainders); philox_words runs groups of 8 with AVX2 where the copy has it.
+static VF_ALWAYS_INLINE void philox_first_two(PhiloxKey key, uint32_t c0, uint32_t c1, uint32_t& out0,
                                               uint32_t& out1) {
-    constexpr uint64_t kLow = 0xFFFFFFFFu;
-    uint64_t c0 = counter0, c1 = counter1, c2 = 0, c3 = 0, k0 = key.k0, k1 = key.k1;
+    uint32_t c2 = 0, c3 = 0, k0 = key.k0, k1 = key.k1;
     for (int round = 0; round < 10; ++round) {
-        const uint64_t pb = 0xCD9E8D57u * c2;
-        const uint64_t pa = 0xD2511F53u * c0;
-        c0 = (pb >> 32) ^ c1 ^ k0;
-        c2 = (pa >> 32) ^ c3 ^ k1;
-        c1 = pb & kLow;
-        c3 = pa & kLow;
-        k0 = (k0 + 0x9E3779B9u) & kLow;
-        k1 = (k1 + 0xBB67AE85u) & kLow;
+        const uint64_t pb = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+        const uint64_t pa = static_cast<uint64_t>(0xD2511F53u) * c0;
+        const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c1 ^ k0;
+        const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ c3 ^ k1;
+        c1 = static_cast<uint32_t>(pb);
+        c3 = static_cast<uint32_t>(pa);
+        c0 = n0;
+        c2 = n2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
     }
-    out0 = static_cast<uint32_t>(c0);
-    out1 = static_cast<uint32_t>(c1);
+    out0 = c0;
+    out1 = c1;
 }
 
 // A uint32 word to [0, 1) as Triton's uint_to_uniform_float: read as int32, negatives folded by bitwise not.
