@@ -148,3 +148,5 @@ def test_objective_misuse_is_named():
         NegativeELBO(model, samples=4, estimator="dreg")
     with pytest.raises(ValueError, match="free bits"):
         NegativeELBO(model, free_bits=0.1, samples=4, objective="iwae")
+    with pytest.raises(ValueError, match="samples >= 2"):
+        NegativeELBO(model, objective="iwae")

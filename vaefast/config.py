@@ -90,6 +90,8 @@ class TrainConfig:
                             f"{self.objective!r} and {self.estimator!r}")
         elif self.estimator == "dreg" and self.objective != "iwae":
             problems.append("--estimator dreg is for --objective iwae")
+        if self.objective == "iwae" and self.samples < 2:
+            problems.append(f"--objective iwae weighs several samples: pass --samples 2 or more, got {self.samples}")
         if self.objective == "iwae" and self.free_bits > 0:
             problems.append("--free-bits floors the ELBO's analytic KL; the IWAE bound has no such term")
         if self.noise not in ("seeded", "randn"):

@@ -73,6 +73,8 @@ class NegativeELBO(nn.Module):
                              f"{objective!r} and {estimator!r}")
         if estimator == "dreg" and objective != "iwae":
             raise ValueError("the DReG estimator is for the IWAE objective: pass objective='iwae'")
+        if objective == "iwae" and samples < 2:
+            raise ValueError(f"the IWAE bound weighs several samples: pass samples >= 2, got {samples}")
         if objective == "iwae" and free_bits > 0:
             raise ValueError("free bits floor the analytic KL of the ELBO; the IWAE bound has no such term")
         if samples > 1 and loss_terms:
