@@ -32,9 +32,10 @@ def test_every_kernel_compiles_for_every_arch_and_dtype(report):
 
 def test_no_spills(report):
     for r in report:
-        # The seeded backward with 2-byte inputs keeps an 8-byte call frame (ptxas' stack, not local-memory
-        # spills: its local is 0); everything else has neither.
-        frame = 8 if r["kernel"] == "latent_bwd_kernel[seeded]" and r["dtype"] != "fp32" else 0
+        # No kernel spills registers to local memory. The seeded kernels call libdevice's float32 log and cos,
+        # whose out-of-line slow paths need a call frame: ptxas reports 0-8 bytes of stack with triton 3.9 and
+        # 32-40 with triton 3.8 (what torch 2.14 pins); everything else has none.
+        frame = 64 if "[seeded]" in r["kernel"] else 0
         assert r["local"] == 0 and r["stack"] <= frame, r
 
 
