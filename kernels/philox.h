@@ -13,8 +13,8 @@
 
 #include "vector_math.h"
 
-// Forced inline: called from many kernel instantiations, GCC's inliner otherwise gives up on seeded_normal, and the
-// fill loop, left with a call inside, does not vectorize.
+// Forced inline: called from many kernel instantiations, GCC's inliner otherwise gives up on the per-element
+// functions, and a loop left with a call inside does not vectorize.
 #if defined(__GNUC__)
 #define VF_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
@@ -81,12 +81,6 @@ static VF_ALWAYS_INLINE float normal_from_words(uint32_t w0, uint32_t w1) {
     const float u1 = uniform_from_word(w0);
     const float clamped = u1 < 1.0e-7f ? 1.0e-7f : u1;
     return __builtin_sqrtf(-2.0f * log_positive(clamped)) * cos_two_pi(uniform_from_word(w1));
-}
-
-static VF_ALWAYS_INLINE float seeded_normal(PhiloxKey key, uint64_t index) {
-    uint32_t w0, w1;
-    philox_first_two(key, static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), w0, w1);
-    return normal_from_words(w0, w1);
 }
 
 #if defined(__AVX2__)
