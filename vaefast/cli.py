@@ -8,7 +8,7 @@ import sys
 
 from .data import DataError
 from .checkpoint import CheckpointError, disk_error, load_checkpoint
-from .config import TrainConfig, load_toml, merge
+from .config import COMPILE_MODES, TrainConfig, load_toml, merge
 from .integrations.diffusers import DIFFUSERS_CLAMP  # diffusers itself is imported only when used
 from .models.likelihoods import LIKELIHOODS
 from .train.guard import NonFiniteTraining
@@ -114,9 +114,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 where the hardware computes it natively (CUDA, AMX/AVX512-BF16 CPUs), else fp32")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S,
                    help="torch.compile the forward and loss (default: when the run is long enough to repay it)")
-    p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune",
-                                              "max-autotune-no-cudagraphs"], default=S,
-                   help="torch.compile mode; reduce-overhead replays the step's forward and backward as CUDA graphs")
+    p.add_argument("--compile-mode", choices=list(COMPILE_MODES), default=S,
+                   help="torch.compile mode; reduce-overhead replays the step's forward and backward as CUDA graphs; "
+                        "whole-step compiles forward, backward and optimizer as one function and on CUDA captures it "
+                        "as one CUDA graph (one process, torch's fused Adam; see vaefast/train/capture.py)")
     p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=S,
                    help="bf16: keep the model in bf16 and float32 master weights in the optimizer instead of casting "
                         "the weights every step (default: on for bf16 on CPU in one process)")

@@ -11,7 +11,7 @@ from pathlib import Path
 from .models import ModelConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "whole-step")
 
 
 @dataclass
@@ -48,7 +48,8 @@ class TrainConfig:
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999)
     precision: str = "auto"  # bf16 where the hardware computes it natively (CUDA, AMX / AVX512-BF16 CPUs), else fp32
     compile: bool | None = None  # None: on where it pays (see vaefast.plan)
-    # torch.compile mode; "reduce-overhead" also replays the compiled forward and backward as CUDA graphs.
+    # torch.compile mode; "reduce-overhead" also replays the compiled forward and backward as CUDA graphs;
+    # "whole-step" compiles forward, backward and optimizer together, and on CUDA captures them as one CUDA graph.
     # None: reduce-overhead on one CUDA device, default elsewhere (see vaefast.plan).
     compile_mode: str | None = None
     # bf16: hold the model in bf16 and float32 master weights in the optimizer (train/optim.py) instead of casting

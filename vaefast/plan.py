@@ -12,6 +12,9 @@ import torch
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # reduce-overhead and max-autotune replay the compiled graphs as CUDA graphs on CUDA devices.
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# vaefast's own mode: the whole step (forward, backward, optimizer) compiled, and on CUDA captured as one CUDA graph
+# (vaefast.train.capture).
+WHOLE_STEP = "whole-step"
 # Below this many steps, compiling on CUDA costs more than it saves (see RunPlan.compile's reason).
 COMPILE_MIN_STEPS = 2_000
 
@@ -32,11 +35,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return _precision(precision, device)[0]
 
 
-def autocast(precision: str, device: torch.device):
-    """The autocast context of a resolved precision (a no-op context for fp32)."""
+def autocast(precision: str, device: torch.device, cache: bool = True):
+    """The autocast context of a resolved precision (a no-op context for fp32). ``cache=False`` for a step captured
+    as a CUDA graph: autocast's cast cache must not outlive the capture (PyTorch's CUDA-graphs notes)."""
     if precision == "fp32":
         return nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES[precision])
+    return torch.autocast(device.type, dtype=AMP_DTYPES[precision], cache_enabled=cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +52,17 @@ class RunPlan:
     master_weights: bool
     cuda_graphs: bool  # the compiled step replays CUDA graphs, whose outputs must be copied out to outlive a step
     reasons: dict[str, str]
+    whole_step: bool = False  # compile the whole step; on CUDA, capture it as one CUDA graph
 
     def autocast(self):
-        return autocast(self.precision, self.device)
+        return autocast(self.precision, self.device, cache=not self.whole_step)
 
     def describe(self) -> str:
         compiled = f"compile {self.compile_mode}" if self.compile else "eager"
-        extras = (", master weights" if self.master_weights else "") + (", CUDA graphs" if self.cuda_graphs else "")
+        graphs = ", CUDA graphs" if self.cuda_graphs else ""
+        if self.whole_step and self.device.type == "cuda":
+            graphs = ", the whole step as one CUDA graph"
+        extras = (", master weights" if self.master_weights else "") + graphs
         why = "; ".join(f"{key}: {reason}" for key, reason in self.reasons.items())
         return f"{self.device} {self.precision}, {compiled}{extras} ({why})"
 
@@ -90,8 +98,21 @@ def _compile_mode(requested: str | None, device: torch.device, distributed: bool
     return "default", "auto"
 
 
+def _whole_step(mode: str, mode_why: str, distributed: bool, master_weights: bool | None) -> tuple[str, str]:
+    """Whole-step capture where it can work; elsewhere the default mode, with the reason."""
+    if mode != WHOLE_STEP:
+        return mode, mode_why
+    if distributed:
+        return "default", ("whole-step falls back to default: DDP's gradient all-reduce inside a captured step has "
+                           "not been run")
+    if master_weights:
+        return "default", ("whole-step falls back to default: master weights step through a host-driven native "
+                           "kernel, not torch's fused Adam")
+    return mode, mode_why
+
+
 def _master_weights(requested: bool | None, precision: str, device: torch.device, distributed: bool,
-                    native_step: bool) -> tuple[bool, str]:
+                    native_step: bool, whole_step: bool = False) -> tuple[bool, str]:
     """Explicit wins (bf16 only). Otherwise on for bf16 on CPU in one process with the native kernel, where the
     weight casts it removes were a tenth of a step (benchmarks/README.md). Under DDP the bf16 model would
     all-reduce bf16 gradients, so it stays opt-in there."""
@@ -99,6 +120,8 @@ def _master_weights(requested: bool | None, precision: str, device: torch.device
         if requested and precision != "bf16":
             raise ValueError(f"master weights are for bf16 training, but precision resolved to {precision}")
         return requested, "as requested"
+    if whole_step:
+        return False, "auto: off, whole-step needs torch's fused Adam"
     on = precision == "bf16" and device.type == "cpu" and not distributed and native_step
     return on, "auto: bf16 on CPU in one process with the native kernel" if on else "auto: off"
 
@@ -110,9 +133,14 @@ def plan_run(*, device: torch.device, precision: str = "auto", compile: bool | N
     precision, precision_why = _precision(precision, device)
     compiled, compile_why = _compile(compile, device, total_steps)
     mode, mode_why = _compile_mode(compile_mode, device, distributed)
-    masters, masters_why = _master_weights(master_weights, precision, device, distributed, native_master_step)
+    if compiled:
+        mode, mode_why = _whole_step(mode, mode_why, distributed, master_weights)
+    whole_step = compiled and mode == WHOLE_STEP
+    masters, masters_why = _master_weights(master_weights, precision, device, distributed, native_master_step,
+                                           whole_step)
     reasons = {"precision": precision_why, "compile": compile_why, "master weights": masters_why}
     if compiled:
         reasons["compile mode"] = mode_why
     return RunPlan(device=device, precision=precision, compile=compiled, compile_mode=mode, master_weights=masters,
-                   cuda_graphs=compiled and device.type == "cuda" and mode in CUDA_GRAPH_MODES, reasons=reasons)
+                   cuda_graphs=compiled and device.type == "cuda" and mode in CUDA_GRAPH_MODES, reasons=reasons,
+                   whole_step=whole_step)

@@ -19,12 +19,20 @@ class WeightEMA:
         """``named_sources``: parameter name -> the float32 tensor the optimizer updates (read, never written)."""
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
-        self.decay, self.warmup, self.updates = decay, warmup, 0
+        self.decay, self.warmup = decay, warmup
         self.names = list(named_sources)
         self.sources = [named_sources[name] for name in self.names]
         if any(t.dtype != torch.float32 for t in self.sources):
             raise ValueError("the EMA averages float32 weights; with bf16 weights pass the float32 masters")
         self.shadow = [t.detach().clone() for t in self.sources]
+        # On the device, like the weights: a host count would be frozen into a captured step (vaefast.train.capture);
+        # int64, as vaefast.train.schedules.step_counter says why.
+        self._updates = torch.zeros((), dtype=torch.int64, device=self.shadow[0].device if self.shadow else "cpu")
+
+    @property
+    def updates(self) -> int:
+        """EMA steps taken so far (a host read: for checkpoints and tests)."""
+        return int(self._updates)
 
     @classmethod
     def for_model(cls, model: nn.Module, decay: float, masters: dict[int, torch.Tensor] | None = None) -> "WeightEMA":
@@ -40,13 +48,18 @@ class WeightEMA:
     @torch.no_grad()
     def update(self, skip: torch.Tensor | None = None) -> None:
         """One EMA step. ``skip``, a float device flag (1.0 when the optimizer skipped the step), weights the lerp
-        by 0 then, so the host never reads it; the warm-up counts the steps, skipped ones too."""
-        weight = 1.0 - self.current_decay()
-        if skip is None:
-            torch._foreach_lerp_(self.shadow, self.sources, weight)
+        by 0 then, so the host never reads it; the warm-up counts the steps, skipped ones too. The decay is computed
+        on the device from a device count, so a captured step replays it correctly."""
+        if self.warmup:
+            updates = self._updates.double()
+            decay = torch.clamp_max((1.0 + updates) / (10.0 + updates), self.decay)
         else:
-            torch._foreach_lerp_(self.shadow, self.sources, [(1.0 - skip) * weight] * len(self.shadow))
-        self.updates += 1
+            decay = torch.full_like(self._updates, self.decay, dtype=torch.float64)
+        weight = (1.0 - decay).float()
+        if skip is not None:
+            weight = weight * (1.0 - skip)
+        torch._foreach_lerp_(self.shadow, self.sources, [weight] * len(self.shadow))
+        self._updates.add_(1)
 
     def state_dict(self) -> dict:
         return {"shadow": dict(zip(self.names, self.shadow)), "updates": self.updates}
@@ -58,7 +71,7 @@ class WeightEMA:
             raise ValueError(f"the checkpoint's EMA lacks {', '.join(missing[:5])}")
         for name, shadow in zip(self.names, self.shadow):
             shadow.copy_(state["shadow"][name])
-        self.updates = state["updates"]
+        self._updates.fill_(state["updates"])
 
 
 @torch.no_grad()

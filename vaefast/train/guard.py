@@ -59,9 +59,18 @@ class NaNGuard:
 
     def record(self, skip: torch.Tensor, diagnose) -> None:
         """Count a step from its float device flag (1.0: skipped) without reading it on the host."""
+        self.count(skip)
+        self.publish(diagnose)
+
+    def count(self, skip: torch.Tensor) -> None:
+        """The device half of ``record``: in-place tensor ops only, so it can run inside a captured step."""
         torch.addcmul(self._keep, self._streak_axis, skip, out=self._factor)  # [1, skip, 1]
         self.counters.mul_(self._factor).addcmul_(self._count_axis, skip)  # [skipped + s, (streak + 1)·s, longest]
         torch.maximum(self._longest, self._streak, out=self._longest)
+
+    def publish(self, diagnose) -> None:
+        """The host half: start the counters' copy to host memory (outside any captured graph: it records an event)
+        and act on the last copy that has landed."""
         self._diagnose = diagnose
         self._host.copy_(self.counters, non_blocking=True)
         if self._copied is not None:

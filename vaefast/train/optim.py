@@ -105,7 +105,7 @@ class MasterWeightAdam(torch.optim.Optimizer):
             return loss
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+            hyper = dict(lr=_host_value(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
                          weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"])
             native: dict[torch.dtype, list[torch.Tensor]] = {}
             for p in group["params"]:
@@ -135,13 +135,9 @@ class MasterWeightAdam(torch.optim.Optimizer):
     def _skip(self) -> bool:
         """Whether the trainer's ``found_inf`` flag asks to skip this step. The native kernel is driven from the
         host and its flag lives in CPU memory, so reading it is a memory load, not a device sync; off CPU the
-        flag is read from the device (the one host read of a master-weights step there)."""
+        flag (and a tensor learning rate) is read from the device: the host reads of a master-weights step there."""
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is None:
-            return False
-        if found_inf.device.type == "cpu":
-            return bool(found_inf.numpy().any())
-        return bool(found_inf.any())
+        return found_inf is not None and _host_value(found_inf) != 0
 
     @torch.no_grad()
     def grads_finite(self) -> bool:
@@ -195,3 +191,12 @@ class MasterWeightAdam(torch.optim.Optimizer):
         by_name = {name: masters[id(p)] for name, p in module.named_parameters() if id(p) in masters}
         return {name: by_name.get(name, value) for name, value in module.state_dict().items()}
 
+
+def _host_value(value: float | torch.Tensor) -> float:
+    """A float, or a one-element tensor's value: from CPU memory through numpy (a load, not a device sync and not a
+    dispatcher call), from another device with a host read."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.device.type == "cpu":
+        return float(value.detach().numpy().reshape(()))
+    return float(value)

@@ -1,6 +1,8 @@
-"""KL weight schedules: linear warm-up and cyclical annealing."""
+"""KL weight and learning-rate schedules, computed on the device from device step counters."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -23,6 +25,12 @@ def kl_weight(step: int, total_steps: int, beta: float, warmup_steps: int = 0, c
     return beta
 
 
+def step_counter(device) -> torch.Tensor:
+    """A device step count that a step advances in place. int64: torch.compile (2.13, CPU) dropped the in-place
+    update of a 0-dim float64 CPU tensor (tests/test_whole_step.py caught it through the learning rate)."""
+    return torch.zeros((), dtype=torch.int64, device=device)
+
+
 class KLWeight:
     """The same schedule computed on the device from a device step counter.
 
@@ -35,7 +43,7 @@ class KLWeight:
                  ramp_fraction: float = 0.5):
         self.beta, self.warmup_steps, self.cycles, self.ramp_fraction = beta, warmup_steps, cycles, ramp_fraction
         self.period = max(1, total_steps // cycles) if cycles > 0 else 0
-        self.step = torch.zeros((), dtype=torch.float64, device=device)
+        self.step = step_counter(device)
         self._constant = torch.tensor(beta, device=device) if cycles <= 0 and warmup_steps <= 0 else None
 
     def set_step(self, step: int) -> None:
@@ -49,8 +57,60 @@ class KLWeight:
         """The weight at the counter's step, as a float32 device tensor."""
         if self._constant is not None:
             return self._constant
+        step = self.step.double()
         if self.cycles > 0:
-            ramp = torch.remainder(self.step, self.period) / (self.period * self.ramp_fraction)
+            ramp = torch.remainder(step, self.period) / (self.period * self.ramp_fraction)
         else:
-            ramp = self.step / self.warmup_steps
+            ramp = step / self.warmup_steps
         return (ramp.clamp(max=1.0) * self.beta).float()
+
+
+class LearningRate:
+    """The optimizer's learning rate as a float32 device tensor in its param groups, set in place on the device from
+    a device step counter: ``constant``, or ``cosine`` annealing to 0 over ``total_steps`` (CosineAnnealingLR's
+    closed form).
+
+    torch's fused Adam reads a tensor lr on the device, but torch's LR schedulers compute each new value on the
+    host from that tensor (an ``.item()`` per step), and a float lr would be frozen into a captured step. Here the
+    value is a few tensor ops on the counter, inside the step, so neither a plain step nor a replayed CUDA graph
+    reads or writes it from the host. The state is the step count, under the key torch's schedulers use, so older
+    checkpoints load.
+    """
+
+    KINDS = ("constant", "cosine")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, total_steps: int, *, device):
+        if kind not in self.KINDS:
+            raise ValueError(f"learning-rate schedule must be one of {self.KINDS}, got {kind!r}")
+        self.kind, self.total_steps = kind, max(total_steps, 1)
+        self.base = [float(group["lr"]) for group in optimizer.param_groups]
+        self.step = step_counter(device)
+        # float32: what torch's fused Adam kernels read through a tensor lr on CUDA.
+        self.values = [torch.tensor(base, dtype=torch.float32, device=device) for base in self.base]
+        self.attach(optimizer)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Put the value tensors into ``optimizer``'s param groups (again after ``optimizer.load_state_dict``, which
+        replaces the groups with the saved ones)."""
+        for group, value in zip(optimizer.param_groups, self.values):
+            group["lr"] = value
+
+    def advance(self) -> None:
+        if self.kind == "constant":
+            return
+        self.step.add_(1)
+        self._set()
+
+    def _set(self) -> None:
+        if self.kind == "constant":
+            return
+        fraction = (torch.cos(self.step.double() * (math.pi / self.total_steps)) + 1.0) * 0.5
+        for value, base in zip(self.values, self.base):
+            value.copy_(fraction * base)
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": int(self.step)}  # read on the host only when a checkpoint is written
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step.fill_(state["last_epoch"])
+        self._set()

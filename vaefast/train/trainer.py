@@ -39,7 +39,8 @@ from .metrics import TrainMetrics
 from .monitor import Monitor
 from .preemption import StopRequest
 from .optim import make_optimizer, native_master_step_available, skips_on_device
-from .schedules import KLWeight
+from .schedules import KLWeight, LearningRate
+from .capture import WholeStep
 from .noise import NoiseSeeds
 from .state import reshard_position, rng_state, seed_everything, set_rng_state
 
@@ -97,10 +98,7 @@ class Trainer:
         if self.dist.enabled:
             device_ids = [device.index] if device.type == "cuda" else None
             self.objective = DDP(self.objective, device_ids=device_ids)
-        if cfg.lr_schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
-        else:
-            self.scheduler = torch.optim.lr_scheduler.ConstantLR(self.optimizer, factor=1.0, total_iters=0)
+        self.lr_schedule = LearningRate(self.optimizer, cfg.lr_schedule, self.total_steps, device=device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.plan.precision == "fp16")
         self.out = Path(cfg.out)
         self.checkpointer = Checkpointer(self.out, cfg.keep_checkpoints, enabled=self.dist.is_main,
@@ -121,10 +119,12 @@ class Trainer:
         self.kl_schedule = KLWeight(self.total_steps, cfg.beta, cfg.kl_warmup_steps, cfg.kl_cycles, device=device)
         self._term_w_value, self._term_w = None, None
         self._unit_scale = None
-        self._scale_count, self._scale = None, None
+        # Per batch size, and kept: a captured step holds on to the tensor it saw.
+        self._scales: dict[int, torch.Tensor] = {}
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
-        self.loss_fn = torch.compile(self.objective, mode=self.plan.compile_mode) if self.plan.compile \
-            else self.objective
+        compile_loss = self.plan.compile and not self.plan.whole_step
+        self.loss_fn = torch.compile(self.objective, mode=self.plan.compile_mode) if compile_loss else self.objective
+        self.whole_step = WholeStep.for_device(self._step, device) if self.plan.whole_step else None
         self.ema = self._make_ema(self.load(cfg.resume) if cfg.resume else None)
         if self.dist.is_main:
             save_resolved(cfg, self.out)
@@ -142,14 +142,23 @@ class Trainer:
         last batches, and accumulation, give the single-process gradient. Returns this rank's (nll, kl, per-dim
         KL, extra loss terms) sums (the last None without terms) and ``applied``, a device flag that is False
         when a non-finite loss or gradient skipped the update. Nothing here reads a device value on the host
-        (tests/test_sync_free.py counts it). It does not advance ``step``: ``run`` does.
+        (tests/test_sync_free.py counts it). It does not advance ``step``: ``run`` does. Under whole-step the
+        result's tensors belong to the captured graph: read them before the next step.
         """
         if isinstance(micro_batches, torch.Tensor):
             micro_batches = [micro_batches]
-        # A device tensor, not a float: torch.compile would specialize on (and recompile for) each new Python float,
-        # and a per-step host-to-device copy would wait for the stream.
+        self._update_term_weights()
+        result = self.whole_step(micro_batches) if self.whole_step is not None else self._step(micro_batches)
+        self.guard.publish(lambda: self.diagnose(torch.cat(micro_batches)))
+        return result
+
+    def _step(self, micro_batches: list[torch.Tensor]) -> StepResult:
+        """The step itself, all on the device: what whole-step compiles and captures. Everything it changes
+        outside its outputs (weights, moments, the schedules' and guard's counters) is changed in place."""
+        # Device tensors, not floats: torch.compile would specialize on (and recompile for) each new Python float,
+        # a per-step host-to-device copy would wait for the stream, and a captured step would freeze the value.
         kl_w = self.kl_schedule.value()
-        term_w = self._term_weights()
+        term_w = self._term_w
         scale = self._loss_scale(sum(len(x) for x in micro_batches))
         self.optimizer.zero_grad(set_to_none=True)
         finite = sums = None
@@ -188,13 +197,24 @@ class Trainer:
         skip = skip.view(())
         with stage("optimizer"):
             self._optimizer_step(skip)
-        self.guard.record(skip, lambda: self.diagnose(torch.cat(micro_batches)))
+        self.guard.count(skip)
+        self.kl_schedule.advance()
         return StepResult(*sums, applied=skip == 0)
 
     def _optimizer_step(self, skip: torch.Tensor) -> None:
         """Apply the update unless ``skip`` is set, decided on the device: torch's fused Adam and MasterWeightAdam
         take the flag as GradScaler's ``found_inf`` and leave parameters, moments and step counts untouched when it
         is set, and the EMA's lerp is weighted by it. The LR schedule follows the step count, skipped steps too."""
+        self._update_weights(skip)
+        self.lr_schedule.advance()
+        if self.ema is not None:
+            self.ema.update(skip)
+
+    # Never traced: under torch.compile (2.13) Adam.step passed found_inf=None to the fused kernel, so a NaN step
+    # updated the weights (tests/test_whole_step.py). Eager, it is the one fused kernel anyway, and a CUDA graph
+    # capture records it all the same.
+    @torch.compiler.disable
+    def _update_weights(self, skip: torch.Tensor) -> None:
         if skips_on_device(self.optimizer):
             if not self.scaler.is_enabled():  # with fp16 the scaler passes its own overflow flag
                 self.optimizer.found_inf = skip
@@ -202,9 +222,6 @@ class Trainer:
         elif not bool(skip):  # an optimizer without found_inf support: the decision is read on the host
             self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(skip)
 
     def run(self, steps: int | None = None, on_step: Callable[[int], None] | None = None) -> int:
         """Take optimizer steps from the current data position and return how many ran.
@@ -248,7 +265,6 @@ class Trainer:
     def _advance(self, group: list[torch.Tensor]) -> None:
         result = self.train_step(group)
         self.step += 1
-        self.kl_schedule.advance()
         self.batch_in_epoch += len(group)
         images = sum(len(x) for x in group)
         self.metrics.record(images, result)
@@ -274,7 +290,7 @@ class Trainer:
         return bool(self.dist.all_reduce_(flag, op=torch.distributed.ReduceOp.MAX))
 
     def _log_context(self) -> tuple[dict, str]:
-        extra = {"train/lr": self.optimizer.param_groups[0]["lr"], "train/skipped_steps": self.guard.skipped}
+        extra = {"train/lr": float(self.lr_schedule.values[0]), "train/skipped_steps": self.guard.skipped}
         return extra, f"epoch {self.epoch + 1}/{self.cfg.epochs} step {self.step}/{self.total_steps}"
 
     def _step_groups(self):
@@ -340,21 +356,25 @@ class Trainer:
             local = torch.tensor([float(local_count)], pin_memory=self.device.type == "cuda")
             count = self.dist.all_reduce_(local.to(self.device, non_blocking=True))
             return self.dist.world_size / count.clamp_min(1.0)
-        if local_count != self._scale_count:
-            self._scale_count = local_count
-            self._scale = torch.tensor(1.0 / max(local_count, 1), device=self.device)
-        return self._scale
+        if local_count not in self._scales:
+            self._scales[local_count] = torch.tensor(1.0 / max(local_count, 1), device=self.device)
+        return self._scales[local_count]
 
     @property
     def _loss_terms(self) -> list[LossTerm]:
         objective = self.objective.module if self.dist.enabled else self.objective
         return list(objective.loss_terms)
 
-    def _term_weights(self) -> torch.Tensor | None:
-        """The extra terms' weights at this step, as a device tensor rebuilt only when one changes."""
+    def _update_term_weights(self) -> torch.Tensor | None:
+        """The extra terms' weights at this step, in one device tensor written in place (a captured step reads
+        that tensor) and only when a weight changes."""
         weights = tuple(term.weight_at(self.step) for term in self._loss_terms)
         if weights and weights != self._term_w_value:
-            self._term_w_value, self._term_w = weights, torch.tensor(weights, device=self.device)
+            if self._term_w is None:
+                self._term_w = torch.tensor(weights, device=self.device)
+            else:
+                self._term_w.copy_(torch.tensor(weights), non_blocking=True)
+            self._term_w_value = weights
         return self._term_w
 
     def _grads_nonfinite(self) -> torch.Tensor | bool:
@@ -414,7 +434,7 @@ class Trainer:
             "model": self.optimizer.master_state_dict(self.model) if self.master_weights else self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": self.lr_schedule.state_dict(),
             "rng": rng_state(),
             **({"noise": self.noise_seeds.state_dict()} if self.noise_seeds is not None else {}),
             "epoch": self.epoch,
@@ -464,8 +484,9 @@ class Trainer:
             raise ValueError(f"cannot resume {path}: {exc}; resume it with {flag}") from None
         for group in self.optimizer.param_groups:  # a state saved by another optimizer brings its own flags
             group.update({k: v for k, v in self.optimizer.defaults.items() if k in ("fused", "foreach")})
+        self.lr_schedule.attach(self.optimizer)  # the loaded groups brought the saved lr values
         self.scaler.load_state_dict(state["scaler"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.lr_schedule.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         if self.noise_seeds is not None and "noise" in state:
             self.noise_seeds.load_state_dict(state["noise"])
