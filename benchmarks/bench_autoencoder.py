@@ -56,6 +56,8 @@ VARIANTS = {
     "vaefast": "vaefast, its run plan (precision, compile)",
     "vaefast-fp32": "vaefast, fp32",
     "vaefast-compile": "vaefast --compile",
+    "vaefast-whole-step": "vaefast --compile --compile-mode whole-step",
+    "vaefast-fp32-whole-step": "vaefast, fp32, --compile --compile-mode whole-step",
     "vaefast-ckpt": "vaefast --activation-checkpointing",
     "vaefast-channels-last": "vaefast --channels-last",
 }
@@ -167,13 +169,15 @@ def vaefast_loop(vae, train, test, spec, device, variant) -> tuple[float, dict]:
     from vaefast.integrations.diffusers import DIFFUSERS_CLAMP, from_diffusers
     from vaefast.train import Trainer
 
+    whole_step = variant.endswith("whole-step")
     cfg = TrainConfig(out=spec["out"], batch_size=spec["batch_size"], epochs=10**6, lr=spec["lr"],
                       optimizer="adamw", weight_decay=1e-2, beta=vaefast_kl_weight(train.shape[1:]),
                       seed=spec["seed"], device=str(device), progress=False, tensorboard=False, log_every=10**6,
                       activation_checkpointing=variant == "vaefast-ckpt",
                       channels_last=variant == "vaefast-channels-last",
-                      precision="fp32" if variant == "vaefast-fp32" else "auto",
-                      compile=True if variant == "vaefast-compile" else None)
+                      precision="fp32" if variant.startswith("vaefast-fp32") else "auto",
+                      compile=True if variant in ("vaefast-compile",) or whole_step else None,
+                      compile_mode="whole-step" if whole_step else None)
     cfg.model.likelihood, cfg.model.gaussian_sigma, cfg.model.clamp = "gaussian", SIGMA, DIFFUSERS_CLAMP
     trainer = Trainer(cfg, ImageDataset("photo crops", train, test), model=from_diffusers(vae))
     trainer.run(spec["steps"])
@@ -234,6 +238,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--train-images", type=int, default=2048)
     p.add_argument("--test-images", type=int, default=128)
+    p.add_argument("--name", default=None, help="results file and README section (default: per device)")
     p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
                    help="default: every variant except the bf16 reference on a CPU without native bf16")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 8 steps at 16x16, results/quick/")
@@ -250,8 +255,10 @@ def main():
     from vaefast.plan import native_bf16
 
     device = torch.device(args.device)
-    variants = args.variants or [v for v in VARIANTS if v != "reference-bf16" or native_bf16(device)]
-    name = f"bench_autoencoder-{device.type}"
+    # Whole-step capture is measured on its own (gpu_suite.sh --whole-step), by name.
+    variants = args.variants or [v for v in VARIANTS if (v != "reference-bf16" or native_bf16(device))
+                                 and not v.endswith("whole-step")]
+    name = args.name or f"bench_autoencoder-{device.type}"
     out = Path(args.results or "/tmp") / f"{name}-runs"
     spec = {"device": args.device, "preset": args.preset, "blocks": args.blocks, "size": args.size,
             "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr, "seed": 0,

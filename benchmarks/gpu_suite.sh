@@ -2,6 +2,9 @@
 # The whole GPU table in one go, on a machine with one CUDA GPU:
 #   bash benchmarks/gpu_suite.sh                 # results under benchmarks/results/gpu/, tables in benchmarks/README.md
 #   bash benchmarks/gpu_suite.sh --cpu-smoke     # every step in its quick form on CPU (what CI runs)
+#   bash benchmarks/gpu_suite.sh --whole-step    # only the step-capture comparison (issue #16), about 8 minutes:
+#       the MLP at batch 128 and 1024 and diffusers' AutoencoderKL, eager / reduce-overhead / whole-step capture,
+#       fp32 and bf16: images/s and host time per step, into benchmarks/README.md
 #
 # 0. the CUDA tests: the property tests on the compiled Triton kernels, opcheck, inductor, autocast, training;
 # 1. the fused ops vs eager vs torch.compile, forward+backward, fp32/bf16/fp16, B=256, D in {20, 512, 4096, 16384}
@@ -26,6 +29,8 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
   TRITON_INTERPRET= $PY benchmarks/triton_autotune.py --check --quick --results "$out"
   TRITON_INTERPRET= $PY benchmarks/bench_throughput.py --quick --device cpu --results "$out"
   TRITON_INTERPRET= $PY benchmarks/bench_autoencoder.py --quick --variants reference vaefast --results "$out"
+  TRITON_INTERPRET= $PY benchmarks/bench_throughput.py --quick --device cpu --models "mlp 784-400-20 on 28x28" \
+    --modes eager whole-step --precisions fp32 --name bench_step_capture-cpu --results "$out"
   echo "gpu_suite: CPU smoke run passed"
   exit 0
 fi
@@ -38,6 +43,22 @@ unset TRITON_INTERPRET
 out=benchmarks/results/gpu
 mkdir -p "$out"
 $PY -c "import torch; print('GPU:', torch.cuda.get_device_name())"
+
+if [[ "${1:-}" == "--whole-step" ]]; then
+  # The capture is checked first (the emulated-capture tests, then a real one on a few steps), so that a failure
+  # costs seconds, not the budget.
+  $PY -m pytest -q -x tests/test_whole_step.py
+  timeout 420 $PY benchmarks/bench_throughput.py --device cuda --models "mlp 784-400-20 on 28x28" --batches 128 1024 \
+    --modes eager reduce-overhead whole-step --precisions fp32 bf16 --steps 300 --name bench_step_capture-cuda \
+    || echo "gpu_suite: the MLP step-capture run failed or timed out"
+  timeout 240 $PY benchmarks/bench_autoencoder.py --device cuda --preset sd-kl-f8 --size 256 --batch-size 8 \
+    --steps 30 --rounds 1 --train-images 512 --test-images 32 --name bench_step_capture_autoencoder-cuda \
+    --variants vaefast vaefast-fp32 vaefast-whole-step vaefast-fp32-whole-step \
+    || echo "gpu_suite: the AutoencoderKL step-capture run failed or timed out"
+  cp benchmarks/results/bench_step_capture*-cuda.json "$out"/ 2>/dev/null || true
+  echo "gpu_suite: whole-step done; tables in benchmarks/README.md"
+  exit 0
+fi
 TRITON_INTERPRET=0 $PY -m pytest -q tests/test_cuda.py tests/test_fused_ops.py -k cuda
 for dtype in fp32 bf16 fp16; do
   $PY benchmarks/bench_loss.py --suite gpu --dtype "$dtype" --device cuda

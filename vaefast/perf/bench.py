@@ -20,9 +20,22 @@ from .machine import machine_info
 def step_throughput(dataset: ImageDataset, *, model: dict | None = None, precision: str = "auto",
                     compile_mode: str | None = None, batch_size: int = 128, steps: int = 100, warmup: int = 5,
                     device: str | None = None) -> tuple[float, str]:
-    """Steady-state training images/s (warm-up steps absorb compilation; the memory loader's batches are an
-    index_select), and the precision that ran; ``compile_mode`` None runs eagerly. The one step timer behind
-    `vaefast bench`, bench_data.py and bench_throughput.py."""
+    """Steady-state training images/s and the precision that ran (``step_timing``'s answer, in short)."""
+    timing = step_timing(dataset, model=model, precision=precision, compile_mode=compile_mode,
+                         batch_size=batch_size, steps=steps, warmup=warmup, device=device)
+    return timing["images_per_s"], timing["precision"]
+
+
+def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: str = "auto",
+                compile_mode: str | None = None, batch_size: int = 128, steps: int = 100, warmup: int = 5,
+                device: str | None = None) -> dict:
+    """Steady-state training speed: warm-up steps absorb compilation (and whole-step's capture); the memory
+    loader's batches are an index_select; ``compile_mode`` None runs eagerly. The one step timer behind
+    `vaefast bench`, bench_data.py and bench_throughput.py.
+
+    ``host_ms_per_step`` is the time the Python loop took per step to enqueue the timed steps, before waiting for
+    the device: on a GPU, close to ``ms_per_step`` when the host is the bottleneck and below it when the GPU is;
+    on CPU the two are the same."""
     cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=compile_mode is not None,
                       compile_mode=compile_mode, progress=False, tensorboard=False,
                       out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device)
@@ -35,10 +48,13 @@ def step_throughput(dataset: ImageDataset, *, model: dict | None = None, precisi
     counted = trainer.metrics.train_images  # every step past the trainer's own warm-up (short batches included)
     t0 = time.perf_counter()
     trainer.run(steps)
+    enqueued = time.perf_counter() - t0
     sync()
     seconds = time.perf_counter() - t0
     trainer.close()
-    return (trainer.metrics.train_images - counted) / seconds, trainer.precision
+    return {"images_per_s": (trainer.metrics.train_images - counted) / seconds, "precision": trainer.precision,
+            "ms_per_step": 1e3 * seconds / steps, "host_ms_per_step": 1e3 * enqueued / steps,
+            "plan": trainer.plan.describe()}
 
 
 def training_throughput(precision: str, steps: int, batch_size: int = 128, device: str | None = None) -> dict:
