@@ -148,18 +148,21 @@ def test_a_short_last_batch_runs_uncaptured_and_the_graph_resumes(tmp_path, tiny
 
 def test_whole_step_compiled_on_cpu_trains_like_the_eager_step(tmp_path, tiny_data):
     """torch.compile of the whole step function (forward, backward, skip, optimizer, EMA, counters): the same
-    trajectory within float tolerance, a skipped NaN step included, and no recompilation after the first step."""
+    trajectory within float tolerance, a skipped NaN step and a short batch (run uncompiled) included, and no
+    recompilation after the first step."""
     cfg = dict(epochs=1, batch_size=16, log_every=1000, ema=0.9, kl_warmup_steps=4, lr_schedule="cosine")
     eager = Trainer(quiet_config(tmp_path / "eager", **cfg), tiny_data)
     compiled = Trainer(quiet_config(tmp_path / "compiled", compile=True, compile_mode="whole-step", **cfg), tiny_data)
     assert compiled.plan.whole_step and compiled.whole_step is not None and compiled.loss_fn is compiled.objective
     batches = _groups(eager, 6)
+    batches.insert(4, [batches[4][0][:7]])
     torch._dynamo.reset()
     expected = _train(eager, batches, poison={3})
     got = _train(compiled, batches[:2], poison=())
     frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     got += _train(compiled, batches[2:], poison={1})
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames, "recompiled after the first steps"
+    assert compiled.whole_step.uncaptured_calls == 1
     for a, b in zip(expected, got):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, equal_nan=True)
     assert compiled.guard.skipped == eager.guard.skipped == 1
