@@ -32,6 +32,7 @@ CONFIGS = {
     "clip": {"clip_grad": 1.0},
     "KL warm-up": {"kl_warmup_steps": 50},
     "KL cycles": {"kl_cycles": 3},
+    "cosine LR": {"lr_schedule": "cosine"},
     "free bits": {"free_bits": 0.05},
     "grad accumulation": {"grad_accum": 2},
     "EMA": {"ema": 0.99},
