@@ -100,7 +100,8 @@ class EmulatedCudaGraphs:
         yield
 
     @contextmanager
-    def graph(self, graph: EmulatedGraph):
+    def graph(self, graph: EmulatedGraph, capture_error_mode: str = "global"):
+        assert capture_error_mode in ("global", "thread_local", "relaxed"), capture_error_mode
         self.captures += 1
         rng = torch.get_rng_state()
         recorder = _Recorder(graph)

@@ -154,6 +154,8 @@ def test_whole_step_compiled_on_cpu_trains_like_the_eager_step(tmp_path, tiny_da
     eager = Trainer(quiet_config(tmp_path / "eager", **cfg), tiny_data)
     compiled = Trainer(quiet_config(tmp_path / "compiled", compile=True, compile_mode="whole-step", **cfg), tiny_data)
     assert compiled.plan.whole_step and compiled.whole_step is not None and compiled.loss_fn is compiled.objective
+    # torch refuses to capture Adam.step() into a CUDA graph unless every group is capturable.
+    assert all(group["capturable"] and group["fused"] for group in compiled.optimizer.param_groups)
     batches = _groups(eager, 6)
     batches.insert(4, [batches[4][0][:7]])
     torch._dynamo.reset()

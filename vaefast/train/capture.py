@@ -87,7 +87,10 @@ class WholeStep:
         """Record the step into a graph (recording runs nothing), then replay it once for this step's update. The
         outputs are the graph's own tensors, overwritten by each replay: callers consume them before the next."""
         graph = self.graphs.CUDAGraph()
-        with self.graphs.graph(graph):
+        # thread_local: a loader's threads (pinning the next batches) may call CUDA while this thread captures;
+        # only this thread's calls must be capture-safe. The backward's device thread enqueues onto the captured
+        # stream, so its kernels are recorded all the same.
+        with self.graphs.graph(graph, capture_error_mode="thread_local"):
             outputs = self.compiled(self.static)
         self.graph, self.outputs = graph, outputs
         graph.replay()

@@ -31,7 +31,10 @@ def make_optimizer(name: str, module: nn.Module, *, lr: float, weight_decay: flo
                                            decoupled_weight_decay=decoupled)
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     fused = device.type in ("cpu", "cuda")
-    return cls(module.parameters(), lr=lr, weight_decay=weight_decay, fused=fused, foreach=None if fused else True)
+    # capturable: the fused update already keeps its step counts on the device and does not read the flag, but
+    # torch refuses to capture step() into a CUDA graph without it (whole-step mode, vaefast.train.capture).
+    return cls(module.parameters(), lr=lr, weight_decay=weight_decay, fused=fused, foreach=None if fused else True,
+               capturable=fused)
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:

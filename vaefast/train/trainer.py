@@ -483,7 +483,7 @@ class Trainer:
             flag = "--no-master-weights" if self.master_weights else "the settings it was trained with"
             raise ValueError(f"cannot resume {path}: {exc}; resume it with {flag}") from None
         for group in self.optimizer.param_groups:  # a state saved by another optimizer brings its own flags
-            group.update({k: v for k, v in self.optimizer.defaults.items() if k in ("fused", "foreach")})
+            group.update({k: v for k, v in self.optimizer.defaults.items() if k in ("fused", "foreach", "capturable")})
         self.lr_schedule.attach(self.optimizer)  # the loaded groups brought the saved lr values
         self.scaler.load_state_dict(state["scaler"])
         self.lr_schedule.load_state_dict(state["scheduler"])
