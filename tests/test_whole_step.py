@@ -29,6 +29,7 @@ CONFIGS = {
     "grad accumulation": {"grad_accum": 2},
     "EMA": {"ema": 0.9},
     "randn noise": {"noise": "randn"},
+    "activation checkpointing": {"activation_checkpointing": True},
     "IWAE, 3 samples, DReG": {"samples": 3, "objective": "iwae", "estimator": "dreg"},
     "conv, spatial latent": {"model": ModelConfig(kind="conv", channels=[8, 16], latent_channels=2, backend="torch")},
 }
