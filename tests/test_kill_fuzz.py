@@ -30,7 +30,8 @@ def _command(out, seed, precision, resume):
     return command
 
 
-@pytest.mark.parametrize("seed, precision", [(0, "fp32"), (1, "bf16"), (2, "fp32"), (3, "bf16"), (4, "fp32")])
+# Three seeds (nine kills) per CI venv: each costs about half a minute, and CI runs the suite twice.
+@pytest.mark.parametrize("seed, precision", [(0, "fp32"), (1, "bf16"), (2, "fp32")])
 def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision, reliability):
     rng = random.Random(seed)
     reference = tmp_path / "reference"
