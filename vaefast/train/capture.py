@@ -36,7 +36,8 @@ class WholeStep:
         self.compiled = torch.compile(step) if compile else step
         self.graphs = graphs
         self.warmup_steps = warmup_steps
-        self.static: list[torch.Tensor] | None = None
+        self.signature = None  # the (shape, dtype, device) of each micro-batch the step is compiled for
+        self.static: list[torch.Tensor] | None = None  # the graph's input buffers (CUDA only)
         self.graph = None
         self.outputs = None
         self.calls = 0
@@ -51,27 +52,25 @@ class WholeStep:
         return self.graph is not None
 
     def __call__(self, micro_batches: list[torch.Tensor]):
-        if self.static is None:
-            self.static = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in micro_batches]
-        if not self._fits(micro_batches):
+        signature = [(x.shape, x.dtype, x.device) for x in micro_batches]
+        if self.signature is None:
+            self.signature = signature
+        if signature != self.signature:
             self.uncaptured_calls += 1
             return self.step(micro_batches)
+        self.calls += 1
+        if self.graphs is None:  # nothing to capture: no static buffers, no copy
+            return self.compiled(micro_batches)
+        if self.static is None:
+            self.static = [torch.empty_like(x, memory_format=torch.contiguous_format) for x in micro_batches]
         for buffer, x in zip(self.static, micro_batches):
             buffer.copy_(x, non_blocking=True)
-        self.calls += 1
         if self.graph is not None:
             self.graph.replay()
             return self.outputs
-        if self.graphs is None:
-            return self.compiled(self.static)
         if self.calls <= self.warmup_steps:
             return self._warm_up()
         return self._capture()
-
-    def _fits(self, micro_batches: list[torch.Tensor]) -> bool:
-        return len(micro_batches) == len(self.static) and all(
-            x.shape == s.shape and x.dtype == s.dtype and x.device == s.device
-            for x, s in zip(micro_batches, self.static))
 
     def _warm_up(self):
         """A real step on a side stream: compilation, lazy library handles and allocator pools settle here, not in
