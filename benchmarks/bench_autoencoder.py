@@ -170,7 +170,7 @@ def vaefast_loop(vae, train, test, spec, device, variant) -> tuple[float, dict]:
     from vaefast.train import Trainer
 
     whole_step = variant.endswith("whole-step")
-    cfg = TrainConfig(out=spec["out"], batch_size=spec["batch_size"], epochs=10**6, lr=spec["lr"],
+    cfg = TrainConfig.from_options(out=spec["out"], batch_size=spec["batch_size"], epochs=10**6, lr=spec["lr"],
                       optimizer="adamw", weight_decay=1e-2, beta=vaefast_kl_weight(train.shape[1:]),
                       seed=spec["seed"], device=str(device), progress=False, tensorboard=False, log_every=10**6,
                       activation_checkpointing=variant == "vaefast-ckpt",

@@ -136,7 +136,7 @@ def run_recipe(data, epochs: int, seed: int, continuous: bool = False) -> dict:
 def run_vaefast(data, epochs: int, seed: int, out: Path, precision: str, master_weights: bool | None = None,
                 noise: str = "seeded", likelihood: str = "bernoulli", **objective) -> dict:
     """``objective``: samples / objective / estimator overrides (the K-sample IWAE variant)."""
-    cfg = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, seed=seed, out=str(out), progress=False,
+    cfg = TrainConfig.from_options(epochs=epochs, batch_size=128, lr=1e-3, seed=seed, out=str(out), progress=False,
                       tensorboard=False, precision=precision, master_weights=master_weights, noise=noise, **objective)
     cfg.model.hidden, cfg.model.latent_dim, cfg.model.likelihood = [400], 20, likelihood
     trainer = Trainer(cfg, data)

@@ -32,7 +32,7 @@ def main():
     full = load_dataset(None)
     n = args["n_images"]
     data = ImageDataset("subset", full.train[:n].clone(), full.test[:64].clone())
-    cfg = TrainConfig(out=args["out"], epochs=args.get("epochs", 1), batch_size=args["batch_size"],
+    cfg = TrainConfig.from_options(out=args["out"], epochs=args.get("epochs", 1), batch_size=args["batch_size"],
                       progress=False, tensorboard=False, lr=3e-3,
                       checkpoint_every=args.get("checkpoint_every", 0), grad_accum=args.get("grad_accum", 1),
                       max_steps=args.get("max_steps", 0), resume=args.get("resume"),

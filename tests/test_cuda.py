@@ -88,7 +88,7 @@ def test_training_on_cuda(tmp_path, precision, compile_):
 
     full = load_dataset(None)
     data = ImageDataset("small", full.train[:2048], full.test[:512], full.train_labels[:2048], full.test_labels[:512])
-    cfg = TrainConfig(out=str(tmp_path), batch_size=128, epochs=2, progress=False, tensorboard=False,
+    cfg = TrainConfig.from_options(out=str(tmp_path), batch_size=128, epochs=2, progress=False, tensorboard=False,
                       precision=precision, compile=bool(compile_),
                       compile_mode=compile_ if isinstance(compile_, str) else None,
                       device="cuda", log_every=3)  # metrics kept across steps: CUDA-graph outputs must be copied

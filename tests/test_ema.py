@@ -50,7 +50,7 @@ def test_ema_refuses_bad_decays_and_low_precision_sources():
     with pytest.raises(ValueError, match="float32 masters"):
         WeightEMA({"w": torch.zeros(2, dtype=torch.bfloat16)}, decay=0.9)
     with pytest.raises(ValueError, match="ema decay must lie in"):
-        TrainConfig(ema=1.5).validate()
+        TrainConfig.from_options(ema=1.5).validate()
 
 
 def _cfg(tmp_path, name, **kw):

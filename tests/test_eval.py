@@ -133,7 +133,7 @@ def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrun")
     full = load_dataset(None)
     data = ImageDataset("small", full.train[:2000], full.test[:300], full.train_labels[:2000], full.test_labels[:300])
-    cfg = TrainConfig(out=str(out), epochs=2, progress=False, tensorboard=False, compile=False)
+    cfg = TrainConfig.from_options(out=str(out), epochs=2, progress=False, tensorboard=False, compile=False)
     Trainer(cfg, data).fit()
     return out
 
@@ -157,7 +157,7 @@ def test_eval_cli_json(checkpoint):
 def test_collapsed_model_gets_a_collapse_verdict(tmp_path):
     full = load_dataset(None)
     data = ImageDataset("small", full.train[:1000], full.test[:200], full.train_labels[:1000], full.test_labels[:200])
-    cfg = TrainConfig(out=str(tmp_path / "collapsed"), epochs=2, beta=500.0, lr=3e-3, progress=False,
+    cfg = TrainConfig.from_options(out=str(tmp_path / "collapsed"), epochs=2, beta=500.0, lr=3e-3, progress=False,
                       tensorboard=False, compile=False)
     with pytest.warns(RuntimeWarning):
         Trainer(cfg, data).fit()

@@ -66,7 +66,7 @@ def test_start_step_logging_and_training(tmp_path, tiny_data):
     trainer = Trainer(quiet_config(tmp_path, epochs=1, log_every=2, batch_size=32,
                                    model=ModelConfig(kind="conv", latent_dim=8)), tiny_data, loss_terms=[term])
     weights = []
-    trainer.run(8, on_step=lambda step: weights.append(float(trainer._update_term_weights())))
+    trainer.run(8, on_step=lambda step: weights.append(float(trainer.step_inputs.update_term_weights(trainer.step))))
     assert weights == [0.0, 0.0, 0.0, 0.25, 0.25, 0.25, 0.25, 0.25]  # the weight read after step s is for step s+1
     trainer.monitor.close()
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -84,7 +84,7 @@ def test_terms_work_under_torch_compile(tmp_path, tiny_data):
         x = next(iter(trainer.loader.batches()))
         torch.manual_seed(7)
         loss, nll, kl, _, term_sums = trainer.loss_fn(x, torch.tensor(1.0), torch.tensor(1 / 32),
-                                                      trainer._update_term_weights())
+                                                      trainer.step_inputs.update_term_weights(trainer.step))
         loss.backward()
         results.append((loss.detach(), term_sums, torch.cat([p.grad.flatten() for p in trainer.model.parameters()])))
     for eager, compiled in zip(*results):

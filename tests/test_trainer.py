@@ -20,13 +20,9 @@ def small_data():
 
 
 def _cfg(tmp_path, name, **kw):
-    cfg = TrainConfig(out=str(tmp_path / name), batch_size=64, epochs=2, progress=False, tensorboard=False,
-                      compile=False, log_every=5)
-    cfg.model.hidden = [64]
-    cfg.model.latent_dim = 8
-    for k, v in kw.items():
-        setattr(cfg, k, v)
-    return cfg
+    return TrainConfig.from_options(**{"out": str(tmp_path / name), "batch_size": 64, "epochs": 2, "progress": False,
+                                       "tensorboard": False, "compile": False, "log_every": 5, "hidden": [64],
+                                       "latent_dim": 8, **kw})
 
 
 def _params(trainer):

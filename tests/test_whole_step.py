@@ -78,7 +78,7 @@ def _train(trainer, batches, poison=(), seed=None):
 
 def _groups(trainer, steps):
     loader = iter(trainer.loader.batches())
-    return [[next(loader) for _ in range(trainer.cfg.grad_accum)] for _ in range(steps)]
+    return [[next(loader) for _ in range(trainer.cfg.optim.grad_accum)] for _ in range(steps)]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -156,13 +156,37 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 class Checkpointer:
     """Writes checkpoints when it is told to (``save``) and says when its interval comes round (``is_due``); on every
-    rank but 0 it is disabled and writes nothing, so callers never ask which rank they are."""
+    rank but 0 it is disabled and writes nothing, so callers never ask which rank they are.
+
+    The stateful parts of a run register themselves (``register``), as in torchtitan: a checkpoint holds each
+    part's ``state_dict()`` under its name, and ``restore`` hands each its state back in registration order (so a
+    part that depends on another, such as a schedule on its optimizer, registers after it).
+    """
 
     def __init__(self, folder: str | Path, keep: int = 3, enabled: bool = True, every: int = 0):
         self.folder = Path(folder)
         self.keep = keep
         self.enabled = enabled
         self.every = every  # steps between checkpoints; 0: only when saved explicitly
+        self.parts: list[tuple[str | None, object]] = []
+
+    def register(self, name: str | None, part) -> None:
+        """``part`` has ``state_dict()`` and ``load_state_dict(state)``; ``name`` None puts its keys at the top level
+        of the checkpoint. A registered part absent from an older checkpoint is left as it is."""
+        self.parts.append((name, part))
+
+    def state(self) -> dict:
+        state = {}
+        for name, part in self.parts:
+            state.update(part.state_dict() if name is None else {name: part.state_dict()})
+        return state
+
+    def restore(self, state: dict) -> None:
+        for name, part in self.parts:
+            if name is None:
+                part.load_state_dict(state)
+            elif name in state:
+                part.load_state_dict(state[name])
 
     def is_due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0

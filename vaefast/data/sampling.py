@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DistributedSampler
 
+from ..instrument import stage
 from .errors import DataError
 
 
@@ -53,3 +54,20 @@ def split_indices(n: int, test_fraction: float, seed: int,
         n_test = min(n_test, max_test)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def micro_batch_groups(batches, size: int):
+    """``batches`` (an iterator) ``size`` at a time, the last group possibly smaller: an optimizer step's
+    micro-batches under gradient accumulation. Time spent waiting for a batch is the profile's "data" stage."""
+    group, batches = [], iter(batches)
+    while True:
+        with stage("data"):
+            x = next(batches, None)
+        if x is None:
+            break
+        group.append(x)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

@@ -62,13 +62,13 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
                         use_ema: bool = True, trust: bool = False) -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(checkpoint, device, use_ema, trust)
-    dataset = load_dataset(data if data is not None else cfg.data, cfg.test_fraction, cfg.seed)
+    dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed)
     test = dataset.test[:limit] if limit else dataset.test
     if tuple(test.shape[1:]) != model.image_shape:
         raise ValueError(f"the checkpoint's model takes {model.image_shape} images but the data has "
                          f"{tuple(test.shape[1:])}")
     torch.manual_seed(seed)
-    precision = autocast(resolve_precision(cfg.precision, device), device)
+    precision = autocast(resolve_precision(cfg.runtime.precision, device), device)
     elbo = evaluate_elbo(model, test, batch_size=batch_size, device=device, autocast=precision)
     result = {
         "test_neg_elbo_nats": elbo["neg_elbo_nats"],

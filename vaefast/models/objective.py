@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..ops.reference import clamp_with_inclusive_gradient
-from ..perf.stages import stage
+from ..instrument import stage
 from .loss_terms import LossTerm, check_loss_terms, per_image
 from .vae import VAEOutput
 

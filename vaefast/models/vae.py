@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import reparameterize_kl
-from ..perf.stages import stage
+from ..instrument import stage
 from .likelihoods import Likelihood, make_likelihood
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}

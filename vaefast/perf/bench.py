@@ -36,11 +36,9 @@ def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: 
     ``host_ms_per_step`` is the time the Python loop took per step to enqueue the timed steps, before waiting for
     the device: on a GPU, close to ``ms_per_step`` when the host is the bottleneck and below it when the GPU is;
     on CPU the two are the same."""
-    cfg = TrainConfig(batch_size=batch_size, precision=precision, compile=compile_mode is not None,
-                      compile_mode=compile_mode, progress=False, tensorboard=False,
-                      out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device)
-    for key, value in (model or {}).items():
-        setattr(cfg.model, key, value)
+    cfg = TrainConfig.from_options(batch_size=batch_size, precision=precision, compile=compile_mode is not None,
+                                   compile_mode=compile_mode, progress=False, tensorboard=False,
+                                   out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device, **(model or {}))
     trainer = Trainer(cfg, dataset)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     trainer.run(max(warmup, WARMUP_STEPS))

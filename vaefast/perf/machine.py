@@ -47,13 +47,3 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     return info
-
-
-def peak_memory_mb(device: torch.device | str) -> float:
-    """The run's peak memory: CUDA memory allocated by torch on a GPU, the process's peak resident set on a CPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB

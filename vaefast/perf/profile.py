@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-from . import stages as stage_labels
+from .. import instrument as stage_labels
 from ..config import TrainConfig
 from ..train import Trainer
 
@@ -22,7 +22,7 @@ def profile_training(cfg: TrainConfig, *, steps: int = 10, out: str | Path = "pr
                      with_stack: bool = False, top: int = 15) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg.progress, cfg.tensorboard = False, False
+    cfg.logging.progress, cfg.logging.tensorboard = False, False
     stage_labels.enable(True)
     try:
         trainer = Trainer(cfg)

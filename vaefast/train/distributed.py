@@ -64,6 +64,9 @@ class DistContext:
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
 
+    def describe(self) -> str:
+        return f"{self.world_size} process{'es' if self.world_size > 1 else ''}"
+
     def all_reduce_(self, tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
         if self.enabled:
             dist.all_reduce(tensor, op=op)

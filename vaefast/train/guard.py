@@ -95,6 +95,16 @@ class NaNGuard:
             )
 
 
+def diagnose_non_finite(model: torch.nn.Module, plan, x: torch.Tensor) -> str:
+    """Which of a batch's intermediate tensors, and which parameters or gradients, are non-finite."""
+    from ..models.objective import NegativeELBO
+
+    with torch.no_grad(), plan.autocast():
+        nll, out = NegativeELBO(model).terms(x)
+    return non_finite_report({"input": x, "mu": out.mu, "logvar": out.logvar, "z": out.z,
+                              "decoder output": out.decoded, "reconstruction loss": nll, "kl": out.kl}, model)
+
+
 def non_finite_report(named_tensors: dict[str, torch.Tensor | None], model: torch.nn.Module) -> str:
     """Which tensors and which parameters' gradients hold NaN or Inf (slow path: only after bad steps)."""
     bad = [name for name, t in named_tensors.items() if t is not None and not torch.isfinite(t).all()]
@@ -106,3 +116,36 @@ def non_finite_report(named_tensors: dict[str, torch.Tensor | None], model: torc
     if bad_params:
         parts.append(f"non-finite parameters: {', '.join(bad_params[:8])}")
     return "; ".join(parts)
+
+
+class SkipDecision:
+    """Whether a step's update must be skipped, decided on the device as a float flag (1.0: skip; GradScaler's
+    ``found_inf`` convention), from the loss and the gradients, the same on every rank."""
+
+    def __init__(self, model: torch.nn.Module, optimizer, device: torch.device, *, master_weights: bool,
+                 scaler_enabled: bool, dist):
+        self.model, self.optimizer, self.device, self.dist = model, optimizer, device, dist
+        self.master_weights, self.scaler_enabled = master_weights, scaler_enabled
+        self._unit_scale = torch.ones(1, device=device)
+
+    def __call__(self, loss_finite: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor:
+        skip = (~loss_finite).float().view(1)
+        if not self.scaler_enabled:  # with fp16 the scaler itself skips steps whose gradients overflowed
+            grads_bad = (~torch.isfinite(grad_norm)).float() if grad_norm is not None else self.grads_nonfinite()
+            skip = torch.maximum(skip, grads_bad.view(1))
+        if self.dist.enabled:
+            # All ranks take the same decision, so they never diverge: any rank's NaN skips the step everywhere.
+            skip = self.dist.all_reduce_(skip, op=torch.distributed.ReduceOp.MAX)
+        return skip.view(())
+
+    def grads_nonfinite(self) -> torch.Tensor:
+        """1.0 where a gradient is non-finite: one multi-tensor pass (GradScaler's own kernel, with a scale of 1)
+        instead of a norm per parameter, or with master weights (CPU only) the optimizer's read-only native check of
+        the bf16 gradients. The private torch kernel is pinned by the gradient-only NaN test in
+        tests/test_trainer.py."""
+        if self.master_weights:
+            return torch.full((1,), float(not self.optimizer.grads_finite()), device=self.device)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        found_inf = torch.zeros(1, device=self.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._unit_scale)
+        return found_inf

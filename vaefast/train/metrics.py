@@ -68,8 +68,10 @@ class TrainMetrics:
             self.train_images += images
 
     @property
-    def images_per_s(self) -> float:
-        """This rank's throughput times the world size."""
+    def images_per_s(self) -> float | None:
+        """This rank's throughput times the world size; None until a step past the warm-up was timed."""
+        if not self.train_images:
+            return None
         return self.dist.world_size * self.train_images / max(self.train_time, 1e-9)
 
     def maybe_log(self, step: int, context: Callable[[], tuple[dict, str]]) -> None:
@@ -88,9 +90,10 @@ class TrainMetrics:
                    **{f"train/{name}": value / n for name, value in zip(self.term_names, term_sums)},
                    "train/images_per_s": self.images_per_s, **extra}
         self.monitor.log(step, metrics)
+        speed = f"  {self.images_per_s:,.0f} img/s" if self.images_per_s else ""
         self.monitor.progress_line(
             f"{progress}  -ELBO {metrics['train/neg_elbo_nats']:.2f} (recon {metrics['train/recon_nats']:.2f}, "
-            f"kl {metrics['train/kl_nats']:.2f})  {self.images_per_s:,.0f} img/s")
+            f"kl {metrics['train/kl_nats']:.2f}){speed}")
 
     def end_epoch(self, step: int, latent_shape: tuple) -> dict:
         """The epoch's average KL per dim over all ranks, checked for collapse; a collective on every rank."""
@@ -104,9 +107,10 @@ class TrainMetrics:
         self.kl_dim_sum, self.epoch_steps = None, []
         return collapse
 
-    def global_throughput(self) -> float:
-        """All ranks' images over the slowest rank's time; a collective on every rank."""
+    def global_throughput(self) -> float | None:
+        """All ranks' images over the slowest rank's time (None when no step past the warm-up was timed); a
+        collective on every rank."""
         totals = self.dist.all_reduce_(torch.tensor([float(self.train_images)], device=self.device))
         slowest = self.dist.all_reduce_(torch.tensor([self.train_time], device=self.device),
                                         op=torch.distributed.ReduceOp.MAX)
-        return float(totals) / max(float(slowest), 1e-9)
+        return float(totals) / max(float(slowest), 1e-9) if float(totals) else None

@@ -1,6 +1,7 @@
-"""Training metrics: a progress line, a JSONL file, TensorBoard scalars and images, and collapse warnings.
+"""Training metrics: progress, a JSONL file, TensorBoard scalars and images, and collapse warnings.
 
-The monitor gates itself: on ranks other than 0 it writes nothing.
+The monitor gates itself: on ranks other than 0 it writes nothing. Progress is a tqdm bar when stderr is a
+terminal, and plain, parseable lines when it is not (a log file, a scheduler's output).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.convert import to_unit_float
 from ..eval.elbo import ACTIVE_UNIT_NATS, collapse_level
 from ..eval.images import image_grid
 
@@ -23,6 +25,8 @@ class Monitor:
         self.progress = progress and enabled
         self.writer = None
         self.metrics_file = None
+        self.bar = None
+        self.terminal = self.progress and sys.stderr.isatty()
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
@@ -47,10 +51,45 @@ class Monitor:
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
 
+    def advance(self, step: int, total: int) -> None:
+        """The bar's position (a host counter: no device read); on a terminal only."""
+        if not self.terminal:
+            return
+        if self.bar is None:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # plain lines, as in a log file
+                self.terminal = False
+                return
+            self.bar = tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.bar.update(step - self.bar.n)
+
     def progress_line(self, text: str, final: bool = False) -> None:
-        if self.progress:
-            # Pad to overwrite a longer previous line in place.
-            print(f"\r{text:<110}", end="\n" if final else "", file=sys.stderr, flush=True)
+        """A log step's metrics (the bar's description on a terminal) or an epoch's result (a line of its own)."""
+        if not self.progress:
+            return
+        if self.bar is not None and not final:
+            self.bar.set_description_str(text, refresh=False)
+        elif self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def epoch_result(self, step: int, epoch: int, epochs: int, seconds: float, test: dict, collapse: dict,
+                     images_per_s: float | None) -> None:
+        """An epoch's test result and latent health: logged, and one line of progress."""
+        self.log(step, {"epoch": epoch, "epoch_seconds": seconds,
+                        **{f"test/{k}": v for k, v in test.items() if k != "kl_per_dim"},
+                        **{f"train/{k}": v for k, v in collapse.items()}})
+        speed = f", {images_per_s:,.0f} img/s" if images_per_s else ""
+        self.progress_line(f"epoch {epoch}/{epochs}: test -ELBO {test['neg_elbo_nats']:.2f} nats ({test['bpd']:.4f} bpd), "
+                           f"{collapse.get('active_units', 0)}/{collapse.get('latent_dim', 0)} active units{speed}",
+                           final=True)
+
+    def note(self, text: str) -> None:
+        """A one-line message for the user (rank 0 only), whether or not progress is shown."""
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(f"vaefast: {text}", file=sys.stderr)
 
     def images(self, tag: str, images: torch.Tensor, step: int) -> None:
         if self.enabled and self.writer is not None:
@@ -74,7 +113,27 @@ class Monitor:
         return {"active_units": active, "latent_dim": total, "kl_nats": kl_total}
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         if self.metrics_file is not None:
             self.metrics_file.close()
         if self.writer is not None:
             self.writer.close()
+
+
+@torch.no_grad()
+def log_reconstructions(monitor: Monitor, model, test_images, plan, step: int) -> None:
+    """Eight test images beside their reconstructions, and eight samples from the prior, into TensorBoard; under the
+    training precision, as the steps run (with master weights the model itself is bf16)."""
+    if monitor.writer is None:
+        return
+    model.eval()
+    x = to_unit_float(test_images[:8], plan.device)
+    z = torch.randn((8, *model.latent_shape), device=plan.device)
+    with plan.autocast():
+        recon = model.likelihood.mean(model(x).decoded).float()
+        samples = model.likelihood.mean(model.decode(z)).float()
+    model.train()
+    monitor.images("reconstructions", torch.cat([x, recon]), step)
+    monitor.images("samples", samples, step)

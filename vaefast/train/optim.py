@@ -178,14 +178,18 @@ class MasterWeightAdam(torch.optim.Optimizer):
         if any("master" not in saved for saved in state_dict["state"].values()):
             raise ValueError("this optimizer state has no float32 master weights: it was saved by another "
                              "optimizer (e.g. torch.optim.Adam without master weights)")
+        params = [p for group in self.param_groups for p in group["params"]]
+        masters = {id(p): self.state[p]["master"] for p in params if "master" in self.state[p]}
         super().load_state_dict(state_dict)
         # torch.optim casts each floating state tensor to its parameter's dtype on load; here the masters and the
-        # moments must stay float32, as saved.
-        params = [p for group in self.param_groups for p in group["params"]]
+        # moments must stay float32, as saved. The masters are loaded into the tensors they were, which an EMA of
+        # them keeps reading.
         for index, saved in state_dict["state"].items():
             state = self.state[params[index]]
             for key in ("master", "exp_avg", "exp_avg_sq"):
-                state[key] = saved[key].to(device=params[index].device, dtype=torch.float32, copy=True)
+                value = saved[key].to(device=params[index].device, dtype=torch.float32, copy=True)
+                kept = masters.get(id(params[index])) if key == "master" else None
+                state[key] = kept.copy_(value) if kept is not None and kept.shape == value.shape else value
 
     def master_state_dict(self, module: nn.Module) -> dict:
         """``module.state_dict()`` with each parameter replaced by its float32 master (buffers as they are): the

@@ -16,6 +16,8 @@ import signal
 import sys
 import threading
 
+import torch
+
 PREEMPTED_EXIT_CODE = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -41,6 +43,15 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+    def agreed(self, dist, at_log_step: bool, device) -> bool:
+        """A signal asked to stop: at once in one process; under DDP at a log step, where the ranks agree."""
+        if not dist.enabled:
+            return self.requested
+        if not at_log_step:
+            return False
+        flag = torch.tensor([float(self.requested)], device=device)
+        return bool(dist.all_reduce_(flag, op=torch.distributed.ReduceOp.MAX))
 
     def _handle(self, signum, frame) -> None:
         if self.requested:

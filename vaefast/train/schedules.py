@@ -82,7 +82,7 @@ class LearningRate:
     def __init__(self, optimizer: torch.optim.Optimizer, kind: str, total_steps: int, *, device):
         if kind not in self.KINDS:
             raise ValueError(f"learning-rate schedule must be one of {self.KINDS}, got {kind!r}")
-        self.kind, self.total_steps = kind, max(total_steps, 1)
+        self.kind, self.total_steps, self.optimizer = kind, max(total_steps, 1), optimizer
         self.base = [float(group["lr"]) for group in optimizer.param_groups]
         self.step = step_counter(device)
         # float32: what torch's fused Adam kernels read through a tensor lr on CUDA.
@@ -112,5 +112,7 @@ class LearningRate:
         return {"last_epoch": int(self.step)}  # read on the host only when a checkpoint is written
 
     def load_state_dict(self, state: dict) -> None:
+        """After the optimizer's own load, which brought the saved lr values into new param groups."""
+        self.attach(self.optimizer)
         self.step.fill_(state["last_epoch"])
         self._set()

@@ -56,3 +56,75 @@ def reshard_position(batch_in_epoch: int, batch_size: int, old_world: int, new_w
                       f"{resumed * per_batch - consumed} samples of this epoch are skipped",
                       RuntimeWarning, stacklevel=3)
     return resumed
+
+
+class TrainerPosition:
+    """Where a run is (epoch, step, data position, skipped steps) and what it was (config, image shape,
+    architecture): the checkpoint's top-level keys besides the parts'."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def state_dict(self) -> dict:
+        t = self.trainer
+        return {"epoch": t.epoch, "batch_in_epoch": t.batch_in_epoch, "step": t.step,
+                "world_size": t.dist.world_size, "skipped_steps": t.guard.skipped, "config": t.cfg.to_dict(),
+                "image_shape": list(t.data.image_shape), "architecture": t.model.architecture}
+
+    def load_state_dict(self, state: dict) -> None:
+        t = self.trainer
+        t.epoch, t.step = state["epoch"], state["step"]
+        t.kl_schedule.set_step(t.step)
+        t.guard.skipped = state.get("skipped_steps", 0)
+        old_world = state.get("world_size", 1)
+        if t.dist.enabled or old_world > 1:
+            # One saved RNG stream cannot serve several ranks: re-seed per rank and step, so that each rank's noise
+            # stays distinct (the data order and the parameters still resume exactly).
+            torch.manual_seed(t.cfg.runtime.seed + t.dist.rank + 1_000_003 * t.step)
+        t.batch_in_epoch = reshard_position(state["batch_in_epoch"], t.cfg.data.batch_size, old_world,
+                                            t.dist.world_size)
+
+
+class RNGStreams:
+    """Python's, numpy's and torch's RNG streams, as one checkpointed part."""
+
+    state_dict = staticmethod(rng_state)
+    load_state_dict = staticmethod(set_rng_state)
+
+
+class ModelWeights:
+    """The model's weights in a checkpoint: with master weights the float32 masters, loadable by any float32 copy of
+    the model."""
+
+    def __init__(self, model: torch.nn.Module, optimizer, master_weights: bool):
+        self.model, self.optimizer, self.master_weights = model, optimizer, master_weights
+
+    def state_dict(self) -> dict:
+        return self.optimizer.master_state_dict(self.model) if self.master_weights else self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"it does not fit this model (was it trained with other model flags?): {exc}") from None
+
+
+class OptimizerState:
+    """The optimizer's state; on load, the flags this run built it with (fused, foreach, capturable) are kept over
+    the saved ones, which another optimizer may have written."""
+
+    def __init__(self, optimizer, master_weights: bool):
+        self.optimizer, self.master_weights = optimizer, master_weights
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.optimizer.load_state_dict(state)
+        except ValueError as exc:
+            flag = "--no-master-weights" if self.master_weights else "the settings it was trained with"
+            raise ValueError(f"{exc}; resume it with {flag}") from None
+        kept = {k: v for k, v in self.optimizer.defaults.items() if k in ("fused", "foreach", "capturable")}
+        for group in self.optimizer.param_groups:
+            group.update(kept)

@@ -1,0 +1,80 @@
+"""What a Trainer is built from, and the I/O that building does: the data and its loader, the model, the loss
+objective, the run folder, and the checkpoint to resume from. The Trainer itself only wires the parts and steps."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..checkpoint import Checkpointer, ensure_writable, load_checkpoint
+from ..config import TrainConfig, save_resolved
+from ..data import ImageDataset, load_dataset, make_loader
+from ..models import build_model
+from ..models.loss_terms import LossTerm
+from ..models.objective import NegativeELBO
+from .distributed import DistContext
+from .monitor import Monitor
+
+
+def load_data(cfg: TrainConfig, dataset: ImageDataset | None, dist: DistContext, device: torch.device):
+    """(dataset, loader, loader kind, why that loader)."""
+    data = cfg.data
+    if dataset is None:
+        dataset = load_dataset(data.source, data.test_fraction, cfg.runtime.seed, image_size=data.image_size,
+                               skip_bad=data.skip_bad_images)
+    loader, kind, why = make_loader(data.loader, dataset, data.batch_size, device=device, seed=cfg.runtime.seed,
+                                    rank=dist.rank, world_size=dist.world_size, skip_bad=data.skip_bad_images,
+                                    num_workers=data.num_workers, flip=data.flip)
+    return dataset, loader, kind, why
+
+
+def make_model(cfg: TrainConfig, image_shape, model: nn.Module | None, device: torch.device) -> nn.Module:
+    """The same initial weights whatever the rank and the data source."""
+    torch.manual_seed(cfg.runtime.seed)
+    built = build_model(cfg.model, image_shape, model).to(device)
+    if cfg.runtime.activation_checkpointing:
+        built.enable_activation_checkpointing()
+    if cfg.runtime.channels_last:
+        built.use_channels_last()
+    return built
+
+
+def make_objective(cfg: TrainConfig, model: nn.Module, loss_terms: list[LossTerm] | None, dist: DistContext,
+                   device: torch.device) -> nn.Module:
+    """The loss, wrapped in DDP in a distributed run (its gradients are the model's)."""
+    o = cfg.objective
+    objective = NegativeELBO(model, o.free_bits, loss_terms, samples=o.samples, objective=o.objective,
+                             estimator=o.estimator).to(device)
+    if dist.enabled:
+        objective = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    return objective
+
+
+def open_run_folder(cfg: TrainConfig, dist: DistContext) -> tuple[Checkpointer, Monitor]:
+    """The checkpointer and the monitor of the run folder, which rank 0 checks is writable before any step."""
+    out = Path(cfg.checkpoint.out)
+    checkpointer = Checkpointer(out, cfg.checkpoint.keep_checkpoints, enabled=dist.is_main,
+                                every=cfg.checkpoint.checkpoint_every)
+    if dist.is_main:
+        ensure_writable(out)
+        save_resolved(cfg, out)
+    monitor = Monitor(out, enabled=dist.is_main, progress=cfg.logging.progress, tensorboard=cfg.logging.tensorboard)
+    return checkpointer, monitor
+
+
+def read_resume(cfg: TrainConfig, device: torch.device, resumed: dict | None) -> dict | None:
+    """The checkpoint to resume: ``resumed`` when the caller read it already (the CLI reads it once, for its
+    configuration too), else ``cfg.checkpoint.resume`` read and verified here."""
+    c = cfg.checkpoint
+    if resumed is not None or c.resume is None:
+        return resumed
+    return load_checkpoint(c.resume, map_location=device, trust=c.trust_checkpoint, fallback=c.resume_fallback)
+
+
+def announce(text: str, dist: DistContext, cfg: TrainConfig) -> None:
+    if dist.is_main and cfg.logging.progress:
+        print(f"vaefast: {text}", file=sys.stderr)
