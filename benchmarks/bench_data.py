@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, update_readme_section, write_result  # noqa: E402
 
 from vaefast.data import load_dataset, make_loader  # noqa: E402
-from vaefast.data.streaming import dali_available  # noqa: E402
+from vaefast.data.streaming import dali_unavailable_reason  # noqa: E402
 from vaefast.perf.bench import step_throughput  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
@@ -63,7 +63,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.jpegs, args.jpeg_dir = 2000, args.jpeg_dir + "-quick"
-    kinds = ["memory", "torch"] + (["dali"] if dali_available() is None else [])
+    kinds = ["memory", "torch"] + (["dali"] if dali_unavailable_reason() is None else [])
     rows = []
 
     fmnist = load_dataset(args.data)

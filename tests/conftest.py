@@ -25,7 +25,7 @@ def fused_backend(request):
     """Each fused backend that can run on CPU here; a missing one is skipped (test_backends_required catches CI)."""
     import vaefast
 
-    reason = vaefast.available_backends("cpu")[request.param]
+    reason = vaefast.unavailable_backends("cpu").get(request.param)
     if reason is not None:
         pytest.skip(reason)
     return request.param
@@ -39,7 +39,7 @@ def fused_target(request):
     backend, device = request.param
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    reason = vaefast.available_backends(device)[backend]
+    reason = vaefast.unavailable_backends(device).get(backend)
     if reason is not None:
         pytest.skip(reason)
     return backend, torch.device(device)

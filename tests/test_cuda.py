@@ -17,7 +17,7 @@ CUDA = torch.device("cuda")
 
 @pytest.fixture(scope="module", autouse=True)
 def compiled_triton():
-    reason = vaefast.available_backends(CUDA)["triton"]
+    reason = vaefast.unavailable_backends(CUDA).get("triton")
     if reason is not None:
         pytest.skip(reason)
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from vaefast.data import DataError, load_dataset, make_loader
 from vaefast.data.arrays import to_nchw
-from vaefast.data.streaming import dali_available
+from vaefast.data.streaming import dali_unavailable_reason
 
 N_IMAGES = 240
 
@@ -136,7 +136,7 @@ def test_empty_folder_and_corrupt_image(tmp_path, png_folder):
 
 # ------------------------------------------------------------------------------------------------ loaders
 
-LOADER_KINDS = ["memory", "torch"] + (["dali"] if dali_available() is None else [])
+LOADER_KINDS = ["memory", "torch"] + (["dali"] if dali_unavailable_reason() is None else [])
 
 
 @pytest.mark.parametrize("kind", LOADER_KINDS)
@@ -155,7 +155,7 @@ def test_every_loader_sees_every_train_image_once_per_epoch(png_folder, kind):
 
 def test_dali_is_required_by_ci():
     if "dali" in os.environ.get("VAEFAST_REQUIRE_BACKENDS", "").split(","):
-        assert dali_available() is None, dali_available()
+        assert dali_unavailable_reason() is None, dali_unavailable_reason()
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -188,7 +188,7 @@ def test_auto_loader_choice(png_folder):
         make_loader("dali", load_dataset(None), 32, device="cpu")
 
 
-@pytest.mark.skipif(dali_available() is not None, reason="DALI not installed")
+@pytest.mark.skipif(dali_unavailable_reason() is not None, reason="DALI not installed")
 def test_dali_names_the_corrupt_file(tmp_path, png_folder):
     files = sorted(png_folder.rglob("*.png"))[:48]
     for f in files:

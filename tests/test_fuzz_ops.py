@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vaefast
-from vaefast.ops.dispatch import BackendUnavailable
+from vaefast.ops.backends import BackendUnavailable
 from vaefast.ops.reference import bce_with_logits_reference, reparameterize_kl_reference
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

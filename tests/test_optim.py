@@ -34,10 +34,10 @@ def path(request, monkeypatch):
     if request.param == "torch fallback":
         monkeypatch.setattr(MasterWeightAdam, "_native", staticmethod(lambda p: False))
     else:
-        from vaefast.ops import native_backend
+        from vaefast import native
 
-        if native_backend.load_error():
-            pytest.skip(native_backend.load_error())
+        if native.load_error():
+            pytest.skip(native.load_error())
     return request.param
 
 
@@ -155,17 +155,18 @@ def test_grads_finite_finds_any_non_finite_gradient(path, bad):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_native_all_finite_checks_every_element(dtype):
-    from vaefast.ops import native_backend
+    from vaefast import native
+    from vaefast.train import native_optim
 
-    if native_backend.load_error():
-        pytest.skip(native_backend.load_error())
+    if native.load_error():
+        pytest.skip(native.load_error())
     x = torch.randn(100_003).to(dtype)  # several parallel chunks and a ragged tail
-    assert native_backend.all_finite(x) and native_backend.all_finite(x[:0])
+    assert native_optim.all_finite(x) and native_optim.all_finite(x[:0])
     for index in (0, 16383, 16384, 50_000, 100_002):
         for bad in (float("nan"), float("inf"), -float("inf")):
             y = x.clone()
             y[index] = bad
-            assert not native_backend.all_finite(y), (index, bad)
+            assert not native_optim.all_finite(y), (index, bad)
 
 
 def test_param_groups_added_later_get_masters():

@@ -15,11 +15,11 @@ from PIL import Image
 
 from vaefast.data import DataError, load_dataset, make_loader
 from vaefast.data.shards import expand_braces, is_shard_spec, sample_key
-from vaefast.data.streaming import dali_available
+from vaefast.data.streaming import dali_unavailable_reason
 
 SAMPLES_PER_SHARD = 12
 SHARDS = 4
-LOADERS = ["memory", "torch"] + (["dali"] if dali_available() is None else [])
+LOADERS = ["memory", "torch"] + (["dali"] if dali_unavailable_reason() is None else [])
 
 
 def _photos():
@@ -129,7 +129,7 @@ def test_ranks_split_the_samples(shards, kind):
     assert sum(counts) == d.num_train and abs(counts[0] - counts[1]) <= 1
 
 
-@pytest.mark.skipif(dali_available() is not None, reason="DALI not installed")
+@pytest.mark.skipif(dali_unavailable_reason() is not None, reason="DALI not installed")
 def test_dali_uses_index_files_when_present(tmp_path, shards):
     copy = tmp_path / "indexed"
     copy.mkdir()
@@ -196,7 +196,7 @@ def test_corrupt_sample_is_named_or_skipped(broken, kind):
     assert sum(len(b) for b in loader.batches()) == 3 * IMAGES_PER_SHARD - 1
 
 
-@pytest.mark.skipif(dali_available() is not None, reason="DALI not installed")
+@pytest.mark.skipif(dali_unavailable_reason() is not None, reason="DALI not installed")
 def test_dali_names_the_corrupt_sample(broken):
     name = _corrupt_member(broken / "train-0002.tar", ".png", which=0)
     d = load_dataset(str(broken))

@@ -193,7 +193,8 @@ def test_fused_custom_ops_replay_like_eager_calls(backend):
     """The fused ops as the compiled (and on CUDA captured) step calls them, as torch.library custom ops, with a
     device seed advanced inside the step: captured once and replayed on new inputs, forward and backward, they give
     what eager calls give, with fresh noise on every replay and no host read."""
-    from vaefast.ops.dispatch import select, unavailable_reason
+    from vaefast.ops.backends import unavailable_reason
+    from vaefast.ops.dispatch import select
 
     if unavailable_reason(backend, "cpu") is not None:
         pytest.skip(unavailable_reason(backend, "cpu"))

@@ -8,6 +8,7 @@ from .ops import (
     bce_with_logits,
     continuous_bernoulli_nll,
     reparameterize_kl,
+    unavailable_backends,
 )
 
 __version__ = "0.1.0"
@@ -37,4 +38,5 @@ __all__ = [
     "bce_with_logits",
     "continuous_bernoulli_nll",
     "reparameterize_kl",
+    "unavailable_backends",
 ]

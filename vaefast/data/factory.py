@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import get_args
 
 import torch
 
+from ..config.sections import Loader
 from .errors import DataError
 from .folders import without_undecodable
 from .memory import InMemoryLoader
 from .sources import ImageDataset
-from .streaming import DALIFolderLoader, TorchLoader, dali_available
+from .streaming import DALIFolderLoader, TorchLoader, dali_unavailable_reason
 
-LOADERS = ("auto", "memory", "dali", "torch")
+LOADERS = get_args(Loader)  # the choices of --loader, declared once in vaefast.config
 log = logging.getLogger("vaefast.data")
 
 
@@ -39,7 +41,7 @@ def choose_loader(kind: str, dataset: ImageDataset, device: torch.device) -> tup
     decoded = dataset.num_train * math.prod(dataset.image_shape)
     if decoded <= memory_budget(device):
         return "memory", f"the decoded train split ({decoded / 2**30:.2f} GiB) fits in a quarter of {device.type} memory"
-    if dali_available() is None:
+    if dali_unavailable_reason() is None:
         return "dali", f"the decoded train split ({decoded / 2**30:.1f} GiB) does not fit in memory"
     return "torch", "the train split does not fit in memory and DALI is not installed"
 

@@ -99,7 +99,7 @@ def _whole_shards(folder: ImageFolder):
     return paths
 
 
-def dali_available() -> str | None:
+def dali_unavailable_reason() -> str | None:
     """None when DALI imports, else why not."""
     try:
         import nvidia.dali  # noqa: F401
@@ -122,7 +122,7 @@ class DALIFolderLoader:
 
     def __init__(self, folder: ImageFolder, batch_size: int, *, device="cpu", seed: int = 0, rank: int = 0,
                  world_size: int = 1, num_threads: int = 2, flip: bool = False):
-        reason = dali_available()
+        reason = dali_unavailable_reason()
         if reason:
             raise DataError(reason)
         from nvidia.dali import fn, pipeline_def, types

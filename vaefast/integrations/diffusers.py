@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config.sections import DIFFUSERS_CLAMP
 from ..ops import reparameterize_kl
 
 # diffusers clamps the log-variance to this range in DiagonalGaussianDistribution.
-DIFFUSERS_CLAMP = (-30.0, 20.0)
 PRESETS = ("sd-kl-f8", "kl-f8-16ch")
 
 

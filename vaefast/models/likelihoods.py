@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config.sections import Likelihood as LikelihoodName
 from ..ops import bce_with_logits, continuous_bernoulli_nll
 from ..ops.reference import clamp_with_inclusive_gradient
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "laplace", "logistic")
+LIKELIHOODS = get_args(LikelihoodName)  # the choices of --likelihood, declared once in vaefast.config
 
 
 class Likelihood(nn.Module, abc.ABC):

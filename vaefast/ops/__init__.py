@@ -1,6 +1,6 @@
 """The fused VAE loss: reference, backends, dispatch and the public API."""
 
-from .dispatch import BACKENDS, BackendUnavailable, available_backends
+from .backends import BACKENDS, BackendUnavailable, available_backends, unavailable_backends
 from .functional import bce_with_logits, continuous_bernoulli_nll, reparameterize_kl
 from .module import FusedVAELoss, VAELossOutput
 
@@ -13,4 +13,5 @@ __all__ = [
     "bce_with_logits",
     "continuous_bernoulli_nll",
     "reparameterize_kl",
+    "unavailable_backends",
 ]

@@ -6,6 +6,6 @@ Imported only from inside a compiled region, where torch._dynamo is loaded anywa
 
 import torch
 
-from .dispatch import resolve
+from .backends import resolve
 
 resolve_constant = torch.compiler.assume_constant_result(resolve)

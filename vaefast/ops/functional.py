@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import FUSED_DTYPES, select
+from .backends import FUSED_DTYPES
+from .dispatch import select
 from .reference import (bce_with_logits_reference, continuous_bernoulli_nll_reference, reparameterize_kl_reference,
                         seeded_normal)
 from .validation import (check_bce_inputs, check_latent_inputs, check_samples, check_tensor, resolve_clamp,

@@ -29,8 +29,9 @@ def _version(module: str) -> str | None:
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict:
-    import vaefast
-    from vaefast.ops import native_backend
+    from importlib.metadata import version
+
+    from .. import native
 
     device = torch.device(device)
     info = {
@@ -42,8 +43,8 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         "torch": torch.__version__,
         "triton": _version("triton"),
         "dali": _version("nvidia.dali"),
-        "vaefast": vaefast.__version__,
-        "native_isa": native_backend.isa() if native_backend.load_error() is None else None,
+        "vaefast": version("vaefast"),
+        "native_isa": native.isa() if native.load_error() is None else None,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     return info

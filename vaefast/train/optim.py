@@ -16,7 +16,8 @@ from torch import nn
 from torch.optim.adam import adam as adam_update
 from torch.optim.adamw import adamw as adamw_update
 
-from ..ops import native_backend
+from .. import native
+from . import native_optim
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -44,7 +45,7 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def native_master_step_available() -> bool:
-    return native_backend.load_error() is None
+    return native.load_error() is None
 
 
 class MasterWeightAdam(torch.optim.Optimizer):
@@ -129,7 +130,7 @@ class MasterWeightAdam(torch.optim.Optimizer):
                 states = [self.state[p] for p in params]
                 for state in states:
                     state["step"] = int(state["step"]) + 1
-                native_backend.adam_master_step(
+                native_optim.adam_master_step(
                     [s["master"] for s in states], [p.grad.contiguous() for p in params],
                     [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], params,
                     [s["step"] for s in states], **hyper)
@@ -155,7 +156,7 @@ class MasterWeightAdam(torch.optim.Optimizer):
                 native.setdefault(g.dtype, []).append(g)
             else:
                 others.append(torch.isfinite(g).all())
-        if not all(native_backend.all_finite(group) for group in native.values()):
+        if not all(native_optim.all_finite(group) for group in native.values()):
             return False
         return not others or bool(torch.stack(others).all())
 
