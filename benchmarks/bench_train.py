@@ -143,10 +143,10 @@ def run_vaefast(data, epochs: int, seed: int, out: Path, precision: str, master_
     summary = trainer.fit()
     # The recipe's test loss is the continuous density itself, without vaefast's dequantization term.
     dequantization = 784 * math.log(256.0) if likelihood == "continuous_bernoulli" else 0.0
-    return {"images_per_s": summary["images_per_s"],
-            "test_neg_elbo_nats": summary["test_neg_elbo_nats"] - dequantization,
-            "precision": summary["precision"], "compiled": summary["compiled"],
-            "master_weights": summary["master_weights"]}
+    return {"images_per_s": summary.images_per_s,
+            "test_neg_elbo_nats": summary.test_neg_elbo_nats - dequantization,
+            "precision": summary.precision, "compiled": summary.compiled,
+            "master_weights": summary.master_weights}
 
 
 def _stats(runs: list[dict], key: str) -> dict:

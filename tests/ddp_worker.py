@@ -75,7 +75,7 @@ def main():
         return
     summary = trainer.fit()
     params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-    torch.save({"params": params, "initial": initial, "steps": summary["steps"], "skipped": summary["skipped_steps"]},
+    torch.save({"params": params, "initial": initial, "steps": summary.steps, "skipped": summary.skipped_steps},
                Path(args["out"]) / f"params-rank{dist.rank}.pt")
     trainer.close()
     dist.shutdown()

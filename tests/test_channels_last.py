@@ -55,5 +55,5 @@ def test_a_run_with_channels_last_trains(tmp_path, tiny_data):
                        model=ModelConfig(kind="conv", channels=[16, 32], latent_channels=4))
     trainer = Trainer(cfg, tiny_data)
     summary = trainer.fit()
-    assert summary["steps"] == 4 and summary["skipped_steps"] == 0
+    assert summary.steps == 4 and summary.skipped_steps == 0
     assert trainer.model.decoder[-1].weight.is_contiguous(memory_format=torch.channels_last)

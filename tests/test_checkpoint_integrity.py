@@ -29,7 +29,7 @@ def _small_config(out, **overrides):
 @pytest.fixture(scope="module")
 def checkpoint_file(tmp_path_factory, tiny_data):
     out = tmp_path_factory.mktemp("integrity")
-    path = Trainer(_small_config(out, ema=0.9), tiny_data).fit()["checkpoint"]
+    path = Trainer(_small_config(out, ema=0.9), tiny_data).fit().checkpoint
     return out / os.path.basename(path)
 
 

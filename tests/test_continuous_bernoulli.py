@@ -107,4 +107,4 @@ def test_trainer_learns_with_the_continuous_bernoulli(tmp_path, tiny_data):
     trainer = Trainer(cfg, tiny_data)
     before = trainer.evaluate()["neg_elbo_nats"]
     summary = trainer.fit()
-    assert summary["test_neg_elbo_nats"] < before - 100, (before, summary["test_neg_elbo_nats"])
+    assert summary.test_neg_elbo_nats < before - 100, (before, summary.test_neg_elbo_nats)

@@ -96,6 +96,6 @@ def test_training_on_cuda(tmp_path, precision, compile_):
     assert next(trainer.model.parameters()).is_cuda and not trainer.master_weights
     assert trainer.plan.cuda_graphs == (compile_ is True)
     summary = trainer.fit()
-    assert summary["device"].startswith("cuda") and summary["precision"] == precision
-    assert summary["skipped_steps"] <= 2
-    assert 150 < summary["test_neg_elbo_nats"] < 500
+    assert summary.device.startswith("cuda") and summary.precision == precision
+    assert summary.skipped_steps <= 2
+    assert 150 < summary.test_neg_elbo_nats < 500

@@ -36,8 +36,8 @@ def test_from_diffusers_trains_a_tiny_autoencoder_kl(tmp_path, tiny_data):
     before = trainer.evaluate()["neg_elbo_nats"]
     before_weights = vae.encoder.conv_in.weight.detach().clone()
     summary = trainer.fit()
-    assert summary["steps"] == 6 and summary["skipped_steps"] == 0
-    assert summary["test_neg_elbo_nats"] < before
+    assert summary.steps == 6 and summary.skipped_steps == 0
+    assert summary.test_neg_elbo_nats < before
     assert not torch.equal(vae.encoder.conv_in.weight, before_weights)  # the diffusers model itself trained
     # Between encode and decode: diffusers' own posterior, the fused op giving the same KL; pixels in diffusers'
     # [-1, 1] convention inside, vaefast's [0, 1] outside.

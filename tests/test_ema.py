@@ -90,6 +90,6 @@ def test_eval_uses_the_ema_unless_told_not_to(tmp_path, tiny_data):
     for name, p in with_ema.named_parameters():
         assert torch.equal(p, ema_state["shadow"][name])
     assert not all(torch.equal(a, b) for a, b in zip(with_ema.parameters(), trained.parameters()))
-    a = evaluate_checkpoint(checkpoint, data=None, limit=128)["test_neg_elbo_nats"]
-    b = evaluate_checkpoint(checkpoint, data=None, limit=128, use_ema=False)["test_neg_elbo_nats"]
+    a = evaluate_checkpoint(checkpoint, data=None, limit=128).test_neg_elbo_nats
+    b = evaluate_checkpoint(checkpoint, data=None, limit=128, use_ema=False).test_neg_elbo_nats
     assert a != b

@@ -56,9 +56,9 @@ def test_a_hand_written_module_trains_with_the_fused_latent_op(tmp_path, tiny_da
     assert trainer.model.latent_shape == latent_shape
     before = trainer.evaluate()["neg_elbo_nats"]
     summary = trainer.fit()
-    assert summary["skipped_steps"] == 0 and summary["steps"] == 16
-    assert 50 < summary["peak_memory_mb"] < 24 * 1024  # peak RSS of this process, in MiB
-    assert summary["test_neg_elbo_nats"] < 0.95 * before, (before, summary["test_neg_elbo_nats"])  # it learns
+    assert summary.skipped_steps == 0 and summary.steps == 16
+    assert 50 < summary.peak_memory_mb < 24 * 1024  # peak RSS of this process, in MiB
+    assert summary.test_neg_elbo_nats < 0.95 * before, (before, summary.test_neg_elbo_nats)  # it learns
 
     # What the trainer computes between encode and decode is the reference reparameterization and KL.
     x = tiny_data.test[:8].float() / 255

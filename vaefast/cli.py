@@ -69,29 +69,9 @@ def cmd_eval(args) -> int:
     result = evaluate_checkpoint(args.checkpoint, data=args.data, iw_samples=args.iw_samples,
                                  batch_size=args.batch_size, device=args.device, seed=args.seed, limit=args.limit,
                                  use_ema=args.ema, trust=args.trust_checkpoint)
-    hist = result["kl_per_dim_histogram"]
-    lines = [
-        f"test images:          {result['test_images']}",
-        f"negative ELBO:        {result['test_neg_elbo_nats']:.3f} nats/image "
-        f"(reconstruction {result['test_recon_nats']:.3f} + KL {result['test_kl_nats']:.3f})",
-        f"bits per dimension:   {result['test_bpd']:.5f}",
-        (f"reconstruction:       PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} (posterior mean)"
-         if result["psnr"] is not None else f"reconstruction:       {result['quality_note']}"),
-    ]
-    if args.iw_samples:
-        lines.append(f"IWAE NLL (K={args.iw_samples}):  {result['iwae_nll_nats']:.3f} nats/image "
-                     f"({result['iwae_bpd']:.5f} bpd)")
-    lines += [
-        f"active units:         {result['active_units']} of {result['latent_dim']} (KL > 0.1 nats); "
-        f"{result['active_units_cov']} by Cov_x(E_q[z]) > 0.01",
-        f"mean latent distance: {result['mean_latent_distance']:.3f} between different test images",
-        "KL per dim histogram: " + ", ".join(f"[{a:.3g}, {b:.3g}): {c}" for a, b, c in
-                                            zip(hist["edges"], hist["edges"][1:], hist["counts"])),
-        f"verdict:              {result['verdict']}",
-    ]
-    print("\n".join(lines), file=sys.stderr if args.json else sys.stdout)
+    print(result.describe(), file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result.to_json()))
     return 0
 
 

@@ -58,6 +58,8 @@ def sectioned(values: dict) -> dict[str, dict]:
     diffusers' own, as its DiagonalGaussianDistribution clamps."""
     out: dict[str, dict] = {}
     for key, value in values.items():
+        if key in SECTION_TYPES and isinstance(value, SECTION_TYPES[key]):
+            value = dataclasses.asdict(value)
         if key in SECTION_TYPES and isinstance(value, dict):
             section = SECTION_TYPES[key]
             names = {f.name for f in dataclasses.fields(section)}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -57,9 +59,60 @@ def collapse_verdict(kl_nats: float, active: int, latent_dim: int, mean_distance
     return f"healthy: {active} of {latent_dim} latent units are active"
 
 
+@dataclass
+class EvalReport:
+    """What ``vaefast eval`` reports; ``--json`` prints ``to_json()`` (keys pinned by tests/fixtures/json_keys.json)."""
+
+    test_neg_elbo_nats: float
+    test_recon_nats: float
+    test_kl_nats: float
+    test_bpd: float
+    active_units: int
+    latent_dim: int
+    test_images: int
+    psnr: float
+    ssim: float | None  # None without the metrics extra; quality_note says why
+    quality_note: str | None
+    iwae_nll_nats: float | None  # with iw_samples > 0 only
+    iwae_bpd: float | None
+    iw_samples: int
+    active_units_cov: int
+    mean_latent_distance: float
+    kl_per_dim: list[float]
+    kl_per_dim_histogram: dict
+    verdict: str
+
+    def describe(self) -> str:
+        hist = self.kl_per_dim_histogram
+        ssim = f", SSIM {self.ssim:.4f}" if self.ssim is not None else f" ({self.quality_note})"
+        lines = [
+            f"test images:          {self.test_images}",
+            f"negative ELBO:        {self.test_neg_elbo_nats:.3f} nats/image "
+            f"(reconstruction {self.test_recon_nats:.3f} + KL {self.test_kl_nats:.3f})",
+            f"bits per dimension:   {self.test_bpd:.5f}",
+            f"reconstruction:       PSNR {self.psnr:.2f} dB{ssim} (posterior mean)",
+        ]
+        if self.iwae_nll_nats is not None:
+            lines.append(f"IWAE NLL (K={self.iw_samples}):  {self.iwae_nll_nats:.3f} nats/image "
+                         f"({self.iwae_bpd:.5f} bpd)")
+        return "\n".join(lines + [
+            f"active units:         {self.active_units} of {self.latent_dim} (KL > 0.1 nats); "
+            f"{self.active_units_cov} by Cov_x(E_q[z]) > 0.01",
+            f"mean latent distance: {self.mean_latent_distance:.3f} between different test images",
+            "KL per dim histogram: " + ", ".join(f"[{a:.3g}, {b:.3g}): {c}" for a, b, c in
+                                                zip(hist["edges"], hist["edges"][1:], hist["counts"])),
+            f"verdict:              {self.verdict}",
+        ])
+
+    def to_json(self) -> dict:
+        """The report's fields; the IWAE figures only when computed, the note only when SSIM is missing."""
+        optional = ("quality_note", "iwae_nll_nats", "iwae_bpd")
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in optional and v is None)}
+
+
 def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int = 0, batch_size: int = 500,
                         device: str | None = None, seed: int = 0, limit: int | None = None,
-                        use_ema: bool = True, trust: bool = False) -> dict:
+                        use_ema: bool = True, trust: bool = False) -> EvalReport:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(checkpoint, device, use_ema, trust)
     dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed)
@@ -70,38 +123,32 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
     torch.manual_seed(seed)
     precision = autocast(resolve_precision(cfg.runtime.precision, device), device)
     elbo = evaluate_elbo(model, test, batch_size=batch_size, device=device, autocast=precision)
-    result = {
-        "test_neg_elbo_nats": elbo["neg_elbo_nats"],
-        "test_recon_nats": elbo["recon_nats"],
-        "test_kl_nats": elbo["kl_nats"],
-        "test_bpd": elbo["bpd"],
-        "active_units": elbo["active_units"],
-        "latent_dim": elbo["latent_dim"],
-        "test_images": len(test),
-    }
-    try:
-        result.update(reconstruction_quality(model, test, batch_size=batch_size, device=device, autocast=precision))
-    except ImportError as exc:  # pytorch-msssim is an optional extra; the likelihood figures stand without it
-        result.update(psnr=None, ssim=None, quality_note=str(exc))
-    if iw_samples:
-        # Fewer images per batch as K grows, so that K decoder passes fit in memory.
-        iw_batch = max(1, min(batch_size, 20_000 // iw_samples))
-        total = 0.0
-        for start in range(0, len(test), iw_batch):
-            x = to_unit_float(test[start:start + iw_batch], device)
-            total += float(iwae_log_likelihood(model, x, iw_samples, autocast=precision).sum())
-        result["iwae_nll_nats"] = -total / len(test)
-        result["iwae_bpd"] = result["iwae_nll_nats"] / (math.prod(test.shape[1:]) * math.log(2))
-    result["iw_samples"] = iw_samples
+    quality = reconstruction_quality(model, test, batch_size=batch_size, device=device, autocast=precision)
+    iwae_nll = iwae_nll_nats(model, test, iw_samples, batch_size, device, precision) if iw_samples else None
     means = posterior_means(model, test, batch_size, device)
-    result["active_units_cov"] = int((means.var(0) > COVARIANCE_ACTIVE).sum())
     g = torch.Generator().manual_seed(seed)
     a, b = torch.randint(len(means), (2, min(2000, len(means) * 4)), generator=g)
     different = a != b
-    result["mean_latent_distance"] = float((means[a[different]] - means[b[different]]).norm(dim=1).mean())
-    result["kl_per_dim"] = [round(v, 5) for v in elbo["kl_per_dim"].flatten().tolist()]
+    distance = float((means[a[different]] - means[b[different]]).norm(dim=1).mean())
     counts, edges = torch.histogram(elbo["kl_per_dim"].flatten().double(), bins=10)
-    result["kl_per_dim_histogram"] = {"counts": counts.long().tolist(), "edges": [round(e, 4) for e in edges.tolist()]}
-    result["verdict"] = collapse_verdict(elbo["kl_nats"], elbo["active_units"], elbo["latent_dim"],
-                                         result["mean_latent_distance"])
-    return result
+    return EvalReport(
+        test_neg_elbo_nats=elbo["neg_elbo_nats"], test_recon_nats=elbo["recon_nats"], test_kl_nats=elbo["kl_nats"],
+        test_bpd=elbo["bpd"], active_units=elbo["active_units"], latent_dim=elbo["latent_dim"],
+        test_images=len(test), psnr=quality["psnr"], ssim=quality["ssim"], quality_note=quality.get("quality_note"),
+        iwae_nll_nats=iwae_nll,
+        iwae_bpd=None if iwae_nll is None else iwae_nll / (math.prod(test.shape[1:]) * math.log(2)),
+        iw_samples=iw_samples, active_units_cov=int((means.var(0) > COVARIANCE_ACTIVE).sum()),
+        mean_latent_distance=distance, kl_per_dim=[round(v, 5) for v in elbo["kl_per_dim"].flatten().tolist()],
+        kl_per_dim_histogram={"counts": counts.long().tolist(), "edges": [round(e, 4) for e in edges.tolist()]},
+        verdict=collapse_verdict(elbo["kl_nats"], elbo["active_units"], elbo["latent_dim"], distance))
+
+
+def iwae_nll_nats(model, test: torch.Tensor, iw_samples: int, batch_size: int, device, precision) -> float:
+    """The IWAE bound's negative log-likelihood per image; fewer images per batch as K grows, so that K decoder
+    passes fit in memory."""
+    iw_batch = max(1, min(batch_size, 20_000 // iw_samples))
+    total = 0.0
+    for start in range(0, len(test), iw_batch):
+        x = to_unit_float(test[start:start + iw_batch], device)
+        total += float(iwae_log_likelihood(model, x, iw_samples, autocast=precision).sum())
+    return -total / len(test)

@@ -66,13 +66,19 @@ def open_run_folder(cfg: TrainConfig, dist: DistContext) -> tuple[Checkpointer, 
     return checkpointer, monitor
 
 
-def read_resume(cfg: TrainConfig, device: torch.device, resumed: dict | None) -> dict | None:
-    """The checkpoint to resume: ``resumed`` when the caller read it already (the CLI reads it once, for its
-    configuration too), else ``cfg.checkpoint.resume`` read and verified here."""
+def resume(checkpointer: Checkpointer, cfg: TrainConfig, device: torch.device, resumed: dict | None) -> None:
+    """Restore the registered parts from ``resumed`` when the caller read it already (the CLI reads the checkpoint
+    once, for its configuration too), else from ``cfg.checkpoint.resume``, read and verified here."""
     c = cfg.checkpoint
-    if resumed is not None or c.resume is None:
-        return resumed
-    return load_checkpoint(c.resume, map_location=device, trust=c.trust_checkpoint, fallback=c.resume_fallback)
+    if resumed is None and c.resume is None:
+        return
+    if resumed is None:
+        resumed = load_checkpoint(c.resume, map_location=device, trust=c.trust_checkpoint, fallback=c.resume_fallback)
+    try:
+        checkpointer.restore(resumed)
+    except ValueError as exc:
+        raise ValueError(f"cannot resume {c.resume}: {exc}; its model config: {resumed['config'].get('model')}") \
+            from None
 
 
 def announce(text: str, dist: DistContext, cfg: TrainConfig) -> None:

@@ -83,9 +83,7 @@ class Trainer:
         torch.manual_seed(r.seed + self.dist.rank)
         self.objective = build.make_objective(cfg, self.model, loss_terms, self.dist, device)
         self._wire(device)
-        state = build.read_resume(cfg, device, resumed)
-        if state is not None:
-            self.checkpointer.restore(state)
+        build.resume(self.checkpointer, cfg, device, resumed)
 
     def _wire(self, device: torch.device) -> None:
         """The step's components, and the stateful ones registered with the checkpointer in restore order."""
