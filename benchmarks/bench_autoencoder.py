@@ -238,7 +238,7 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--train-images", type=int, default=2048)
     p.add_argument("--test-images", type=int, default=128)
-    p.add_argument("--name", default=None, help="results file and README section (default: per device)")
+    p.add_argument("--name", default=None, help="results file and docs/performance.md section (default: per device)")
     p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
                    help="default: every variant except the bf16 reference on a CPU without native bf16")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 8 steps at 16x16, results/quick/")

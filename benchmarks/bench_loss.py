@@ -14,8 +14,8 @@ timed). Timing: CUDA uses ``triton.testing.do_bench``; CPU uses ``torch.utils.be
 interleaved round by round and the median taken, so noise on a shared machine hits all of them alike.
 
 The roofline is ``dst.copy_(src)`` into a preallocated float32 buffer whose read + write bytes equal the op's
-minimal traffic (10 latent element-passes + 5 pixel element-passes, see ../shared/DESIGN.md), measured in the same
-run. Results go to benchmarks/results/bench_loss-<device>-<dtype>.json and a table in benchmarks/README.md.
+minimal traffic (10 latent element-passes + 5 pixel element-passes, see docs/design.md), measured in the same
+run. Results go to benchmarks/results/bench_loss-<device>-<dtype>.json and a table in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--min-time", type=float, default=0.05, help="seconds per timed sample")
     parser.add_argument("--quick", action="store_true", help="one case, few rounds: a smoke test")
-    parser.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
+    parser.add_argument("--no-readme", action="store_true", help="do not update docs/performance.md")
     parser.add_argument("--suite", choices=["default", "gpu"], default="default",
                         help="gpu: D in {20, 512, 4096, 16384} and a 4x64x64 spatial latent")
     parser.add_argument("--results", help="write the JSON here instead of benchmarks/results/")

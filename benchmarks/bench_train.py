@@ -161,7 +161,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--precision", default="auto", help="vaefast --precision")
     parser.add_argument("--out", default="/tmp/vaefast-bench-train")
-    parser.add_argument("--quick", action="store_true", help="write under results/quick and skip the README")
+    parser.add_argument("--quick", action="store_true", help="write under results/quick and skip docs/performance.md")
     args = parser.parse_args(argv)
     data = load_dataset(args.data)
     recipe, ours, autocast_only, randn_noise, recipe_cb, ours_cb, iwae = [], [], [], [], [], [], []

@@ -1,4 +1,4 @@
-"""What every benchmark shares: machine description, result files, and the README tables."""
+"""What every benchmark shares: machine description, result files, and the tables of docs/performance.md."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from vaefast.perf.machine import machine_info  # noqa: F401  (re-exported for th
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-README = HERE / "README.md"
+README = HERE.parent / "docs" / "performance.md"  # the generated tables; benchmarks/README.md says how to run
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -26,7 +26,7 @@ def write_result(name: str, payload: dict, *, quick: bool = False, folder: str |
 
 
 def update_readme_section(name: str, payload: dict, table: str) -> None:
-    """Replace (or append) the README section between this benchmark's markers."""
+    """Replace (or append) the docs/performance.md section between this benchmark's markers."""
     m = payload["machine"]
     header = (
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads)"
@@ -35,7 +35,7 @@ def update_readme_section(name: str, payload: dict, table: str) -> None:
         f"Command: `{payload['command']}`  \nDate: {m['date']}  \nJSON: `benchmarks/results/{name}.json`"
     )
     block = f"<!-- {name}:start -->\n### {name}\n\n{header}\n\n{table}\n<!-- {name}:end -->"
-    text = README.read_text() if README.exists() else "# Benchmarks\n"
+    text = README.read_text() if README.exists() else "# Performance\n"
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     README.write_text(text)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole GPU table in one go, on a machine with one CUDA GPU:
-#   bash benchmarks/gpu_suite.sh                 # results under benchmarks/results/gpu/, tables in benchmarks/README.md
+#   bash benchmarks/gpu_suite.sh                 # results under benchmarks/results/gpu/, tables in docs/performance.md
 #   bash benchmarks/gpu_suite.sh --cpu-smoke     # every step in its quick form on CPU (what CI runs)
 #   bash benchmarks/gpu_suite.sh --whole-step    # only the step-capture comparison (issue #16), about 8 minutes:
 #       the MLP at batch 128 and 1024 and diffusers' AutoencoderKL, eager / reduce-overhead / whole-step capture,
-#       fp32 and bf16: images/s and host time per step, into benchmarks/README.md
+#       fp32 and bf16: images/s and host time per step, into docs/performance.md
 #
 # 0. the CUDA tests: the property tests on the compiled Triton kernels, opcheck, inductor, autocast, training;
 # 1. the fused ops vs eager vs torch.compile, forward+backward, fp32/bf16/fp16, B=256, D in {20, 512, 4096, 16384}
@@ -56,7 +56,7 @@ if [[ "${1:-}" == "--whole-step" ]]; then
     --variants vaefast vaefast-fp32 vaefast-whole-step vaefast-fp32-whole-step \
     || echo "gpu_suite: the AutoencoderKL step-capture run failed or timed out"
   cp benchmarks/results/bench_step_capture*-cuda.json "$out"/ 2>/dev/null || true
-  echo "gpu_suite: whole-step done; tables in benchmarks/README.md"
+  echo "gpu_suite: whole-step done; tables in docs/performance.md"
   exit 0
 fi
 TRITON_INTERPRET=0 $PY -m pytest -q tests/test_cuda.py tests/test_fused_ops.py -k cuda
@@ -72,4 +72,4 @@ $PY benchmarks/bench_autoencoder.py --device cuda --preset sd-kl-f8 --size 256 -
   --variants reference reference-bf16 vaefast vaefast-fp32 vaefast-ckpt vaefast-channels-last
 cp benchmarks/results/bench_loss-cuda-*.json benchmarks/results/bench_throughput-cuda.json \
   benchmarks/results/bench_autoencoder-cuda.json "$out"/ 2>/dev/null || true
-echo "gpu_suite: done; results in $out and benchmarks/results/, tables in benchmarks/README.md"
+echo "gpu_suite: done; results in $out and benchmarks/results/, tables in docs/performance.md"

@@ -3,7 +3,7 @@ interpreter, so no GPU is needed) and the aten ops that compute (allocations and
 
     TRITON_INTERPRET=1 python benchmarks/launch_count.py
 
-Writes benchmarks/results/launch_count.json and a table in benchmarks/README.md.
+Writes benchmarks/results/launch_count.json and a table in docs/performance.md.
 """
 
 from __future__ import annotations

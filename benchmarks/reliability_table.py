@@ -1,7 +1,7 @@
-"""The README's Reliability table, from a test run: each failure scenario, the cases tried and passed, and what is
+"""The Reliability table (docs/reliability.md), from a test run: each failure scenario, the cases tried and passed, and what is
 guaranteed. The tests count their cases through the `reliability` fixture (tests/conftest.py).
 
-    python benchmarks/reliability_table.py            # runs the reliability tests, rewrites the README section
+    python benchmarks/reliability_table.py            # runs the reliability tests, rewrites the docs/reliability.md section
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+README = ROOT / "docs" / "reliability.md"
 TESTS = ["tests/test_checkpoint_integrity.py", "tests/test_kill_fuzz.py", "tests/test_preemption.py",
          "tests/test_fuzz_inputs.py", "tests/test_fuzz_ops.py", "tests/test_sync_free.py", "tests/test_trainer.py",
          "tests/test_distributed.py"]
@@ -69,7 +69,7 @@ def main() -> int:
     text = README.read_text()
     pattern = re.compile(r"<!-- reliability:start -->.*?<!-- reliability:end -->", re.S)
     if not pattern.search(text):
-        print("reliability_table: README.md has no reliability markers", file=sys.stderr)
+        print("reliability_table: docs/reliability.md has no reliability markers", file=sys.stderr)
         return 1
     README.write_text(pattern.sub(lambda _: block, text))
     print("\n".join(lines))

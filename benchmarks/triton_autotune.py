@@ -1,6 +1,6 @@
 """Autotune the Triton kernels over BLOCK and num_warps with `triton.autotune`, and log the chosen configs.
 
-    python benchmarks/triton_autotune.py            # on a CUDA machine: tune, time, write JSON + README table
+    python benchmarks/triton_autotune.py            # on a CUDA machine: tune, time, write JSON + a docs/performance.md table
     python benchmarks/triton_autotune.py --check    # anywhere: compile every config for sm_80/sm_90, no spills
 
 The production launchers pick BLOCK and num_warps with a size heuristic; this script finds what the hardware

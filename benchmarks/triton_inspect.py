@@ -2,7 +2,7 @@
 
     python benchmarks/triton_inspect.py      # (TRITON_INTERPRET must be unset)
 
-Writes benchmarks/results/triton_inspect.json and the table in benchmarks/README.md.
+Writes benchmarks/results/triton_inspect.json and the table in docs/performance.md.
 """
 
 from __future__ import annotations

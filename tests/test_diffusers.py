@@ -61,7 +61,7 @@ def test_cli_trains_evaluates_resumes_and_exports_a_config_json(tmp_path):
     first = subprocess.run(common, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     saved = json.loads((run / "config.json").read_text())["model"]
-    assert saved["kind"] == "diffusers" and saved["clamp"] == list(DIFFUSERS_CLAMP)
+    assert saved["kind"] == f"diffusers:{config}" and saved["clamp"] == list(DIFFUSERS_CLAMP)
     again = [arg if arg != "3" else "5" for arg in common] + ["--resume", str(run)]  # --max-steps 3 -> 5
     resumed = subprocess.run(again,
                              capture_output=True, text=True, timeout=300)
