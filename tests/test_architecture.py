@@ -156,3 +156,11 @@ def test_help_imports_no_compiler_or_heavy_integration():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('triton', 'diffusers') or m in heavy))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_the_trainer_imports_no_compiler_until_it_compiles():
+    """An eager run (the CPU default) never pays for torch._dynamo's import (over a second)."""
+    code = ("import sys, vaefast.train, vaefast.eval.report, vaefast.cli\n"
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'triton') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -124,3 +124,16 @@ def test_patch_keeps_values_and_gradients_and_unpatch_restores():
     for a, b in zip(fused[2], original[2]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(run()[0], original[0], rtol=0, atol=0)  # unpatched again: diffusers' own math
+
+
+def test_an_image_size_the_model_cannot_reconstruct_is_refused_before_training(tmp_path):
+    from vaefast.config import ModelConfig
+    from vaefast.models import build_model
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(TINY))  # two blocks: downsamples by 2
+    with pytest.raises(ValueError, match="downsamples by 2: the image size must be a multiple of 2, got 15x15"):
+        build_model(ModelConfig(kind=f"diffusers:{config}"), (1, 15, 15))
+    with pytest.raises(ValueError, match="takes 1-channel images; the data has 3 channels"):
+        build_model(ModelConfig(kind=f"diffusers:{config}"), (3, 16, 16))
+    assert build_model(ModelConfig(kind=f"diffusers:{config}"), (1, 16, 16)).latent_shape == (4, 8, 8)

@@ -49,8 +49,8 @@ def test_ema_refuses_bad_decays_and_low_precision_sources():
         WeightEMA({"w": torch.zeros(2)}, decay=1.0)
     with pytest.raises(ValueError, match="float32 masters"):
         WeightEMA({"w": torch.zeros(2, dtype=torch.bfloat16)}, decay=0.9)
-    with pytest.raises(ValueError, match="ema decay must lie in"):
-        TrainConfig.from_options(ema=1.5).validate()
+    with pytest.raises(ValueError, match=r"--ema must be in \[0.0, 1.0\), got 1.5"):
+        TrainConfig.from_options(ema=1.5)
 
 
 def _cfg(tmp_path, name, **kw):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +84,7 @@ def test_bf16_on_cpu_keeps_float32_master_weights(tmp_path, small_data):
     for name, p in trainer.model.named_parameters():
         assert torch.equal(saved[name].bfloat16(), p.detach())
     assert not Trainer(_cfg(tmp_path, "off", precision="bf16", master_weights=False), small_data).master_weights
-    with pytest.raises(ValueError, match="master weights are for bf16"):
+    with pytest.raises(ValueError, match="--master-weights is for bf16"):
         Trainer(_cfg(tmp_path, "bad", precision="fp32", master_weights=True), small_data)
 
 
@@ -245,6 +246,31 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     assert "error: --data path not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--kl-warmup-steps", "-3"], "--kl-warmup-steps must be >= 0, got -3"),
+    (["--ema", "1"], r"--ema must be in \[0.0, 1.0\), got 1.0"),
+    (["--objective", "iwae"], "pass --samples 2 or more"),
+])
+def test_cli_refuses_a_bad_option_in_one_line(tmp_path, argv, message):
+    proc = subprocess.run([sys.executable, "-m", "vaefast", "train", "--out", str(tmp_path / "run"), *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_cli_output_is_plain_lines_when_not_a_terminal(tmp_path):
+    """stderr to a file: progress as whole lines (no carriage returns), warnings as one line without source."""
+    proc = subprocess.run([sys.executable, "-m", "vaefast", "train", "--out", str(tmp_path / "run"), "--epochs", "1",
+                           "--max-steps", "12", "--log-every", "4", "--beta", "300", "--hidden", "16",
+                           "--no-tensorboard"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert sum(line.startswith("epoch 1/1 step ") for line in lines) == 3  # steps 4, 8, 12
+    assert "warnings.warn" not in proc.stderr and "RuntimeWarning" not in proc.stderr
+    assert lines[-1].startswith("trained 12 steps at ") or lines[-1].startswith("trained 12 steps;"), lines[-1]
+
+
 def test_resume_across_master_weight_settings(tmp_path, small_data):
     """A master-weights checkpoint resumes without them (its model weights are the float32 masters); the other way
     round there are no masters to resume, and the error says which flag to use."""
@@ -259,7 +285,7 @@ def test_resume_across_master_weight_settings(tmp_path, small_data):
 
 
 def test_compile_mode_is_validated(tmp_path, small_data):
-    with pytest.raises(ValueError, match="compile mode must be one of"):
+    with pytest.raises(ValueError, match="--compile-mode must be one of"):
         Trainer(_cfg(tmp_path, "bad", compile=True, compile_mode="fastest"), small_data)
     trainer = Trainer(_cfg(tmp_path, "ro", compile=True, compile_mode="reduce-overhead", epochs=1), small_data)
     # CUDA graphs exist on CUDA only; on CPU the mode compiles without them, and the run still trains.

@@ -36,7 +36,9 @@ CONFIGS = {
 # The eager step calls the fused kernels from plain autograd Functions, which the emulator cannot see (the compiled
 # step, which a GPU captures, calls them as custom ops: test_fused_custom_ops_replay covers those). So the trainer
 # runs here use the torch reference of the loss, whose ops the emulator records.
-REFERENCE_LOSS = {"model": ModelConfig(backend="torch")}
+# fp32 unless a configuration says otherwise: on a CPU with native bf16, "auto" would pick bf16 with master weights,
+# whose host-driven native update the emulator cannot record.
+REFERENCE_LOSS = {"model": ModelConfig(backend="torch"), "precision": "fp32"}
 
 
 def _state(trainer) -> dict[str, torch.Tensor]:
@@ -151,7 +153,8 @@ def test_whole_step_compiled_on_cpu_trains_like_the_eager_step(tmp_path, tiny_da
     """torch.compile of the whole step function (forward, backward, skip, optimizer, EMA, counters): the same
     trajectory within float tolerance, a skipped NaN step and a short batch (run uncompiled) included, and no
     recompilation after the first step."""
-    cfg = dict(epochs=1, batch_size=16, log_every=1000, ema=0.9, kl_warmup_steps=4, lr_schedule="cosine")
+    cfg = dict(epochs=1, batch_size=16, log_every=1000, ema=0.9, kl_warmup_steps=4, lr_schedule="cosine",
+               precision="fp32")  # compiled vs eager, not bf16 rounding (what "auto" picks on a bf16 CPU)
     eager = Trainer(quiet_config(tmp_path / "eager", **cfg), tiny_data)
     compiled = Trainer(quiet_config(tmp_path / "compiled", compile=True, compile_mode="whole-step", **cfg), tiny_data)
     assert compiled.plan.whole_step and compiled.whole_step is not None and compiled.loss_fn is compiled.objective

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 
 from .config.flags import add_config_arguments, options_given
 
@@ -190,12 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain_warnings() -> None:
+    """Warnings as one line each ("vaefast: warning: ..."), without the source line that raised them; other
+    libraries' notices that a user of this command cannot act on are dropped."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).removeprefix("vaefast: ")
+        print(f"vaefast: warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+    for module in ("diffusers", "accelerate", "huggingface_hub", "torch.utils.tensorboard", "tensorboard"):
+        warnings.filterwarnings("ignore", module=module)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # read by diffusers when it is imported
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    _plain_warnings()
     try:
         return args.func(args)
     except Exception as exc:

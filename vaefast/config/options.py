@@ -95,6 +95,10 @@ class Section:
     name: ClassVar[str]  # the TOML table and checkpoint key
     title: ClassVar[str]  # the --help group and docs heading
 
+    def __init_subclass__(cls, *, name: str, title: str, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.title = name, title
+
     def __post_init__(self):
         self.validate()
 

@@ -46,10 +46,7 @@ def parse_clamp(text: str):
 
 
 @dataclass
-class DataConfig(Section):
-    name = "data"
-    title = "data"
-
+class DataConfig(Section, name="data", title="data"):
     source: str | None = option(None, "IDX directory/file, .npy/.npz array, image folder or WebDataset shards "
                                 "(default: the embedded Fashion-MNIST split)", key="data")
     test_fraction: float = option(0.1, "held-out share when the data has no test split", range=within(0.0, 1.0))
@@ -65,10 +62,7 @@ class DataConfig(Section):
 
 
 @dataclass
-class ModelConfig(Section):
-    name = "model"
-    title = "model"
-
+class ModelConfig(Section, name="model", title="model"):
     kind: str = option("mlp", "mlp, conv, or diffusers:SPEC: an AutoencoderKL from a preset (sd-kl-f8, kl-f8-16ch), "
                        "a config.json (both random init) or a local model folder (fine-tuning); its logvar clamp "
                        "defaults to diffusers' -30,20", key="model", parse=parse_model_kind,
@@ -108,10 +102,7 @@ class ModelConfig(Section):
 
 
 @dataclass
-class ObjectiveConfig(Section):
-    name = "objective"
-    title = "objective"
-
+class ObjectiveConfig(Section, name="objective", title="objective"):
     beta: float = option(1.0, "weight of the KL term", range=at_least(0.0))
     kl_warmup_steps: int = option(0, "linear warm-up of the KL weight from 0 to beta over this many steps",
                                   range=at_least(0))
@@ -142,10 +133,7 @@ def objective_rules(objective: str, estimator: str, samples: int, free_bits: flo
 
 
 @dataclass
-class OptimConfig(Section):
-    name = "optim"
-    title = "optimization"
-
+class OptimConfig(Section, name="optim", title="optimization"):
     epochs: int = option(10, "passes over the training data", range=at_least(1))
     max_steps: int = option(0, "> 0: stop (with a checkpoint) after this many optimizer steps", range=at_least(0))
     lr: float = option(1e-3, "learning rate", range=above(0.0))
@@ -162,10 +150,7 @@ class OptimConfig(Section):
 
 
 @dataclass
-class RuntimeConfig(Section):
-    name = "runtime"
-    title = "runtime"
-
+class RuntimeConfig(Section, name="runtime", title="runtime"):
     device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda if available)")
     precision: Precision = option("auto", "auto: bf16 where the hardware computes it natively (CUDA, AMX / "
                                   "AVX512-BF16 CPUs), else fp32")
@@ -193,10 +178,7 @@ class RuntimeConfig(Section):
 
 
 @dataclass
-class CheckpointConfig(Section):
-    name = "checkpoint"
-    title = "checkpoints"
-
+class CheckpointConfig(Section, name="checkpoint", title="checkpoints"):
     out: str = option("runs/vaefast", "run folder for checkpoints, metrics and TensorBoard logs")
     resume: str | None = option(None, "checkpoint file or run folder to continue from")
     resume_fallback: bool = option(True, "when the newest checkpoint of the --resume folder is corrupt, resume from "
@@ -208,10 +190,7 @@ class CheckpointConfig(Section):
 
 
 @dataclass
-class LoggingConfig(Section):
-    name = "logging"
-    title = "logging"
-
+class LoggingConfig(Section, name="logging", title="logging"):
     log_every: int = option(50, "steps between logged (host-synchronized) metrics", range=at_least(1))
     progress: bool = option(True, "progress bar on a terminal, plain log lines otherwise")
     tensorboard: bool = option(True, "write TensorBoard event files into the run folder")

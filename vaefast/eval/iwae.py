@@ -26,7 +26,8 @@ def iwae_log_likelihood(model, x: torch.Tensor, k: int, *, max_decode_batch: int
     ``generator`` (CPU) draws the noise keys, for reproducible estimates."""
     if k < 1:
         raise ValueError(f"the number of importance samples must be >= 1, got {k}")
-    mu, logvar = model.encode(x)
+    with autocast or nullcontext():  # the encoder too: a bf16 model (master weights) takes bf16 inputs only so
+        mu, logvar = model.encode(x)
     batch = x.shape[0]
     log_w = torch.empty(batch, k, dtype=torch.float64, device=x.device)
     per_pass = max(1, max_decode_batch // batch)  # importance samples decoded together for the whole batch

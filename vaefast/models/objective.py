@@ -5,10 +5,12 @@ reparameterized gradient (DReG, Tucker et al. 2018); shared by the trainer and e
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from ..config import ObjectiveConfig
 from ..ops.reference import clamp_with_inclusive_gradient
 from ..instrument import stage
 from .loss_terms import LossTerm, check_loss_terms, per_image
@@ -27,8 +29,6 @@ def kl_objective(kl: torch.Tensor, kl_per_dim: torch.Tensor, batch_size: int, fr
     return floored.sum() * batch_size
 
 
-OBJECTIVES = ("elbo", "iwae")
-ESTIMATORS = ("standard", "dreg")
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -54,6 +54,17 @@ def importance_log_weights(nll: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
     return -nll.to(dtype) + kl_weight * (log_prior - log_q)
 
 
+class ObjectiveOutput(NamedTuple):
+    """The loss (this rank's share of the global mean) and, detached, what metrics read: the NLL (averaged over
+    the samples) and KL sums, the per-dim KL, and the extra terms' sums (None without terms)."""
+
+    loss: torch.Tensor
+    nll: torch.Tensor
+    kl: torch.Tensor
+    kl_per_dim: torch.Tensor
+    term_sums: torch.Tensor | None
+
+
 def _scale_gradient(z: torch.Tensor, weights: torch.Tensor) -> None:
     """DReG: the encoder's gradient through sample k carries weight w~_k squared instead of w~_k, so the gradient
     that reaches z from the bound (already weighted by w~_k) is multiplied by w~_k once more."""
@@ -68,15 +79,8 @@ class NegativeELBO(nn.Module):
     def __init__(self, model: nn.Module, free_bits: float = 0.0, loss_terms: list[LossTerm] | None = None, *,
                  samples: int = 1, objective: str = "elbo", estimator: str = "standard"):
         super().__init__()
-        if objective not in OBJECTIVES or estimator not in ESTIMATORS:
-            raise ValueError(f"objective must be one of {OBJECTIVES} and estimator one of {ESTIMATORS}, got "
-                             f"{objective!r} and {estimator!r}")
-        if estimator == "dreg" and objective != "iwae":
-            raise ValueError("the DReG estimator is for the IWAE objective: pass objective='iwae'")
-        if objective == "iwae" and samples < 2:
-            raise ValueError(f"the IWAE bound weighs several samples: pass samples >= 2, got {samples}")
-        if objective == "iwae" and free_bits > 0:
-            raise ValueError("free bits floor the analytic KL of the ELBO; the IWAE bound has no such term")
+        # The objective section's own checks, so that this module and `vaefast train` refuse alike.
+        ObjectiveConfig(free_bits=free_bits, samples=samples, objective=objective, estimator=estimator)
         if samples > 1 and loss_terms:
             raise ValueError("extra loss terms take one reconstruction per image: use samples=1 with them")
         self.model, self.free_bits = model, free_bits
@@ -96,9 +100,8 @@ class NegativeELBO(nn.Module):
     def forward(self, x: torch.Tensor, kl_w: torch.Tensor, scale: torch.Tensor,
                 term_weights: torch.Tensor | None = None, noise_seed: torch.Tensor | None = None):
         """``scale`` turns the local sums into this rank's share of the global mean (world_size / global count);
-        ``term_weights`` holds one weight per extra loss term. Returns the loss and, detached, the NLL (averaged over
-        the samples) and KL sums, the per-dim KL and the extra terms' sums (None without terms). With the IWAE
-        objective the loss is the negative bound summed over the batch."""
+        ``term_weights`` holds one weight per extra loss term. With the IWAE objective the loss is the negative bound
+        summed over the batch."""
         nll, out = self.terms(x, noise_seed)
         if self.objective == "iwae":
             log_w = importance_log_weights(nll, out.z, out.mu, out.logvar, self.model.clamp, kl_weight=kl_w,
@@ -118,4 +121,5 @@ class NegativeELBO(nn.Module):
                                          for term in self.loss_terms])
                 total = total + (term_weights * term_sums).sum()
                 term_sums = term_sums.detach().float()
-        return total * scale, nll_sum.detach(), out.kl.sum().detach(), out.kl_per_dim.detach(), term_sums
+        return ObjectiveOutput(total * scale, nll_sum.detach(), out.kl.sum().detach(), out.kl_per_dim.detach(),
+                               term_sums)

@@ -38,7 +38,7 @@ def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: 
     on CPU the two are the same."""
     cfg = TrainConfig.from_options(batch_size=batch_size, precision=precision, compile=compile_mode is not None,
                                    compile_mode=compile_mode, progress=False, tensorboard=False,
-                                   out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device, **(model or {}))
+                                   out=tempfile.mkdtemp(prefix="vaefast-bench-"), device=device, model=model or {})
     trainer = Trainer(cfg, dataset)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     trainer.run(max(warmup, WARMUP_STEPS))

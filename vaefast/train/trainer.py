@@ -112,6 +112,11 @@ class Trainer:
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
         compile_loss = self.plan.compile and not self.plan.whole_step
         self.loss_fn = torch.compile(self.objective, mode=self.plan.compile_mode) if compile_loss else self.objective
+        if self.plan.compile or self.plan.whole_step:
+            # Never traced: under torch.compile (2.13) Adam.step passed found_inf=None to the fused kernel, so a NaN
+            # step updated the weights (tests/test_whole_step.py). It is one fused kernel anyway, and a CUDA graph
+            # capture records it all the same. (Wrapped only here: disable() imports torch._dynamo.)
+            self._update_weights = torch.compiler.disable(self._update_weights)
         self.whole_step = WholeStep.for_device(self._step, device) if self.plan.whole_step else None
         parts = {"model": ModelWeights(self.model, self.optimizer, self.master_weights),
                  "optimizer": OptimizerState(self.optimizer, self.master_weights), "scaler": self.scaler,
@@ -157,10 +162,11 @@ class Trainer:
                     torch.compiler.cudagraph_mark_step_begin()
                 noise_seed = self.noise_seeds.next() if self.noise_seeds is not None else None
                 with self.plan.autocast():
-                    loss, *part = self.loss_fn(x, kl_w, scale, term_w, noise_seed)
+                    out = self.loss_fn(x, kl_w, scale, term_w, noise_seed)
                 with stage("backward"):
-                    self.scaler.scale(loss).backward()
-            finite = torch.isfinite(loss) if finite is None else finite & torch.isfinite(loss)
+                    self.scaler.scale(out.loss).backward()
+            finite = torch.isfinite(out.loss) if finite is None else finite & torch.isfinite(out.loss)
+            part = [out.nll, out.kl, out.kl_per_dim, out.term_sums]
             if self.plan.cuda_graphs:  # replays reuse their output buffers: copy out what outlives the step
                 part = [t if t is None else t.clone() for t in part]
             sums = part if sums is None else [a if a is None else a + b for a, b in zip(sums, part)]
@@ -177,10 +183,6 @@ class Trainer:
         self.kl_schedule.advance()
         return StepResult(*sums, applied=skip == 0)
 
-    # Never traced: under torch.compile (2.13) Adam.step passed found_inf=None to the fused kernel, so a NaN step
-    # updated the weights (tests/test_whole_step.py). Eager, it is the one fused kernel anyway, and a CUDA graph
-    # capture records it all the same.
-    @torch.compiler.disable
     def _update_weights(self, skip: torch.Tensor) -> None:
         """Apply the update unless ``skip`` is set: torch's fused Adam and MasterWeightAdam take the flag as
         GradScaler's ``found_inf`` and leave parameters, moments and step counts untouched."""
