@@ -1,0 +1,156 @@
+"""The Latent-Diffusion autoencoder loss (CompVis ``LPIPSWithDiscriminator``): L1 + LPIPS with a learned scalar
+log-variance, the KL, and a PatchGAN with LDM's adaptive weight; the same gradients, each backward run once.
+
+The recipe, as LDM computes it (``ldm/modules/losses/contperceptual.py``):
+- ``rec = |x - x̂| + perceptual_weight · LPIPS(x, x̂)`` (LPIPS's per-image value broadcast over the pixels);
+- ``nll = Σ (rec / exp(logvar) + logvar) / B`` with one learned scalar ``logvar``; ``kl = Σ kl / B``;
+- ``g = -mean(D(x̂))``, weighted by ``d_w = clamp(‖∇_L nll‖ / (‖∇_L g‖ + 1e-4), 0, 1e4) · disc_weight`` with ``L``
+  the decoder's last layer weight, and by ``disc_factor``, which is 0 before ``disc_start``;
+- generator loss ``nll + kl_weight · kl + d_w · disc_factor · g``; discriminator loss
+  ``disc_factor · hinge(D(x), D(x̂))`` (or "vanilla": softplus).
+
+How LDM runs it costs two of everything: Lightning calls the step once per optimizer (two autoencoder forwards, two
+LPIPS), the adaptive weight takes two ``autograd.grad`` through LPIPS and D to the last layer, and the final
+``backward`` runs through LPIPS and D again. ``backward_generator`` takes ``∂nll/∂x̂`` and ``∂g/∂x̂`` once each
+(LPIPS and D backward once), the two last-layer gradients from those through the last layer alone, and one
+backward through decoder and encoder with their weighted sum: the gradients LDM's ``loss.backward()`` leaves.
+D's parameters are frozen meanwhile, so no weight gradient is computed for them; ``backward_discriminator`` then
+steps on the detached reconstruction of the same forward.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .patchgan import DISC_LOSSES, PatchGAN
+
+
+class LPIPSWithDiscriminator(nn.Module):
+    """The drop-in loss for a loop of your own::
+
+        crit = LPIPSWithDiscriminator(kl_weight=1e-6, disc_start=50001)
+        logs = crit.backward_generator(x, reconstruction, kl, last_layer=vae.decoder.conv_out.weight, step=step)
+        opt_g.step()        # over the autoencoder's parameters and crit.logvar
+        logs_d = crit.backward_discriminator(x, reconstruction, step=step)
+        opt_d.step()        # over crit.discriminator's parameters
+
+    ``x`` and ``reconstruction`` are in the autoencoder's pixel convention ([-1, 1] for diffusers and LDM), ``kl``
+    is the KL per image ``[B]``, ``step`` an int (before ``disc_start`` the discriminator is skipped entirely) or a
+    device tensor (then nothing is read on the host, and D runs with a factor of 0 before ``disc_start``).
+    ``perceptual`` is any module called as ``perceptual(x, x̂) -> [B, 1, 1, 1]`` (default: LPIPS-VGG16 from local
+    weights, vaefast.models.lpips); ``discriminator`` any module mapping images to logits (default: a PatchGAN).
+    The logs are detached device tensors, to read on log steps only.
+    """
+
+    def __init__(self, perceptual: nn.Module | None = None, discriminator: nn.Module | None = None, *,
+                 kl_weight: float = 1e-6, perceptual_weight: float = 1.0, disc_weight: float = 0.5,
+                 disc_factor: float = 1.0, disc_start: int = 50001, disc_loss: str = "hinge",
+                 logvar_init: float = 0.0, disc_layers: int = 3, disc_in_channels: int = 3,
+                 lpips_weights: str | None = None):
+        super().__init__()
+        if disc_loss not in DISC_LOSSES:
+            raise ValueError(f"disc_loss must be one of {', '.join(DISC_LOSSES)}, got {disc_loss!r}")
+        if perceptual is None and perceptual_weight > 0:
+            from .lpips import LPIPS
+
+            perceptual = LPIPS.from_files(lpips_weights)
+        self.perceptual = perceptual
+        self.discriminator = discriminator if discriminator is not None else PatchGAN(disc_in_channels,
+                                                                                       layers=disc_layers)
+        self.kl_weight, self.perceptual_weight = kl_weight, perceptual_weight
+        self.disc_weight, self.disc_factor, self.disc_start = disc_weight, disc_factor, disc_start
+        self.disc_loss = DISC_LOSSES[disc_loss]
+        self.logvar = nn.Parameter(torch.full((), float(logvar_init)))
+
+    def factor(self, step) -> torch.Tensor | float:
+        """``disc_factor`` from ``disc_start`` on, 0 before: a float for an int step, a device tensor for a tensor."""
+        if isinstance(step, torch.Tensor):
+            return (step >= self.disc_start).to(torch.float32) * self.disc_factor
+        return self.disc_factor if step >= self.disc_start else 0.0
+
+    def uses_discriminator(self, step) -> bool:
+        return isinstance(step, torch.Tensor) or (step >= self.disc_start and self.disc_factor > 0)
+
+    def nll(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(nll, mean |x - x̂|, mean LPIPS): the pixel term with the learned log-variance, summed over the pixels and
+        divided by the batch size."""
+        wide = _wide(reconstruction)
+        rec = (x - reconstruction).abs().to(wide)
+        lpips = torch.zeros((), device=x.device)
+        if self.perceptual is not None and self.perceptual_weight > 0:
+            per_image = self.perceptual(x.detach(), reconstruction).to(wide)
+            rec = rec + self.perceptual_weight * per_image
+            lpips = per_image.detach().mean()
+        nll = (rec / torch.exp(self.logvar) + self.logvar).sum() / x.shape[0]
+        return nll, (x - reconstruction).detach().abs().mean(), lpips
+
+    def backward_generator(self, x: torch.Tensor, reconstruction: torch.Tensor, kl: torch.Tensor, *,
+                           last_layer: torch.Tensor, step, scale: float | torch.Tensor = 1.0) -> dict:
+        """Leave in ``.grad`` (autoencoder parameters and ``logvar``) what LDM's generator ``loss.backward()`` leaves,
+        times ``scale`` (e.g. a gradient-accumulation or loss-scaling factor)."""
+        nll, rec, lpips = self.nll(x, reconstruction)
+        kl_loss = kl.sum() / x.shape[0]
+        zero = torch.zeros((), device=x.device)
+        d_weight, g_loss, factor = zero, zero, self.factor(step)
+        grad_nll, grad_logvar = torch.autograd.grad(nll, [reconstruction, self.logvar])  # LPIPS's one backward
+        grad_x = grad_nll
+        if self.uses_discriminator(step):
+            with frozen(self.discriminator):
+                g_loss = -self.discriminator(reconstruction).to(_wide(reconstruction)).mean()
+            grad_g, = torch.autograd.grad(g_loss, reconstruction)  # D's one backward, to its input only
+            d_weight = self.adaptive_weight(reconstruction, grad_nll, grad_g, last_layer)
+            grad_x = grad_nll + (d_weight * factor) * grad_g.to(grad_nll.dtype)
+        grad_x = (grad_x * scale).to(reconstruction.dtype)
+        torch.autograd.backward([reconstruction, kl_loss], [grad_x, torch.ones_like(kl_loss) * (self.kl_weight * scale)])
+        grad_logvar = grad_logvar * scale
+        self.logvar.grad = grad_logvar if self.logvar.grad is None else self.logvar.grad + grad_logvar
+        total = nll.detach() + self.kl_weight * kl_loss.detach() + d_weight * factor * g_loss.detach()
+        return {"total": total, "nll": nll.detach(), "rec": rec, "lpips": lpips, "kl": kl_loss.detach(),
+                "d_weight": d_weight, "disc_factor": torch.as_tensor(factor, device=x.device),
+                "g_loss": g_loss.detach(), "logvar": self.logvar.detach()}
+
+    def adaptive_weight(self, reconstruction: torch.Tensor, grad_nll: torch.Tensor, grad_g: torch.Tensor,
+                        last_layer: torch.Tensor) -> torch.Tensor:
+        """LDM's ``d_w``, from the two losses' gradients at the reconstruction carried back through the last layer
+        alone (autograd computes only that layer's weight gradient), the norms in float32, detached."""
+        nll_l, = torch.autograd.grad(reconstruction, last_layer, grad_nll.to(reconstruction.dtype), retain_graph=True)
+        g_l, = torch.autograd.grad(reconstruction, last_layer, grad_g.to(reconstruction.dtype), retain_graph=True)
+        wide = _wide(reconstruction)
+        ratio = nll_l.to(wide).norm() / (g_l.to(wide).norm() + 1e-4)
+        return ratio.clamp(0.0, 1e4).detach() * self.disc_weight
+
+    def backward_discriminator(self, x: torch.Tensor, reconstruction: torch.Tensor, *, step,
+                               scale: float | torch.Tensor = 1.0) -> dict:
+        """Leave LDM's discriminator gradients (times ``scale``) in the discriminator's ``.grad``; the
+        reconstruction is detached here. Before ``disc_start`` (an int step) nothing runs."""
+        zero = torch.zeros((), device=x.device)
+        if not self.uses_discriminator(step):
+            return {"disc_loss": zero, "logits_real": zero, "logits_fake": zero}
+        wide = _wide(reconstruction)
+        logits_real = self.discriminator(x.detach()).to(wide)
+        logits_fake = self.discriminator(reconstruction.detach()).to(wide)
+        d_loss = self.factor(step) * self.disc_loss(logits_real, logits_fake)
+        (d_loss * scale).backward()
+        return {"disc_loss": d_loss.detach(), "logits_real": logits_real.detach().mean(),
+                "logits_fake": logits_fake.detach().mean()}
+
+
+def _wide(t: torch.Tensor) -> torch.dtype:
+    """float32 for bf16/fp16 activations (the losses and norms are summed in it), float64 stays float64."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """``module``'s parameters take no gradient inside (Lightning's ``toggle_optimizer`` for the other network)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
