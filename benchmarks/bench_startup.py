@@ -31,8 +31,8 @@ t0 = time.perf_counter()
 import torch
 t_torch = time.perf_counter()
 import vaefast.cli
-from vaefast.train import Trainer
 t_import = time.perf_counter()
+from vaefast.train import Trainer
 spent = {"run": 0.0, "evaluate": 0.0, "init": 0.0}
 def timed(name, fn):
     def wrapper(*a, **k):
@@ -45,7 +45,7 @@ def timed(name, fn):
 Trainer.run = timed("run", Trainer.run)
 Trainer.evaluate = timed("evaluate", Trainer.evaluate)
 Trainer.__init__ = timed("init", Trainer.__init__)
-code = vaefast.cli.main(["train", "--out", sys.argv[1], "--no-progress", "--no-tensorboard"])
+code = vaefast.cli.main(["train", "--out", sys.argv[1]])
 end = time.perf_counter()
 print(json.dumps({"import_torch": t_torch - t0, "import_vaefast": t_import - t_torch, "build": spent["init"],
                   "loop": spent["run"], "evaluate": spent["evaluate"], "total": end - t0, "exit": code}))

@@ -40,11 +40,11 @@ def resolve_train_config(args: argparse.Namespace):
 
 
 def cmd_train(args) -> int:
+    cfg, resumed = resolve_train_config(args)
     from .train import Trainer
     from .train.distributed import DistContext
     from .train.preemption import PREEMPTED_EXIT_CODE
 
-    cfg, resumed = resolve_train_config(args)
     dist = DistContext.from_env(cfg.runtime.device, cfg.runtime.dist_backend, cfg.runtime.dist_timeout)
     try:
         trainer = Trainer(cfg, dist=dist, resumed=resumed)
