@@ -4,6 +4,7 @@ same model config, initial weights, data, batch and number of steps, in one run.
     python benchmarks/bench_autoencoder.py                          # CPU: 32x32 RGB crops, blocks 32-64
     python benchmarks/bench_autoencoder.py --quick                  # a smoke run (results/quick/)
     python benchmarks/bench_autoencoder.py --device cuda --preset sd-kl-f8 --size 256 --batch-size 8 --steps 40
+    python benchmarks/bench_autoencoder.py --recipe ldm             # L1 + LPIPS + KL + PatchGAN, three ways
 
 The reference loop is the one in diffusers' ``train_autoencoderkl.py`` without its LPIPS and GAN parts, in plain
 PyTorch below: pixels scaled to [-1, 1]; ``posterior = vae.encode(x).latent_dist``, ``z = posterior.sample()``,
@@ -341,4 +342,9 @@ def table(payload: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    if "--recipe" in sys.argv:  # --recipe ldm: the Latent-Diffusion recipe, three ways (bench_ldm_recipe.py)
+        import bench_ldm_recipe
+
+        bench_ldm_recipe.main([a for a in sys.argv[1:] if a not in ("--recipe", "ldm")])
+    else:
+        main()

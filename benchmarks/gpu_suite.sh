@@ -14,7 +14,9 @@
 # 3. end-to-end images/s for the MLP and the conv VAE, with and without torch.compile and AMP;
 # 4. registers and load widths of the kernels (no GPU needed);
 # 5. diffusers' AutoencoderKL, SD kl-f8 layout at 256x256: the diffusers-style loop (fp32, bf16) against vaefast
-#    (bf16, fp32, activation checkpointing, channels_last), images/s, CUDA max allocated, PSNR.
+#    (bf16, fp32, activation checkpointing, channels_last), images/s, CUDA max allocated, PSNR;
+# 6. the Latent-Diffusion recipe on the same layout, fp32 and bf16: the LDM flow, diffusers' script and vaefast's
+#    single-pass LPIPSWithDiscriminator, images/s, memory, first-step gradient differences.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -31,6 +33,7 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
   TRITON_INTERPRET= $PY benchmarks/bench_throughput.py --quick --device cpu --models "mlp 784-400-20 on 28x28" \
     --precisions fp32 --modes eager whole-step --results "$out"
   TRITON_INTERPRET= $PY benchmarks/bench_autoencoder.py --quick --variants reference vaefast --results "$out"
+  TRITON_INTERPRET= $PY benchmarks/bench_autoencoder.py --recipe ldm --quick --results "$out"
   echo "gpu_suite: CPU smoke run passed"
   exit 0
 fi
@@ -70,6 +73,11 @@ $PY benchmarks/triton_inspect.py
 $PY benchmarks/bench_autoencoder.py --device cuda --preset sd-kl-f8 --size 256 --batch-size 8 --steps 30 \
   --rounds 1 --train-images 512 --test-images 32 \
   --variants reference reference-bf16 vaefast vaefast-fp32 vaefast-ckpt vaefast-channels-last
+for precision in fp32 bf16; do  # the Latent-Diffusion recipe (L1 + LPIPS + KL + PatchGAN), three ways, SD kl-f8 at 256
+  $PY benchmarks/bench_autoencoder.py --recipe ldm --device cuda --preset sd-kl-f8 --size 256 --batch-size 4 \
+    --steps 8 --rounds 2 --precision "$precision"
+done
 cp benchmarks/results/bench_loss-cuda-*.json benchmarks/results/bench_throughput-cuda.json \
-  benchmarks/results/bench_autoencoder-cuda.json "$out"/ 2>/dev/null || true
+  benchmarks/results/bench_autoencoder-cuda.json benchmarks/results/bench_ldm_recipe-cuda-*.json "$out"/ \
+  2>/dev/null || true
 echo "gpu_suite: done; results in $out and benchmarks/results/, tables in docs/performance.md"

@@ -24,11 +24,16 @@ def __getattr__(name):
         from .models.loss_terms import LossTerm
 
         return LossTerm
+    if name == "LPIPSWithDiscriminator":
+        from .models.ldm_loss import LPIPSWithDiscriminator
+
+        return LPIPSWithDiscriminator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BackendUnavailable",
     "FusedVAELoss",
+    "LPIPSWithDiscriminator",
     "LossTerm",
     "TrainConfig",
     "Trainer",

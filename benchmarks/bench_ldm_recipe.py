@@ -1,0 +1,302 @@
+"""The Latent-Diffusion autoencoder recipe (L1 + LPIPS + KL + PatchGAN with the adaptive weight) three ways, on the
+same AutoencoderKL, LPIPS weights, discriminator init, data and steps, each variant in its own process, rounds
+interleaved:
+
+- ``ldm``: the CompVis flow as Lightning runs it: per step, ``training_step`` once per optimizer, so the
+  autoencoder forward, L1, LPIPS and the KL twice; the adaptive weight by two ``autograd.grad`` to the last layer;
+  ``loss.backward()`` through LPIPS, D and the autoencoder; the discriminator pass on the reconstruction of the
+  second forward (after the generator's update), the other network toggled off in each pass.
+- ``diffusers``: ``train_autoencoderkl.py`` as published: one forward per step; generator and discriminator
+  alternate by step; LPIPS under ``no_grad`` (no perceptual gradient); the discriminator branch computes its loss
+  and never steps (so D never learns); its ``.item()`` logging. Reported for speed only: it is not the recipe.
+- ``vaefast``: the drop-in ``vaefast.LPIPSWithDiscriminator`` in a plain loop: one forward,
+  ``backward_generator`` (each backward once), ``backward_discriminator`` on the same reconstruction.
+
+    python benchmarks/bench_autoencoder.py --recipe ldm          # CPU: 64x64 crops, batch 8, blocks 32-64
+    python benchmarks/bench_ldm_recipe.py --quick                 # a smoke run (results/quick/)
+    python benchmarks/bench_ldm_recipe.py --device cuda --preset sd-kl-f8 --size 256 --precision bf16
+
+Images/s leaves out the first 2 steps of each process. The first step's gradients of ``vaefast`` are compared with
+``ldm``'s (relative difference of the flattened gradient vectors): the generator's (autoencoder and logvar), and the
+discriminator's, which in the LDM flow come from the reconstruction after the generator's update; the
+discriminator's are therefore also compared at the same reconstruction. The LPIPS trunk is random (no ImageNet
+weights here), which changes nothing about the cost; the discriminator is active from step 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_autoencoder import TRAIN_PHOTOS, autoencoder, photo_crops  # noqa: E402
+from common import machine_info, update_readme_section, write_result  # noqa: E402
+
+WARMUP = 2
+VARIANTS = {"ldm": "CompVis LDM flow (Lightning: a pass per optimizer)",
+            "diffusers": "diffusers train_autoencoderkl.py as published (not the recipe)",
+            "vaefast": "vaefast.LPIPSWithDiscriminator, single pass"}
+
+
+def _criterion(spec, device, dtype=torch.float32):
+    from vaefast import LPIPSWithDiscriminator
+    from vaefast.models.lpips import LPIPS
+    from vaefast.models.patchgan import PatchGAN
+
+    torch.manual_seed(spec["seed"] + 1)
+    lpips = LPIPS()  # random trunk, shipped linear layers
+    lpips.load_linear()
+    disc = PatchGAN(3, layers=3)
+    return LPIPSWithDiscriminator(lpips, disc, kl_weight=1e-6, perceptual_weight=1.0, disc_weight=0.5,
+                                  disc_start=0, disc_loss="hinge").to(device, dtype)
+
+
+def _optimizers(vae, crit, lr):
+    opt_g = torch.optim.Adam([*vae.parameters(), crit.logvar], lr=lr, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(crit.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
+    return opt_g, opt_d
+
+
+def _forward(vae, x, autocast):
+    with autocast():
+        posterior = vae.encode(x).latent_dist
+        return vae.decode(posterior.sample()).sample, posterior
+
+
+def _ldm_losses(crit, x, rec, posterior):
+    """The part of LDM's loss forward that both optimizer passes compute before branching."""
+    rec_loss = (x - rec).abs() + crit.perceptual_weight * crit.perceptual(x.contiguous(), rec.contiguous())
+    nll = rec_loss / torch.exp(crit.logvar) + crit.logvar
+    return nll.sum() / nll.shape[0], posterior.kl().sum() / x.shape[0]
+
+
+def ldm_step(vae, crit, opts, x, autocast):
+    from vaefast.models.ldm_loss import frozen
+
+    opt_g, opt_d = opts
+    with frozen(crit.discriminator):  # Lightning's toggle_optimizer(opt_g)
+        rec, posterior = _forward(vae, x, autocast)
+        with autocast():
+            nll_loss, kl_loss = _ldm_losses(crit, x, rec, posterior)
+            g_loss = -crit.discriminator(rec.contiguous()).float().mean()
+        last = vae.decoder.conv_out.weight
+        nll_grads = torch.autograd.grad(nll_loss, last, retain_graph=True)[0]
+        g_grads = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        d_weight = torch.clamp(torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4), 0.0, 1e4).detach() * 0.5
+        loss = nll_loss + crit.kl_weight * kl_loss + d_weight * crit.disc_factor * g_loss
+        loss.backward()
+    grads_g = _flat([*vae.parameters(), crit.logvar])
+    opt_g.step()
+    opt_g.zero_grad(set_to_none=True)
+    frozen_g = [p for p in [*vae.parameters(), crit.logvar] if p.requires_grad]
+    for p in frozen_g:  # toggle_optimizer(opt_d)
+        p.requires_grad_(False)
+    rec, posterior = _forward(vae, x, autocast)  # the second training_step: forward, L1, LPIPS and KL again
+    with autocast():
+        _ldm_losses(crit, x, rec, posterior)
+        logits_real = crit.discriminator(x.contiguous().detach()).float()
+        logits_fake = crit.discriminator(rec.contiguous().detach()).float()
+        d_loss = crit.disc_factor * 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+    d_loss.backward()
+    for p in frozen_g:
+        p.requires_grad_(True)
+    grads_d = _flat(crit.discriminator.parameters())
+    opt_d.step()
+    opt_d.zero_grad(set_to_none=True)
+    return grads_g, grads_d
+
+
+def diffusers_step(vae, crit, opts, x, autocast, step):
+    opt_g, opt_d = opts
+    rec, posterior = _forward(vae, x, autocast)
+    logs = {}
+    if step % 2 == 0:
+        with autocast():
+            rec_loss = F.l1_loss(rec.float(), x.float(), reduction="none")
+            with torch.no_grad():
+                p_loss = crit.perceptual(rec, x)
+            nll_loss = torch.sum(rec_loss + p_loss) / rec_loss.shape[0]
+            kl_loss = torch.sum(posterior.kl()) / x.shape[0]
+            g_loss = -torch.mean(crit.discriminator(rec))
+        last = vae.decoder.conv_out.weight
+        nll_grads = torch.autograd.grad(nll_loss, last, retain_graph=True)[0]
+        g_grads = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        disc_weight = torch.clamp(torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4), 0.0, 1e4).detach() * 0.5
+        loss = nll_loss + crit.kl_weight * kl_loss + disc_weight * g_loss
+        logs = {k: v.detach().mean().item() for k, v in (("loss", loss), ("nll", nll_loss), ("p", p_loss),
+                                                          ("kl", kl_loss), ("w", disc_weight), ("g", g_loss))}
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+    else:
+        with autocast():
+            logits_real, logits_fake = crit.discriminator(x), crit.discriminator(rec)
+            disc_loss = 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+        logs = {k: v.detach().mean().item() for k, v in (("d", disc_loss), ("real", logits_real),
+                                                         ("fake", logits_fake))}
+    return logs
+
+
+def vaefast_step(vae, crit, opts, x, autocast, step):
+    opt_g, opt_d = opts
+    rec, posterior = _forward(vae, x, autocast)
+    with autocast():
+        crit.backward_generator(x, rec, posterior.kl(), last_layer=vae.decoder.conv_out.weight, step=step)
+    grads_g = _flat([*vae.parameters(), crit.logvar])
+    opt_g.step()
+    opt_g.zero_grad(set_to_none=True)
+    with autocast():
+        crit.backward_discriminator(x, rec, step=step)
+    grads_d = _flat(crit.discriminator.parameters())
+    opt_d.step()
+    opt_d.zero_grad(set_to_none=True)
+    return grads_g, grads_d, rec.detach()
+
+
+def _flat(params) -> torch.Tensor:
+    return torch.cat([p.grad.detach().float().flatten() for p in params if p.grad is not None])
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def first_step_gradients(spec) -> dict:
+    """The first step of ldm and vaefast from the same weights and noise: relative gradient differences."""
+    device = torch.device(spec["device"])
+    x = photo_crops(TRAIN_PHOTOS, spec["batch_size"], spec["size"], seed=spec["seed"]).to(device).float() / 127.5 - 1
+    autocast = _autocast(spec, device)
+    out = {}
+    results = {}
+    for name in ("ldm", "vaefast"):
+        torch.manual_seed(spec["seed"])
+        vae, crit = autoencoder(spec).to(device), _criterion(spec, device)
+        opts = _optimizers(vae, crit, spec["lr"])
+        torch.manual_seed(spec["seed"] + 7)  # the same posterior noise in both
+        results[name] = ldm_step(vae, crit, opts, x, autocast) if name == "ldm" else \
+            vaefast_step(vae, crit, opts, x, autocast, 0)
+    out["generator"] = _rel(results["vaefast"][0], results["ldm"][0])
+    out["discriminator_vs_ldm_flow"] = _rel(results["vaefast"][1], results["ldm"][1])
+    # The LDM discriminator pass at vaefast's reconstruction (before the generator's update): same inputs.
+    torch.manual_seed(spec["seed"])
+    _, crit = autoencoder(spec).to(device), _criterion(spec, device)
+    rec = results["vaefast"][2]
+    with autocast():
+        real, fake = crit.discriminator(x).float(), crit.discriminator(rec).float()
+        (0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())).backward()
+    # BatchNorm statistics: vaefast's D also saw the generator pass; both compute train-mode batch statistics.
+    out["discriminator_same_reconstruction"] = _rel(results["vaefast"][1], _flat(crit.discriminator.parameters()))
+    return out
+
+
+def _autocast(spec, device):
+    enabled = spec["precision"] == "bf16"
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def run_variant(variant: str, spec: dict) -> dict:
+    device = torch.device(spec["device"])
+    torch.manual_seed(spec["seed"])
+    vae, crit = autoencoder(spec).to(device), _criterion(spec, device)
+    opts = _optimizers(vae, crit, spec["lr"])
+    images = photo_crops(TRAIN_PHOTOS, spec["batch_size"] * spec["steps"], spec["size"], seed=spec["seed"])
+    autocast = _autocast(spec, device)
+    started = None
+    for step in range(spec["steps"]):
+        if step == WARMUP:
+            _sync(device)
+            started = time.perf_counter()
+        x = images[step * spec["batch_size"]:(step + 1) * spec["batch_size"]].to(device).float() / 127.5 - 1
+        if variant == "ldm":
+            ldm_step(vae, crit, opts, x, autocast)
+        elif variant == "diffusers":
+            diffusers_step(vae, crit, opts, x, autocast, step)
+        else:
+            vaefast_step(vae, crit, opts, x, autocast, step)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"variant": variant, "images_per_s": (spec["steps"] - WARMUP) * spec["batch_size"] / seconds,
+            "peak_memory_mb": peak}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", default=None, help="a vaefast preset (sd-kl-f8, kl-f8-16ch) instead of --blocks")
+    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="one round of 4 steps at 32x32 (results/quick/)")
+    p.add_argument("--name", default=None)
+    p.add_argument("--results", default=None, help="folder for the JSON result (default: benchmarks/results/)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps, args.size = 1, 4, 32
+    spec = {k: getattr(args, k) for k in ("device", "preset", "blocks", "size", "batch_size", "steps", "lr",
+                                          "precision", "seed")}
+    if args.worker:
+        result = first_step_gradients(spec) if args.worker == "gradients" else run_variant(args.worker, spec)
+        print(json.dumps(result))
+        return
+    argv_base = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--recipe", "ldm")]
+
+    def worker(name):
+        proc = subprocess.run([sys.executable, __file__, *argv_base, "--worker", name], capture_output=True,
+                              text=True, check=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    gradients = worker("gradients")
+    runs = {v: [] for v in VARIANTS}
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            runs[variant].append(worker(variant))
+            print(f"{variant:10s} {runs[variant][-1]['images_per_s']:8.2f} images/s", file=sys.stderr)
+    summary = {v: {"images_per_s": statistics.median(r["images_per_s"] for r in rs),
+                   "peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in rs)} for v, rs in runs.items()}
+    ldm = summary["ldm"]["images_per_s"]
+    name = args.name or f"bench_ldm_recipe-{args.device}-{args.precision}"
+    payload = {"machine": machine_info(args.device), "spec": spec, "rounds": runs, "summary": summary,
+               "first_step_gradients": gradients,
+               "command": "python benchmarks/bench_ldm_recipe.py " + " ".join(argv_base)}
+    table = ["| variant | images/s (median) | x LDM flow | peak memory MB |", "|---|---|---|---|"]
+    table += [f"| {VARIANTS[v]} | {s['images_per_s']:.2f} | {s['images_per_s'] / ldm:.2f}x | "
+              f"{s['peak_memory_mb']:.0f} |" for v, s in summary.items()]
+    table += ["", f"First step, vaefast vs the LDM flow, relative gradient difference: generator "
+              f"{gradients['generator']:.1e}; discriminator {gradients['discriminator_same_reconstruction']:.1e} "
+              f"at the same reconstruction ({gradients['discriminator_vs_ldm_flow']:.1e} against LDM's pass on the "
+              f"reconstruction after the generator's update)."]
+    print("\n".join(table))
+    print(f"wrote {write_result(name, payload, quick=args.quick, folder=args.results)}")
+    if not args.quick and args.results is None:
+        update_readme_section(name, payload, "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
