@@ -207,3 +207,26 @@ def test_ssim_matches_scikit_image_on_a_photograph():
                                           sigma=1.5, use_sample_covariance=False)
     assert ssim.item() == pytest.approx(expected_ssim, abs=1e-5)
     assert psnr.item() == pytest.approx(peak_signal_noise_ratio(photo, noisy, data_range=1.0), abs=1e-3)
+
+
+def test_lpips_is_reported_for_rgb_data_with_weights(tmp_path):
+    from vaefast.config import ModelConfig
+    from vaefast.eval.quality import reconstruction_quality
+    from vaefast.models import build_model
+    from vaefast.models.lpips import LPIPS
+
+    torch.manual_seed(0)
+    state = {f"features.{k}": torch.randn_like(v) * 0.05 for k, v in LPIPS().features.state_dict().items()}
+    torch.save(state, tmp_path / "vgg16.pth")
+    lpips = LPIPS.from_files(tmp_path / "vgg16.pth")
+    model = build_model(ModelConfig(kind="conv", channels=[8, 16], latent_channels=2, likelihood="gaussian"),
+                        (3, 16, 16))
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    result = reconstruction_quality(model, images, batch_size=4, lpips=lpips)
+    with torch.no_grad():
+        x = images.float() / 255
+        rec = model.likelihood.mean(model.decode(model.encode(x)[0])).clamp(0, 1)
+        expected = lpips(x * 2 - 1, rec * 2 - 1).mean()
+    assert result["lpips"] == pytest.approx(float(expected), rel=1e-5) and result["lpips"] > 0
+    with pytest.raises(ValueError, match="LPIPS compares RGB images; this data has 1 channel"):
+        reconstruction_quality(model, images[:, :1], lpips=lpips)

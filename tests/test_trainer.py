@@ -324,3 +324,33 @@ def test_location_scale_likelihoods_train_and_learn_their_scale(tmp_path, small_
     summary = trainer.fit()
     assert summary.skipped_steps == 0 and summary.test_neg_elbo_nats < before
     assert trainer.model.likelihood.log_sigma.item() != pytest.approx(math.log(0.1))
+
+
+def test_cli_shows_a_progress_bar_on_a_terminal(tmp_path):
+    """stderr on a terminal: tqdm's bar (redrawn with carriage returns), the epoch result as a line of its own."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal 120 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "vaefast", "train", "--out", str(tmp_path / "run"), "--epochs", "1",
+                             "--max-steps", "12", "--log-every", "4", "--hidden", "16", "--no-tensorboard"],
+                            stdout=subprocess.DEVNULL, stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=300) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert "\r" in text and "12/" in text and "step" in text, text[-2000:]  # tqdm: "n/total [...step/s]"
+    assert "trained 12 steps" in text

@@ -70,7 +70,7 @@ def cmd_eval(args) -> int:
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, iw_samples=args.iw_samples,
                                  batch_size=args.batch_size, device=args.device, seed=args.seed, limit=args.limit,
-                                 use_ema=args.ema, trust=args.trust_checkpoint)
+                                 use_ema=args.ema, trust=args.trust_checkpoint, lpips_weights=args.lpips_weights)
     print(result.describe(), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result.to_json()))
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     ev.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")
     ev.add_argument("--iw-samples", type=int, default=0, help="importance samples K for the IWAE bound (0: off)")
+    ev.add_argument("--lpips-weights", help="VGG16 ImageNet weights in torchvision's format, for LPIPS on RGB data "
+                    "(default: torch's hub cache, checkpoints/vgg16-397923af.pth, when present)")
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--limit", type=int, help="evaluate only the first N test images")
     ev.add_argument("--device")

@@ -40,12 +40,16 @@ def psnr_ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> tuple[torch
 
 
 @torch.no_grad()
-def reconstruction_quality(model, images: torch.Tensor, batch_size: int = 500, device="cpu", autocast=None) -> dict:
+def reconstruction_quality(model, images: torch.Tensor, batch_size: int = 500, device="cpu", autocast=None,
+                           lpips=None) -> dict:
     """Mean PSNR and SSIM (None, with ``quality_note`` saying why, without pytorch-msssim) of uint8 ``images``
-    [N, C, H, W] reconstructed from their posterior means."""
+    [N, C, H, W] reconstructed from their posterior means; with an ``lpips`` module (vaefast.models.lpips) also the
+    mean LPIPS of RGB images, compared in [-1, 1] as LPIPS expects."""
+    if lpips is not None and images.shape[1] != 3:
+        raise ValueError(f"LPIPS compares RGB images; this data has {images.shape[1]} channel(s)")
     was_training = model.training
     model.eval()
-    psnr, ssim = [], []
+    psnr, ssim, perceptual = [], [], []
     for start in range(0, len(images), batch_size):
         x = to_unit_float(images[start:start + batch_size], device)
         with autocast or nullcontext():
@@ -55,7 +59,11 @@ def reconstruction_quality(model, images: torch.Tensor, batch_size: int = 500, d
         psnr.append(batch_psnr.double())
         if batch_ssim is not None:
             ssim.append(batch_ssim.double())
+        if lpips is not None:
+            rec = reconstruction.float().clamp(0, 1)
+            perceptual.append(lpips.to(x.device)(x * 2 - 1, rec * 2 - 1).flatten().double())
     model.train(was_training)
+    extra = {"lpips": float(torch.cat(perceptual).mean())} if perceptual else {}
     if not ssim:
-        return {"psnr": float(torch.cat(psnr).mean()), "ssim": None, "quality_note": ssim_available()}
-    return {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean())}
+        return {"psnr": float(torch.cat(psnr).mean()), "ssim": None, "quality_note": ssim_available(), **extra}
+    return {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()), **extra}

@@ -73,6 +73,7 @@ class EvalReport:
     psnr: float
     ssim: float | None  # None without the metrics extra; quality_note says why
     quality_note: str | None
+    lpips: float | None  # RGB data with LPIPS weights available only
     iwae_nll_nats: float | None  # with iw_samples > 0 only
     iwae_bpd: float | None
     iw_samples: int
@@ -90,7 +91,8 @@ class EvalReport:
             f"negative ELBO:        {self.test_neg_elbo_nats:.3f} nats/image "
             f"(reconstruction {self.test_recon_nats:.3f} + KL {self.test_kl_nats:.3f})",
             f"bits per dimension:   {self.test_bpd:.5f}",
-            f"reconstruction:       PSNR {self.psnr:.2f} dB{ssim} (posterior mean)",
+            f"reconstruction:       PSNR {self.psnr:.2f} dB{ssim}"
+            f"{f', LPIPS {self.lpips:.4f}' if self.lpips is not None else ''} (posterior mean)",
         ]
         if self.iwae_nll_nats is not None:
             lines.append(f"IWAE NLL (K={self.iw_samples}):  {self.iwae_nll_nats:.3f} nats/image "
@@ -106,13 +108,15 @@ class EvalReport:
 
     def to_json(self) -> dict:
         """The report's fields; the IWAE figures only when computed, the note only when SSIM is missing."""
-        optional = ("quality_note", "iwae_nll_nats", "iwae_bpd")
+        optional = ("quality_note", "lpips", "iwae_nll_nats", "iwae_bpd")
         return {k: v for k, v in dataclasses.asdict(self).items() if not (k in optional and v is None)}
 
 
 def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int = 0, batch_size: int = 500,
                         device: str | None = None, seed: int = 0, limit: int | None = None,
-                        use_ema: bool = True, trust: bool = False) -> EvalReport:
+                        use_ema: bool = True, trust: bool = False, lpips_weights: str | None = None) -> EvalReport:
+    """``lpips_weights``: VGG16's weights (torchvision format) for the LPIPS figure of RGB data; without it the
+    torch hub cache's copy is used when present, and LPIPS is left out otherwise."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_model(checkpoint, device, use_ema, trust)
     dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed)
@@ -123,7 +127,8 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
     torch.manual_seed(seed)
     precision = autocast(resolve_precision(cfg.runtime.precision, device), device)
     elbo = evaluate_elbo(model, test, batch_size=batch_size, device=device, autocast=precision)
-    quality = reconstruction_quality(model, test, batch_size=batch_size, device=device, autocast=precision)
+    quality = reconstruction_quality(model, test, batch_size=batch_size, device=device, autocast=precision,
+                                     lpips=_lpips(lpips_weights, test.shape[1]))
     iwae_nll = iwae_nll_nats(model, test, iw_samples, batch_size, device, precision) if iw_samples else None
     means = posterior_means(model, test, batch_size, device)
     g = torch.Generator().manual_seed(seed)
@@ -135,6 +140,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
         test_neg_elbo_nats=elbo["neg_elbo_nats"], test_recon_nats=elbo["recon_nats"], test_kl_nats=elbo["kl_nats"],
         test_bpd=elbo["bpd"], active_units=elbo["active_units"], latent_dim=elbo["latent_dim"],
         test_images=len(test), psnr=quality["psnr"], ssim=quality["ssim"], quality_note=quality.get("quality_note"),
+        lpips=quality.get("lpips"),
         iwae_nll_nats=iwae_nll,
         iwae_bpd=None if iwae_nll is None else iwae_nll / (math.prod(test.shape[1:]) * math.log(2)),
         iw_samples=iw_samples, active_units_cov=int((means.var(0) > COVARIANCE_ACTIVE).sum()),
@@ -152,3 +158,12 @@ def iwae_nll_nats(model, test: torch.Tensor, iw_samples: int, batch_size: int, d
         x = to_unit_float(test[start:start + iw_batch], device)
         total += float(iwae_log_likelihood(model, x, iw_samples, autocast=precision).sum())
     return -total / len(test)
+
+
+def _lpips(weights: str | None, channels: int):
+    """The LPIPS module for the report: from ``weights`` (then it must load), else from the hub cache if there."""
+    from ..models.lpips import LPIPS, default_vgg16_path
+
+    if weights is None and (channels != 3 or not default_vgg16_path().is_file()):
+        return None
+    return LPIPS.from_files(weights)
