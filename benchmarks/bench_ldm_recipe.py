@@ -26,7 +26,6 @@ weights here), which changes nothing about the cost; the discriminator is active
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import subprocess

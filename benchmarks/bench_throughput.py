@@ -50,7 +50,8 @@ def main(argv=None):
                         help="default: fp32 and bf16, and fp16 on CUDA")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=None,
                         help="default: eager, default and whole-step, and reduce-overhead on CUDA")
-    parser.add_argument("--name", default=None, help="results file and docs/performance.md section (default: per device)")
+    parser.add_argument("--name", default=None, help="results file and docs/performance.md section "
+                        "(default: per device)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--results", help="write the JSON here instead of benchmarks/results/")
     args = parser.parse_args(argv)

@@ -58,8 +58,8 @@ def quiet_config(out, **overrides):
     """A short run that prints and logs little: batch 64, 2 epochs, eager, metrics every 4 steps."""
     from vaefast.config import TrainConfig
 
-    return TrainConfig.from_options(out=str(out), **{"batch_size": 64, "epochs": 2, "progress": False, "tensorboard": False,
-                                        "compile": False, "log_every": 4, **overrides})
+    return TrainConfig.from_options(**{"out": str(out), "batch_size": 64, "epochs": 2, "progress": False,
+                                       "tensorboard": False, "compile": False, "log_every": 4, **overrides})
 
 
 # ------------------------------------------------------------------------------------------------ reliability

@@ -8,7 +8,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -107,6 +107,7 @@ def test_idx(tmp_path_factory, reliability, mutation, gzipped):
 
 @FUZZ
 @given(mutations, st.sampled_from(["npy", "npz"]))
+@example(("flip", 0.004502218702250684, 1), "npy")  # a flipped header byte: tokenize.TokenError escaped once
 def test_numpy(tmp_path_factory, reliability, mutation, kind):
     reliability.case("fuzzed bytes: .npy, .npz")
     array = _images(channels=3)
@@ -155,3 +156,21 @@ def test_mutations_reach_both_outcomes(tmp_path):
     path.write_bytes(_idx_bytes(_images())[:-1])
     with pytest.raises(DataError):
         load_dataset(str(path))
+
+
+def test_a_corrupt_compressed_npz_is_a_data_error(tmp_path, reliability):
+    """savez_compressed: single-bit flips across the file (zlib errors, zip version and method fields included)
+    give the correct array or a DataError naming the file, never another exception."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=_images(channels=3))
+    raw = buffer.getvalue()
+    for position in range(0, len(raw), max(1, len(raw) // 150)):
+        reliability.case("fuzzed bytes: .npy, .npz")
+        path = tmp_path / f"flip{position}.npz"
+        path.write_bytes(mutate(raw, ("flip", position / len(raw), 1)))
+        try:
+            images = numpy_images(path)
+        except DataError as exc:
+            assert path.name in str(exc) and exc.__cause__ is not None
+            continue
+        _check_images(images.numpy(), path)

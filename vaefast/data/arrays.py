@@ -9,7 +9,6 @@ uint8 (the in-memory loader stores bytes, a quarter of the memory).
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +66,10 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
                 return archive[name]
         mmap = "r" if path.stat().st_size > MMAP_BYTES else None
         return np.load(path, mmap_mode=mmap, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read NumPy file {path}: {exc}") from None
+    except DataError:
+        raise
+    except Exception as exc:  # any failure to decode (a corrupt header, zlib, zip), with the original as cause
+        raise DataError(f"cannot read NumPy file {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def numpy_images(path: str | Path) -> torch.Tensor:

@@ -104,7 +104,8 @@ class LPIPSWithDiscriminator(nn.Module):
             d_weight = self.adaptive_weight(reconstruction, grad_nll, grad_g, last_layer)
             grad_x = grad_nll + (d_weight * factor) * grad_g.to(grad_nll.dtype)
         grad_x = (grad_x * scale).to(reconstruction.dtype)
-        torch.autograd.backward([reconstruction, kl_loss], [grad_x, torch.ones_like(kl_loss) * (self.kl_weight * scale)])
+        kl_grad = torch.ones_like(kl_loss) * (self.kl_weight * scale)
+        torch.autograd.backward([reconstruction, kl_loss], [grad_x, kl_grad])
         grad_logvar = grad_logvar * scale
         self.logvar.grad = grad_logvar if self.logvar.grad is None else self.logvar.grad + grad_logvar
         total = nll.detach() + self.kl_weight * kl_loss.detach() + d_weight * factor * g_loss.detach()

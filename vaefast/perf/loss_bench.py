@@ -186,7 +186,8 @@ def run_case(name, latent_shape, pixel_shape, *, batch, rounds, min_time, device
     seed = torch.tensor([12345], device=device)
     for backend in ("native", "triton"):
         # The Triton interpreter on CPU is for correctness, not for timing.
-        if vaefast.unavailable_backends(device).get(backend) is None and not (backend == "triton" and device.type == "cpu"):
+        usable = vaefast.unavailable_backends(device).get(backend) is None
+        if usable and not (backend == "triton" and device.type == "cpu"):
             variants[backend] = fused(backend)
             variants[f"{backend} seeded"] = fused_seeded(backend, seed)
     # The continuous Bernoulli pair, compared with each other (the fused one computes the normalizer in the BCE

@@ -82,9 +82,9 @@ class Monitor:
                         **{f"test/{k}": v for k, v in test.items() if k != "kl_per_dim"},
                         **{f"train/{k}": v for k, v in collapse.items()}})
         speed = f", {images_per_s:,.0f} img/s" if images_per_s else ""
-        self.progress_line(f"epoch {epoch}/{epochs}: test -ELBO {test['neg_elbo_nats']:.2f} nats ({test['bpd']:.4f} bpd), "
-                           f"{collapse.get('active_units', 0)}/{collapse.get('latent_dim', 0)} active units{speed}",
-                           final=True)
+        units = f"{collapse.get('active_units', 0)}/{collapse.get('latent_dim', 0)} active units"
+        self.progress_line(f"epoch {epoch}/{epochs}: test -ELBO {test['neg_elbo_nats']:.2f} nats "
+                           f"({test['bpd']:.4f} bpd), {units}{speed}", final=True)
 
     def note(self, text: str) -> None:
         """A one-line message for the user (rank 0 only), whether or not progress is shown."""
