@@ -227,14 +227,19 @@ def run_variant(variant: str, spec: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ the driver
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_autoencoder_arguments(p: argparse.ArgumentParser, *, size: int, batch_size: int, steps: int) -> None:
+    """The device, the AutoencoderKL (a preset or block widths) and the run's size, shared with bench_ldm_recipe."""
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default=None, help="a vaefast preset (sd-kl-f8, kl-f8-16ch) instead of --blocks")
     p.add_argument("--blocks", type=int, nargs="+", default=[32, 64])
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--size", type=int, default=size)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--steps", type=int, default=steps)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_autoencoder_arguments(p, size=32, batch_size=16, steps=60)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--train-images", type=int, default=2048)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_autoencoder import TRAIN_PHOTOS, autoencoder, photo_crops  # noqa: E402
+from bench_autoencoder import TRAIN_PHOTOS, add_autoencoder_arguments, autoencoder, photo_crops  # noqa: E402
 from common import machine_info, update_readme_section, write_result  # noqa: E402
 
 WARMUP = 2
@@ -241,12 +241,7 @@ def _sync(device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--preset", default=None, help="a vaefast preset (sd-kl-f8, kl-f8-16ch) instead of --blocks")
-    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64])
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=8)
+    add_autoencoder_arguments(p, size=64, batch_size=8, steps=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")

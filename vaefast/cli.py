@@ -24,19 +24,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_train_config(args: argparse.Namespace):
     """(config, the checkpoint to resume or None): checkpoint config (on --resume) < TOML file < flags. The
-    checkpoint is read and verified once, here, and handed to the Trainer."""
-    from .checkpoint import load_checkpoint
+    checkpoint is read and verified once, here, and handed to the Trainer. ``--resume auto`` resumes the newest good
+    checkpoint in --out when there is one (and refuses one of another model or data), else starts a new run."""
     from .config import load_toml, resolve
+    from .train.build import read_resume
 
     flags = options_given(args)
-    layers, resumed = [], None
-    if "resume" in flags:
-        resumed = load_checkpoint(flags["resume"], trust=flags.get("trust_checkpoint") is True,
-                                  fallback=flags.get("resume_fallback") is not False)
-        layers.append(resumed["config"])
-    if args.config:
-        layers.append(load_toml(args.config))
-    return resolve(*layers, flags), resumed
+    layers = [load_toml(args.config)] if args.config else []
+    requested = resolve(*layers, flags)
+    resumed = read_resume(requested, "cpu")
+    if requested.checkpoint.resume == "auto" and os.environ.get("RANK", "0") == "0":  # said once under torchrun
+        out = requested.checkpoint.out
+        said = f"resuming {out} at step {resumed['step']}" if resumed else f"no checkpoint in {out}: a new run"
+        print(f"vaefast: --resume auto: {said}", file=sys.stderr)
+    return (resolve(resumed["config"], *layers, flags) if resumed else requested), resumed
 
 
 def cmd_train(args) -> int:
@@ -59,7 +60,11 @@ def cmd_train(args) -> int:
         return PREEMPTED_EXIT_CODE
     if not dist.is_main:
         return 0
-    print(summary.describe(), file=sys.stderr)
+    if resumed is not None and summary.steps == resumed["step"]:
+        print(f"vaefast train: nothing left to train: {cfg.checkpoint.out} is at step {summary.steps}, epoch "
+              f"{summary.epochs} of {cfg.optim.epochs}; raise --epochs or --max-steps to go on", file=sys.stderr)
+    else:
+        print(summary.describe(), file=sys.stderr)
     if args.json:
         print(json.dumps(summary.to_json()))
     return 0

@@ -180,7 +180,9 @@ class RuntimeConfig(Section, name="runtime", title="runtime"):
 @dataclass
 class CheckpointConfig(Section, name="checkpoint", title="checkpoints"):
     out: str = option("runs/vaefast", "run folder for checkpoints, metrics and TensorBoard logs")
-    resume: str | None = option(None, "checkpoint file or run folder to continue from")
+    resume: str | None = option(None, "checkpoint file or run folder to continue from; auto: the newest good "
+                                "checkpoint in --out when there is one, else a new run (the same command for every "
+                                "restart under a scheduler or torchrun)")
     resume_fallback: bool = option(True, "when the newest checkpoint of the --resume folder is corrupt, resume from "
                                    "the newest good one with a warning; --no-resume-fallback refuses instead")
     trust_checkpoint: bool = option(False, "also load format-1 checkpoints (older vaefast), which must be unpickled: "

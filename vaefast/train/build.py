@@ -3,6 +3,7 @@ objective, the run folder, and the checkpoint to resume from. The Trainer itself
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..checkpoint import Checkpointer, ensure_writable, load_checkpoint
+from ..checkpoint import Checkpointer, ensure_writable, list_checkpoints, load_checkpoint
 from ..config import TrainConfig, save_resolved
 from ..data import ImageDataset, load_dataset, make_loader
 from ..models import build_model
@@ -54,31 +55,58 @@ def make_objective(cfg: TrainConfig, model: nn.Module, loss_terms: list[LossTerm
     return objective
 
 
-def open_run_folder(cfg: TrainConfig, dist: DistContext) -> tuple[Checkpointer, Monitor]:
-    """The checkpointer and the monitor of the run folder, which rank 0 checks is writable before any step."""
+def open_run_folder(cfg: TrainConfig, dist: DistContext, resumed_step: int | None) -> tuple[Checkpointer, Monitor]:
+    """The checkpointer and the monitor of the run folder, which rank 0 checks is writable before any step; on
+    resume the logs drop what was logged past the checkpoint (vaefast.train.monitor)."""
     out = Path(cfg.checkpoint.out)
     checkpointer = Checkpointer(out, cfg.checkpoint.keep_checkpoints, enabled=dist.is_main,
                                 every=cfg.checkpoint.checkpoint_every)
     if dist.is_main:
         ensure_writable(out)
         save_resolved(cfg, out)
-    monitor = Monitor(out, enabled=dist.is_main, progress=cfg.logging.progress, tensorboard=cfg.logging.tensorboard)
+    monitor = Monitor(out, enabled=dist.is_main, progress=cfg.logging.progress, tensorboard=cfg.logging.tensorboard,
+                      resumed_step=resumed_step)
     return checkpointer, monitor
 
 
-def resume(checkpointer: Checkpointer, cfg: TrainConfig, device: torch.device, resumed: dict | None) -> None:
-    """Restore the registered parts from ``resumed`` when the caller read it already (the CLI reads the checkpoint
-    once, for its configuration too), else from ``cfg.checkpoint.resume``, read and verified here."""
+def read_resume(cfg: TrainConfig, device: torch.device | str, resumed: dict | None = None) -> dict | None:
+    """The checkpoint to resume, read and verified once: ``resumed`` when the caller read it already (the CLI does,
+    for its configuration), else ``cfg.checkpoint.resume``'s; with ``auto`` the newest good one in the run folder,
+    or None for a new run."""
     c = cfg.checkpoint
-    if resumed is None and c.resume is None:
-        return
-    if resumed is None:
-        resumed = load_checkpoint(c.resume, map_location=device, trust=c.trust_checkpoint, fallback=c.resume_fallback)
+    if resumed is not None or c.resume is None:
+        return resumed
+    if c.resume == "auto":
+        return find_resumable(cfg, device)
+    return load_checkpoint(c.resume, map_location=device, trust=c.trust_checkpoint, fallback=c.resume_fallback)
+
+
+def find_resumable(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict | None:
+    """``--resume auto``: the newest good checkpoint in ``--out``, or None when it holds none. A run folder of
+    another model or data is refused (a ValueError that says which), never silently continued."""
+    c = cfg.checkpoint
+    out = Path(c.out)
+    if not out.is_dir() or not list_checkpoints(out):
+        return None
+    state = load_checkpoint(out, map_location=device, trust=c.trust_checkpoint, fallback=c.resume_fallback)
+    saved = TrainConfig.from_dict(state["config"])
+    pairs = [(f"model.{f.name}", getattr(saved.model, f.name), getattr(cfg.model, f.name))
+             for f in dataclasses.fields(cfg.model)]
+    pairs += [(f"data.{name}", getattr(saved.data, name), getattr(cfg.data, name)) for name in ("source", "image_size")]
+    differ = [f"{name} {theirs} there, {ours} here" for name, theirs, ours in pairs if theirs != ours]
+    if differ:
+        raise ValueError(f"--resume auto: {out} holds a run of another model or data ({'; '.join(differ)}): pass "
+                         f"another --out, or --resume {out} to continue that run with its own settings")
+    return state
+
+
+def restore(checkpointer: Checkpointer, cfg: TrainConfig, resumed: dict) -> None:
+    """Hand each registered part its state from ``resumed``."""
     try:
         checkpointer.restore(resumed)
     except ValueError as exc:
-        raise ValueError(f"cannot resume {c.resume}: {exc}; its model config: {resumed['config'].get('model')}") \
-            from None
+        raise ValueError(f"cannot resume {cfg.checkpoint.resume}: {exc}; its model config: "
+                         f"{resumed['config'].get('model')}") from None
 
 
 def announce(text: str, dist: DistContext, cfg: TrainConfig) -> None:

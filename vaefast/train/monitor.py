@@ -7,6 +7,7 @@ terminal, and plain, parseable lines when it is not (a log file, a scheduler's o
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -20,7 +21,8 @@ from ..eval.images import image_grid
 
 
 class Monitor:
-    def __init__(self, out: Path, *, enabled: bool = True, progress: bool = True, tensorboard: bool = True):
+    def __init__(self, out: Path, *, enabled: bool = True, progress: bool = True, tensorboard: bool = True,
+                 resumed_step: int | None = None):
         self.enabled = enabled
         self.progress = progress and enabled
         self.writer = None
@@ -30,6 +32,8 @@ class Monitor:
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
+        if resumed_step is not None:
+            self.note_set_aside(set_aside_rows_after(out / "metrics.jsonl", resumed_step))
         self.metrics_file = open(out / "metrics.jsonl", "a")
         if tensorboard:
             try:
@@ -38,7 +42,9 @@ class Monitor:
                 print("vaefast: tensorboard is not installed; skipping TensorBoard logs "
                       "(pip install 'vaefast[logging]')", file=sys.stderr)
             else:
-                self.writer = SummaryWriter(str(out / "tensorboard"))
+                # On resume, TensorBoard drops the events past the checkpoint's step, as the JSONL file does.
+                purge = None if resumed_step is None else resumed_step + 1
+                self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -85,6 +91,10 @@ class Monitor:
         units = f"{collapse.get('active_units', 0)}/{collapse.get('latent_dim', 0)} active units"
         self.progress_line(f"epoch {epoch}/{epochs}: test -ELBO {test['neg_elbo_nats']:.2f} nats "
                            f"({test['bpd']:.4f} bpd), {units}{speed}", final=True)
+
+    def note_set_aside(self, moved: tuple[int, Path] | None) -> None:
+        if moved is not None:
+            self.note(f"resuming: {moved[0]} metrics row(s) logged after the checkpoint moved to {moved[1].name}")
 
     def note(self, text: str) -> None:
         """A one-line message for the user (rank 0 only), whether or not progress is shown."""
@@ -137,3 +147,28 @@ def log_reconstructions(monitor: Monitor, model, test_images, plan, step: int) -
     model.train()
     monitor.images("reconstructions", torch.cat([x, recon]), step)
     monitor.images("samples", samples, step)
+
+
+def set_aside_rows_after(path: Path, step: int) -> tuple[int, Path] | None:
+    """Move the rows of ``path`` (JSONL, one ``step`` per row) logged after ``step`` to a file of their own beside it,
+    so that after a resume each step appears once, with the values of the run that continues; nothing is deleted.
+    The rewrite is atomic: a crash leaves either the old file or the new one."""
+    if not path.is_file():
+        return None
+    keep, later = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):  # a row cut short by a kill: it belongs to no step
+            later.append(line if line.endswith("\n") else line + "\n")
+            continue
+        (keep if row_step <= step else later).append(line)
+    if not later:
+        return None
+    aside = path.with_name(f"{path.stem}.after-step{step:09d}{path.suffix}")
+    with open(aside, "a") as f:
+        f.writelines(later)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+    return len(later), aside

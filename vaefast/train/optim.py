@@ -192,10 +192,14 @@ class MasterWeightAdam(torch.optim.Optimizer):
                 kept = masters.get(id(params[index])) if key == "master" else None
                 state[key] = kept.copy_(value) if kept is not None and kept.shape == value.shape else value
 
+    def masters(self) -> dict[int, torch.Tensor]:
+        """``id(param) -> float32 master`` (the tensors an EMA of the weights averages)."""
+        return {id(p): self.state[p]["master"] for group in self.param_groups for p in group["params"]}
+
     def master_state_dict(self, module: nn.Module) -> dict:
         """``module.state_dict()`` with each parameter replaced by its float32 master (buffers as they are): the
         full-precision weights, loadable into a float32 copy of the model."""
-        masters = {id(p): self.state[p]["master"] for group in self.param_groups for p in group["params"]}
+        masters = self.masters()
         by_name = {name: masters[id(p)] for name, p in module.named_parameters() if id(p) in masters}
         return {name: by_name.get(name, value) for name, value in module.state_dict().items()}
 

@@ -74,6 +74,7 @@ class TrainerPosition:
     def load_state_dict(self, state: dict) -> None:
         t = self.trainer
         t.epoch, t.step = state["epoch"], state["step"]
+        t.stopped = bool(t.cfg.optim.max_steps) and t.step >= t.cfg.optim.max_steps  # not one step past it
         t.kl_schedule.set_step(t.step)
         t.guard.skipped = state.get("skipped_steps", 0)
         old_world = state.get("world_size", 1)

@@ -64,6 +64,7 @@ class Trainer:
         cfg.validate()
         self.cfg, self.dist = cfg, dist or DistContext()
         device = self.dist.device(cfg.runtime.device)
+        state = build.read_resume(cfg, device, resumed)
         seed_everything(cfg.runtime.seed + self.dist.rank)  # distinct noise per rank; DDP broadcasts rank 0's weights
         self.data, self.loader, self.loader_kind, why = build.load_data(cfg, dataset, self.dist, device)
         self.steps_per_epoch = math.ceil(len(self.loader) / cfg.optim.grad_accum)
@@ -82,15 +83,16 @@ class Trainer:
                                         master_weights=self.plan.master_weights)
         torch.manual_seed(r.seed + self.dist.rank)
         self.objective = build.make_objective(cfg, self.model, loss_terms, self.dist, device)
-        self._wire(device)
-        build.resume(self.checkpointer, cfg, device, resumed)
+        self._wire(device, None if state is None else state["step"])
+        if state is not None:
+            build.restore(self.checkpointer, cfg, state)
 
-    def _wire(self, device: torch.device) -> None:
+    def _wire(self, device: torch.device, resumed_step: int | None) -> None:
         """The step's components, and the stateful ones registered with the checkpointer in restore order."""
         cfg = self.cfg
         self.lr_schedule = LearningRate(self.optimizer, cfg.optim.lr_schedule, self.total_steps, device=device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.plan.precision == "fp16")
-        self.checkpointer, self.monitor = build.open_run_folder(cfg, self.dist)
+        self.checkpointer, self.monitor = build.open_run_folder(cfg, self.dist, resumed_step)
         objective = self.objective.module if self.dist.enabled else self.objective
         self.step_inputs = StepInputs(objective.loss_terms, self.dist, device)
         self.metrics = TrainMetrics(self.monitor, self.dist, device, cfg.logging.log_every,
@@ -100,14 +102,13 @@ class Trainer:
                                           scaler_enabled=self.scaler.is_enabled(), dist=self.dist)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.stopped = self.preempted = False  # stopped: max_steps reached or a signal; preempted: by a signal
-        self.stop_request: StopRequest | None = None
+        self.stop_request: StopRequest | None = None  # while fit() runs
         self.last_checkpoint = None
-        self.noise_seeds = NoiseSeeds(cfg.runtime.seed, self.dist.rank, device) if cfg.objective.noise == "seeded" \
-            else None
+        seeded = cfg.objective.noise == "seeded"
+        self.noise_seeds = NoiseSeeds(cfg.runtime.seed, self.dist.rank, device) if seeded else None
         self.kl_schedule = KLWeight(self.total_steps, cfg.objective.beta, cfg.objective.kl_warmup_steps,
                                     cfg.objective.kl_cycles, device=device)
-        masters = {id(p): self.optimizer.state[p]["master"] for p in self.model.parameters()} \
-            if self.master_weights else None
+        masters = self.optimizer.masters() if self.master_weights else None
         self.ema = WeightEMA.for_model(self.model, cfg.optim.ema, masters) if cfg.optim.ema else None
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
         compile_loss = self.plan.compile and not self.plan.whole_step
@@ -275,8 +276,7 @@ class Trainer:
         return diagnose_non_finite(self.model, self.plan, x)
 
     def close(self) -> None:
-        """Release the DDP wrapper before the process group is destroyed: seen with gloo, a Reducer freed at exit
-        destroys its group while a gloo thread waits for the GIL, and the process hangs."""
+        """Release the DDP wrapper while its process group lives (a Reducer freed at exit can hang gloo)."""
         self.objective = self.loss_fn = None
         gc.collect()
         if self.dist.enabled:
