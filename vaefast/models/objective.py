@@ -65,10 +65,15 @@ class ObjectiveOutput(NamedTuple):
     term_sums: torch.Tensor | None
 
 
-def _scale_gradient(z: torch.Tensor, weights: torch.Tensor) -> None:
-    """DReG: the encoder's gradient through sample k carries weight w~_k squared instead of w~_k, so the gradient
-    that reaches z from the bound (already weighted by w~_k) is multiplied by w~_k once more."""
-    factor = weights.detach().to(z.dtype).view(*weights.shape, *([1] * (z.dim() - 2)))
+def _scale_gradient(z: torch.Tensor, weights: torch.Tensor, kl_weight) -> None:
+    """DReG (Tucker et al., 2018) for a bound whose log p(z) - log q(z|x) is weighted by β (the KL weight): the
+    score-function part of the encoder's gradient, -β Σ_k w~_k ∂_φ log q(z_k), equals in expectation
+    -β Σ_k w~_k (1 - w~_k) ∂_z log w_k · ∂z_k/∂φ, so the pathwise gradient through sample k carries
+    w~_k (1 - β + β w~_k): w~_k squared at β = 1. The gradient that reaches z from the bound already carries w~_k;
+    it is multiplied here by (1 - β + β w~_k), with β the step's device tensor (no host read)."""
+    beta = torch.as_tensor(kl_weight, dtype=z.dtype, device=z.device)
+    factor = (1.0 - beta) + beta * weights.detach().to(z.dtype)
+    factor = factor.view(*weights.shape, *([1] * (z.dim() - 2)))
     z.register_hook(lambda grad: grad * factor)
 
 
@@ -107,7 +112,7 @@ class NegativeELBO(nn.Module):
             log_w = importance_log_weights(nll, out.z, out.mu, out.logvar, self.model.clamp, kl_weight=kl_w,
                                            stop_q_gradient=self.estimator == "dreg")
             if self.estimator == "dreg":
-                _scale_gradient(out.z, torch.softmax(log_w.detach(), dim=0))
+                _scale_gradient(out.z, torch.softmax(log_w.detach(), dim=0), kl_w)
             total = -(torch.logsumexp(log_w, dim=0) - math.log(self.samples)).sum()
             nll_sum = nll.mean(0).sum()
         else:
