@@ -29,7 +29,6 @@ def kl_objective(kl: torch.Tensor, kl_per_dim: torch.Tensor, batch_size: int, fr
     return floored.sum() * batch_size
 
 
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 def importance_log_weights(nll: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, clamp,
@@ -49,9 +48,9 @@ def importance_log_weights(nll: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
     z = z.to(dtype)
     eps = (z - mu) * torch.exp(-0.5 * lv)
     latent_dims = tuple(range(2, z.dim()))
-    log_prior = (-0.5 * (z * z + LOG_2PI)).sum(latent_dims)
-    log_q = (-0.5 * (eps * eps + LOG_2PI) - 0.5 * lv).sum(latent_dims)
-    return -nll.to(dtype) + kl_weight * (log_prior - log_q)
+    # log p(z) - log q(z|x) with the two Σ ½ log 2π cancelled analytically rather than added and subtracted.
+    log_ratio = (0.5 * (eps * eps - z * z + lv)).sum(latent_dims)
+    return -nll.to(dtype) + kl_weight * log_ratio
 
 
 class ObjectiveOutput(NamedTuple):
