@@ -174,3 +174,20 @@ def test_a_corrupt_compressed_npz_is_a_data_error(tmp_path, reliability):
             assert path.name in str(exc) and exc.__cause__ is not None
             continue
         _check_images(images.numpy(), path)
+
+
+@pytest.mark.parametrize("field, offset, value", [("version needed to extract", 6, 173),
+                                                   ("compression method", 10, 99)])
+def test_an_npz_with_an_unsupported_zip_field_is_a_data_error(tmp_path, field, offset, value):
+    """Fields that make zipfile raise NotImplementedError ("zip file version 17.3", "compression method is not
+    supported"), set in the central directory of a compressed .npz: a DataError naming the file."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=_images(channels=3))
+    raw = bytearray(buffer.getvalue())
+    header = raw.index(b"PK\x01\x02")  # the central directory entry of the one member
+    raw[header + offset:header + offset + 2] = value.to_bytes(2, "little")
+    path = tmp_path / "odd.npz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="odd.npz") as caught:
+        numpy_images(path)
+    assert isinstance(caught.value.__cause__, NotImplementedError), (field, caught.value.__cause__)

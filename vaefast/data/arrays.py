@@ -66,7 +66,7 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
                 return archive[name]
         mmap = "r" if path.stat().st_size > MMAP_BYTES else None
         return np.load(path, mmap_mode=mmap, allow_pickle=False)
-    except DataError:
+    except (DataError, MemoryError):
         raise
     except Exception as exc:  # any failure to decode (a corrupt header, zlib, zip), with the original as cause
         raise DataError(f"cannot read NumPy file {path}: {type(exc).__name__}: {exc}") from exc

@@ -56,14 +56,16 @@ def image_channels(first: Path | ShardMember) -> int:
 
 
 def _open(path: Path | ShardMember):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         img = Image.open(io.BytesIO(path.read()) if isinstance(path, ShardMember) else path)
         img.load()
         return img
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot decode image {path}: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # UnidentifiedImageError, OSError, ... or whatever else a decoder raises
+        raise DataError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -71,8 +73,10 @@ def _load_array(path: Path) -> np.ndarray:
 
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"cannot read array shard {path}: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # a corrupt header fails in numpy's tokenizer, not only with ValueError
+        raise DataError(f"cannot read array shard {path}: {type(exc).__name__}: {exc}") from exc
     return to_uint8(to_nchw(array[None], str(path)), str(path))[0]
 
 

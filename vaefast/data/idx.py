@@ -6,7 +6,6 @@ Header: two zero bytes, a dtype code, the number of dimensions, then one big-end
 from __future__ import annotations
 
 import gzip
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,10 @@ def _read_bytes(path: Path) -> bytes:
         if raw[:2] == b"\x1f\x8b":
             return gzip.decompress(raw)
         return raw
-    except (EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"corrupt or truncated gzip file {path}: {exc}") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # any failure to decompress, with the original as cause
+        raise DataError(f"corrupt or truncated gzip file {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def read_idx(path: str | Path) -> np.ndarray:

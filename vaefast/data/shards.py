@@ -122,8 +122,10 @@ def list_shard(path: Path) -> list[ShardMember]:
         size = path.stat().st_size
         with tarfile.open(path, mode="r:") as archive:
             members = archive.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"corrupt WebDataset shard {path}: not a readable tar file ({exc})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # tarfile.TarError, OSError, EOFError, or a header that breaks tarfile's parser
+        raise DataError(f"corrupt WebDataset shard {path}: not a readable tar file ({exc})") from exc
     _check_end_of_archive(path, members, size)
     images: dict[str, ShardMember] = {}
     for member in members:
