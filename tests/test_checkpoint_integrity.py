@@ -118,7 +118,7 @@ def test_format_1_checkpoints_need_trust(tmp_path, tiny_data, reliability):
     out = tmp_path / "run"
     trainer = Trainer(_small_config(out), tiny_data)
     trainer.fit()
-    state = trainer.state_dict()
+    state = trainer.checkpointer.state()
     state["rng"]["numpy"] = np.random.get_state()  # format 1 pickled numpy's state as an ndarray
     legacy = out / "ckpt-step000000099.pt"
     torch.save({"format_version": 1, **state}, legacy)

@@ -167,6 +167,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, small_data, monkeypatch):
     for step in (1, 2, 3):
         trainer.step = step
         trainer.save()
+    trainer.checkpointer.wait()
     kept = list_checkpoints(tmp_path / "ckpt")
     assert [p.name for p in kept] == ["ckpt-step000000002.pt", "ckpt-step000000003.pt"]
     last = kept[-1].read_bytes()
@@ -177,8 +178,9 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, small_data, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     trainer.step = 4
+    trainer.save()  # written in the background: the failure comes with the wait (or the next step boundary)
     with pytest.raises(OSError, match="disk full"):
-        trainer.save()
+        trainer.checkpointer.wait()
     assert list_checkpoints(tmp_path / "ckpt")[-1].read_bytes() == last
     assert not list((tmp_path / "ckpt").glob(".*.tmp")), "no temporary file is left behind"
 
@@ -186,6 +188,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, small_data, monkeypatch):
 def test_corrupt_and_truncated_checkpoints_are_named(tmp_path, small_data):
     trainer = Trainer(_cfg(tmp_path, "corrupt"), small_data)
     path = trainer.save()
+    trainer.checkpointer.wait()
     data = path.read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(data[: len(data) // 2])

@@ -24,6 +24,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -81,6 +82,17 @@ def content_digest(state) -> str:
 
     walk(state)
     return digest.hexdigest()
+
+
+def _to_host(state):
+    """A copy of ``state`` that the training thread no longer touches: every tensor copied to CPU memory."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: _to_host(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_host(value) for value in state)
+    return state
 
 
 def _state_bytes(state) -> int:
@@ -161,14 +173,27 @@ class Checkpointer:
     The stateful parts of a run register themselves (``register``), as in torchtitan: a checkpoint holds each
     part's ``state_dict()`` under its name, and ``restore`` hands each its state back in registration order (so a
     part that depends on another, such as a schedule on its optimizer, registers after it).
+
+    Writes are asynchronous: ``save`` waits only for the state's copy to host memory, then a background thread
+    hashes, writes (atomically, as above) and prunes, with at most one write in flight. A failed write (a full disk)
+    raises its one-line CheckpointError at the next step boundary (``is_due``) or at ``wait``, which the end of
+    training and a stop on a signal call; a kill mid-write leaves the previous checkpoint and, once the run folder is
+    opened again, no temporary file.
     """
 
-    def __init__(self, folder: str | Path, keep: int = 3, enabled: bool = True, every: int = 0):
+    def __init__(self, folder: str | Path, keep: int = 3, enabled: bool = True, every: int = 0,
+                 background: bool = True):
         self.folder = Path(folder)
         self.keep = keep
         self.enabled = enabled
         self.every = every  # steps between checkpoints; 0: only when saved explicitly
+        self.background = background
         self.parts: list[tuple[str | None, object]] = []
+        self._writer: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        if enabled:  # what a write killed halfway left behind: never a checkpoint, only its temporary file
+            for stale in self.folder.glob(".ckpt-step*.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def register(self, name: str | None, part) -> None:
         """``part`` has ``state_dict()`` and ``load_state_dict(state)``; ``name`` None puts its keys at the top level
@@ -189,19 +214,51 @@ class Checkpointer:
                 part.load_state_dict(state[name])
 
     def is_due(self, step: int) -> bool:
+        """Whether ``step`` ends with a checkpoint; at this step boundary a background write that failed raises."""
+        if self._writer is not None and not self._writer.is_alive():
+            self.wait()
         return bool(self.every) and step % self.every == 0
 
     def save(self, state: dict, step: int) -> Path | None:
+        """Start writing ``state`` as the checkpoint of ``step`` and return its path (written once ``wait`` returns)."""
         if not self.enabled:
             return None
-        state = {"format_version": FORMAT_VERSION, **state}
-        state[DIGEST_KEY] = content_digest(state)
-        path = atomic_save(state, self.folder / f"ckpt-step{step:09d}.pt")
-        for old in list_checkpoints(self.folder)[:-self.keep]:
-            old.unlink(missing_ok=True)
+        self.wait()
+        path = self.folder / f"ckpt-step{step:09d}.pt"
+        snapshot = _to_host(state)  # the step loop waits for this copy only
+        if not self.background:
+            self._write(snapshot, path)
+            return path
+        self._writer = threading.Thread(target=self._write_in_background, args=(snapshot, path),
+                                        name="vaefast-checkpoint")  # not a daemon: an exit waits for the write
+        self._writer.start()
         return path
 
+    def wait(self) -> None:
+        """Wait for the write in flight; raise its error if it failed."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def _write_in_background(self, state: dict, path: Path) -> None:
+        try:
+            self._write(state, path)
+        except BaseException as exc:  # raised in the training thread by wait()
+            self._failure = exc
+
+    def _write(self, state: dict, path: Path) -> None:
+        state = {"format_version": FORMAT_VERSION, **state}
+        state[DIGEST_KEY] = content_digest(state)
+        atomic_save(state, path)
+        for old in list_checkpoints(self.folder)[:-self.keep]:
+            old.unlink(missing_ok=True)
+
     def latest(self) -> Path | None:
+        """The newest checkpoint in the folder, the one being written included (this waits for it)."""
+        self.wait()
         found = list_checkpoints(self.folder)
         return found[-1] if found else None
 

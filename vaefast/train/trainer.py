@@ -231,6 +231,7 @@ class Trainer:
                     break
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 test = self._end_epoch(time.perf_counter() - started)
+        self.checkpointer.wait()  # the last write is complete (or its error raised) before the summary names it
         self.monitor.close()
         return self.summary(test or self.evaluate())
 
@@ -286,15 +287,13 @@ class Trainer:
         return evaluate_elbo(self.model, self.data.test, batch_size=max(self.cfg.data.batch_size, 500),
                              device=self.device, autocast=self.plan.autocast())
 
-    def state_dict(self) -> dict:
-        return self.checkpointer.state()
-
     def save(self):
-        """Write a checkpoint, unless the last step was skipped as non-finite: then the state may hold what made it
-        so (a poisoned weight), and the previous checkpoint stays the newest. Past the NaN limit this raises."""
+        """Start writing a checkpoint (in the background: ``checkpointer.wait()`` waits for it), unless the last step
+        was skipped as non-finite: then the state may hold what made it so (a poisoned weight), and the previous
+        checkpoint stays the newest. Past the NaN limit this raises."""
         self.guard.check()
         if self.guard.consecutive:
             self.monitor.note(f"no checkpoint at step {self.step}: the last {self.guard.consecutive} step(s) were "
                               "non-finite, so the previous checkpoint stays the newest")
             return None
-        return self.checkpointer.save(self.state_dict(), self.step)
+        return self.checkpointer.save(self.checkpointer.state(), self.step)
