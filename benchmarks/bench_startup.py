@@ -63,12 +63,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     exe = sys.executable
+    # The console script users type, beside this interpreter (python -m vaefast where it is not installed).
+    script = Path(exe).with_name("vaefast")
+    cli = [str(script)] if script.exists() else [exe, "-m", "vaefast"]
     rows = {"import torch": [], "vaefast --help": [], "vaefast train --help": []}
     phases = []
     for _ in range(args.rounds):
         rows["import torch"].append(_wall([exe, "-c", "import torch"]))
-        rows["vaefast --help"].append(_wall([exe, "-m", "vaefast", "--help"]))
-        rows["vaefast train --help"].append(_wall([exe, "-m", "vaefast", "train", "--help"]))
+        rows["vaefast --help"].append(_wall([*cli, "--help"]))
+        rows["vaefast train --help"].append(_wall([*cli, "train", "--help"]))
         with tempfile.TemporaryDirectory() as out:
             proc = subprocess.run([exe, "-c", TRAIN_PROBE, out], check=True, capture_output=True, text=True)
         phases.append(json.loads(proc.stdout.strip().splitlines()[-1]))
