@@ -126,3 +126,16 @@ def test_json_keys_fixture_matches_the_typed_results():
     assert [f.name for f in dataclasses.fields(RunSummary)] == keys["train"]
     optional = ("quality_note", "lpips")  # present only when SSIM is missing / LPIPS weights are given
     assert [f.name for f in dataclasses.fields(EvalReport) if f.name not in optional] == keys["eval"]
+
+
+def test_resume_flags_complete_with_the_checkpoints_own_options(tmp_path, tiny_data):
+    """`--resume RUN --estimator dreg` on an IWAE run: the flag alone breaks a rule (dreg needs iwae), with the
+    checkpoint's options it does not; the checkpoint's options are layered in before the rules are checked."""
+    from vaefast.train import Trainer
+
+    run = tmp_path / "iwae"
+    Trainer(TrainConfig.from_options(out=str(run), samples=2, objective="iwae", max_steps=1, hidden=[8],
+                                     latent_dim=2, progress=False, tensorboard=False), tiny_data).fit()
+    args = build_parser().parse_args(["train", "--resume", str(run), "--estimator", "dreg"])
+    cfg, resumed = resolve_train_config(args)
+    assert resumed["step"] == 1 and cfg.objective.objective == "iwae" and cfg.objective.estimator == "dreg"

@@ -26,17 +26,28 @@ def resolve_train_config(args: argparse.Namespace):
     """(config, the checkpoint to resume or None): checkpoint config (on --resume) < TOML file < flags. The
     checkpoint is read and verified once, here, and handed to the Trainer. ``--resume auto`` resumes the newest good
     checkpoint in --out when there is one (and refuses one of another model or data), else starts a new run."""
-    from .config import load_toml, resolve
-    from .train.build import read_resume
+    from .checkpoint import load_checkpoint
+    from .config import CheckpointConfig, load_toml, merge, resolve
+    from .config.train_config import sectioned
+    from .train.build import find_resumable
 
     flags = options_given(args)
     layers = [load_toml(args.config)] if args.config else []
-    requested = resolve(*layers, flags)
-    resumed = read_resume(requested, "cpu")
-    if requested.checkpoint.resume == "auto" and os.environ.get("RANK", "0") == "0":  # said once under torchrun
-        out = requested.checkpoint.out
-        said = f"resuming {out} at step {resumed['step']}" if resumed else f"no checkpoint in {out}: a new run"
-        print(f"vaefast: --resume auto: {said}", file=sys.stderr)
+    # The checkpoint options alone first: the other options may only be complete with the checkpoint's own.
+    merged: dict = {}
+    for layer in [*layers, flags]:
+        merged = merge(merged, sectioned(layer))
+    ckpt = CheckpointConfig(**merged.get("checkpoint", {}))
+    if ckpt.resume is None:
+        return resolve(*layers, flags), None
+    if ckpt.resume != "auto":
+        resumed = load_checkpoint(ckpt.resume, trust=ckpt.trust_checkpoint, fallback=ckpt.resume_fallback)
+        return resolve(resumed["config"], *layers, flags), resumed
+    requested = resolve(*layers, flags)  # auto: the same command as the run's first start, complete by itself
+    resumed = find_resumable(requested)
+    if os.environ.get("RANK", "0") == "0":  # said once under torchrun
+        said = f"resuming {ckpt.out} at step {resumed['step']}" if resumed else f"no checkpoint in {ckpt.out}"
+        print(f"vaefast: --resume auto: {said}{'' if resumed else ': a new run'}", file=sys.stderr)
     return (resolve(resumed["config"], *layers, flags) if resumed else requested), resumed
 
 
