@@ -81,7 +81,10 @@ def continuous_bernoulli_log_norm(logits: torch.Tensor) -> torch.Tensor:
     small = a < 0.5
     safe = torch.where(small, torch.ones_like(a), a)
     direct = torch.log(safe) - torch.log(-torch.expm1(-safe)) + torch.log1p(torch.exp(-safe))
-    x2 = logits * logits
+    # The series on where(small, x, 0): evaluated at every x, x^10 overflows float32 past |x| ~ 4e5 and the
+    # unused branch would turn torch.where's gradient into NaN.
+    x_small = torch.where(small, logits, torch.zeros_like(logits))
+    x2 = x_small * x_small
     taylor = math.log(2.0) + x2 * (1.0 / 12.0 + x2 * (-7.0 / 1440.0 + x2 * (31.0 / 90720.0 + x2 * (
         -127.0 / 4838400.0 + x2 * (73.0 / 34214400.0)))))
     return torch.where(small, taylor, direct)
