@@ -79,13 +79,14 @@ class LPIPSWithDiscriminator(nn.Module):
         divided by the batch size."""
         wide = _wide(reconstruction)
         rec = (x - reconstruction).abs().to(wide)
+        l1 = rec.detach().mean()
         lpips = torch.zeros((), device=x.device)
         if self.perceptual is not None and self.perceptual_weight > 0:
             per_image = self.perceptual(x.detach(), reconstruction).to(wide)
             rec = rec + self.perceptual_weight * per_image
             lpips = per_image.detach().mean()
         nll = (rec / torch.exp(self.logvar) + self.logvar).sum() / x.shape[0]
-        return nll, (x - reconstruction).detach().abs().mean(), lpips
+        return nll, l1, lpips
 
     def backward_generator(self, x: torch.Tensor, reconstruction: torch.Tensor, kl: torch.Tensor, *,
                            last_layer: torch.Tensor, step, scale: float | torch.Tensor = 1.0) -> dict:
