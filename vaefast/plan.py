@@ -98,10 +98,14 @@ def _compile_mode(requested: str | None, device: torch.device, distributed: bool
     return "default", "auto"
 
 
-def _whole_step(mode: str, mode_why: str, distributed: bool, master_weights: bool | None) -> tuple[str, str]:
+def _whole_step(mode: str, mode_why: str, distributed: bool, master_weights: bool | None,
+                recipe: bool = False) -> tuple[str, str]:
     """Whole-step capture where it can work; elsewhere the default mode, with the reason."""
     if mode != WHOLE_STEP:
         return mode, mode_why
+    if recipe:
+        return "default", ("whole-step falls back to default: the LDM recipe's step takes gradients in several "
+                           "autograd calls and steps two optimizers, decided by the step count on the host")
     if distributed:
         return "default", ("whole-step falls back to default: DDP's gradient all-reduce inside a captured step has "
                            "not been run")
@@ -112,7 +116,7 @@ def _whole_step(mode: str, mode_why: str, distributed: bool, master_weights: boo
 
 
 def _master_weights(requested: bool | None, precision: str, device: torch.device, distributed: bool,
-                    native_step: bool, whole_step: bool = False) -> tuple[bool, str]:
+                    native_step: bool, whole_step: bool = False, recipe: bool = False) -> tuple[bool, str]:
     """Explicit wins (bf16 only). Otherwise on for bf16 on CPU in one process with the native kernel, where the
     weight casts it removes were a tenth of a step (benchmarks/README.md). Under DDP the bf16 model would
     all-reduce bf16 gradients, so it stays opt-in there."""
@@ -122,22 +126,24 @@ def _master_weights(requested: bool | None, precision: str, device: torch.device
         return requested, "as requested"
     if whole_step:
         return False, "auto: off, whole-step needs torch's fused Adam"
+    if recipe:
+        return False, "auto: off, the LDM recipe steps logvar and the discriminator with torch's fused Adam"
     on = precision == "bf16" and device.type == "cpu" and not distributed and native_step
     return on, "auto: bf16 on CPU in one process with the native kernel" if on else "auto: off"
 
 
 def plan_run(*, device: torch.device, precision: str = "auto", compile: bool | None = None,
              compile_mode: str | None = None, master_weights: bool | None = None, distributed: bool = False,
-             total_steps: int = 0, native_master_step: bool = False) -> RunPlan:
+             total_steps: int = 0, native_master_step: bool = False, recipe: bool = False) -> RunPlan:
     """Resolve the requested settings (None or "auto" meaning: decide here) into a RunPlan."""
     precision, precision_why = _precision(precision, device)
     compiled, compile_why = _compile(compile, device, total_steps)
     mode, mode_why = _compile_mode(compile_mode, device, distributed)
     if compiled:
-        mode, mode_why = _whole_step(mode, mode_why, distributed, master_weights)
+        mode, mode_why = _whole_step(mode, mode_why, distributed, master_weights, recipe)
     whole_step = compiled and mode == WHOLE_STEP
     masters, masters_why = _master_weights(master_weights, precision, device, distributed, native_master_step,
-                                           whole_step)
+                                           whole_step, recipe)
     reasons = {"precision": precision_why, "compile": compile_why, "master weights": masters_why}
     if compiled:
         reasons["compile mode"] = mode_why

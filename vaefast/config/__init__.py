@@ -6,9 +6,9 @@ configs stored in checkpoints, ``docs`` writes the options page. Nothing here im
 
 from .files import load_toml, merge, resolve, save_resolved
 from .sections import (DIFFUSERS_CLAMP, SECTIONS, CheckpointConfig, DataConfig, LoggingConfig, ModelConfig,
-                       ObjectiveConfig, OptimConfig, RuntimeConfig)
+                       ObjectiveConfig, OptimConfig, RecipeConfig, RuntimeConfig)
 from .train_config import OPTION_INDEX, TrainConfig
 
 __all__ = ["DIFFUSERS_CLAMP", "OPTION_INDEX", "SECTIONS", "CheckpointConfig", "DataConfig", "LoggingConfig",
-           "ModelConfig", "ObjectiveConfig", "OptimConfig", "RuntimeConfig", "TrainConfig", "load_toml", "merge",
+           "ModelConfig", "ObjectiveConfig", "OptimConfig", "RecipeConfig", "RuntimeConfig", "TrainConfig", "load_toml", "merge",
            "resolve", "save_resolved"]

@@ -35,6 +35,14 @@ def parse_int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def parse_betas(text: str) -> tuple[float, float]:
+    try:
+        b1, b2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B1,B2 (e.g. 0.5,0.9), got {text!r}") from None
+    return (b1, b2)
+
+
 def parse_clamp(text: str):
     if text.lower() == "none":
         return None
@@ -139,6 +147,8 @@ class OptimConfig(Section, name="optim", title="optimization"):
     lr: float = option(1e-3, "learning rate", range=above(0.0))
     optimizer: Literal["adam", "adamw"] = option("adam", "the optimizer (torch's fused implementation where it runs)")
     weight_decay: float = option(0.0, "weight decay (decoupled with adamw)", range=at_least(0.0))
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam's B1,B2 (the LDM recipe's are 0.5,0.9)",
+                                        key="adam_betas", parse=parse_betas, metavar="B1,B2")
     lr_schedule: Literal["constant", "cosine"] = option("constant", "learning-rate schedule over the run")
     clip_grad: float | None = option(None, "max global gradient norm (default: no clipping)", range=above(0.0))
     grad_accum: int = option(1, "micro-batches per optimizer step (DDP syncs gradients on the last one only)",
@@ -147,6 +157,49 @@ class OptimConfig(Section, name="optim", title="optimization"):
                         "eval uses it", range=within(0.0, 1.0), metavar="DECAY")
     max_bad_steps: int = option(20, "consecutive non-finite steps before stopping with a diagnosis",
                                 range=at_least(1))
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)  # TOML and JSON give lists
+        super().__post_init__()
+
+    def rules(self) -> Iterator[str]:
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            yield f"--adam-betas needs two values in [0, 1), got {self.betas}"
+
+
+@dataclass
+class RecipeConfig(Section, name="recipe", title="LDM recipe (perceptual and adversarial terms)"):
+    recipe: Literal["elbo", "ldm"] = option(
+        "elbo", "elbo: the likelihood and KL; ldm: Latent Diffusion's autoencoder loss (L1 + LPIPS with a learned "
+        "scalar logvar, KL, PatchGAN with the adaptive weight), which also sets the LDM defaults of --perceptual, "
+        "--disc, --beta (1e-6), --adam-betas (0.5,0.9) and --likelihood (gaussian: its mean is the decoder output)")
+    perceptual: Literal["lpips", "none"] = option("none", "the recipe's perceptual term (LPIPS-VGG16)")
+    perceptual_weight: float = option(1.0, "weight of LPIPS in the recipe's pixel term", range=at_least(0.0))
+    lpips_weights: str | None = option(None, "VGG16 weights for LPIPS in torchvision's format (default: torch's hub "
+                                       "cache, checkpoints/vgg16-397923af.pth)", metavar="PATH")
+    disc: Literal["patchgan", "none"] = option("none", "the recipe's discriminator")
+    disc_start: int = option(50001, "step from which the discriminator trains and its term counts",
+                             range=at_least(0))
+    disc_weight: float = option(0.5, "scale of the adaptive weight of the generator term", range=at_least(0.0))
+    disc_factor: float = option(1.0, "factor of both adversarial losses from --disc-start on", range=at_least(0.0))
+    disc_loss: Literal["hinge", "vanilla"] = option("hinge", "the discriminator's loss")
+    disc_layers: int = option(3, "the PatchGAN's stride-2 layers", range=at_least(1))
+    disc_lr: float | None = option(None, "the discriminator's learning rate (default: --lr)", range=above(0.0))
+    logvar_init: float = option(0.0, "initial value of the recipe's learned scalar logvar")
+
+    @property
+    def ldm(self) -> bool:
+        return self.recipe == "ldm"
+
+    def rules(self) -> Iterator[str]:
+        if not self.ldm and (self.perceptual != "none" or self.disc != "none"):
+            yield "--perceptual and --disc are terms of the LDM recipe: pass --recipe ldm"
+
+
+# What --recipe ldm sets where a run leaves an option out: CompVis' LPIPSWithDiscriminator defaults and the SD
+# autoencoder configs (kl_weight 1e-6, Adam betas 0.5, 0.9).
+LDM_DEFAULTS = {"recipe": {"perceptual": "lpips", "disc": "patchgan"}, "objective": {"beta": 1e-6},
+                "optim": {"betas": (0.5, 0.9)}, "model": {"likelihood": "gaussian"}}
 
 
 @dataclass
@@ -198,5 +251,5 @@ class LoggingConfig(Section, name="logging", title="logging"):
     tensorboard: bool = option(True, "write TensorBoard event files into the run folder")
 
 
-SECTIONS: tuple[type[Section], ...] = (DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, RuntimeConfig,
-                                       CheckpointConfig, LoggingConfig)
+SECTIONS: tuple[type[Section], ...] = (DataConfig, ModelConfig, ObjectiveConfig, RecipeConfig, OptimConfig,
+                                       RuntimeConfig, CheckpointConfig, LoggingConfig)

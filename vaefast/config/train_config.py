@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .options import option_key
-from .sections import (DIFFUSERS_CLAMP, SECTIONS, CheckpointConfig, DataConfig, LoggingConfig, ModelConfig,
-                       ObjectiveConfig, OptimConfig, RuntimeConfig)
+from .sections import (DIFFUSERS_CLAMP, LDM_DEFAULTS, SECTIONS, CheckpointConfig, DataConfig, LoggingConfig,
+                       ModelConfig, ObjectiveConfig, OptimConfig, RecipeConfig, RuntimeConfig)
 
 # flat option name (= flag without dashes) -> (section name, field name)
 OPTION_INDEX: dict[str, tuple[str, str]] = {
@@ -25,6 +25,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -36,8 +37,26 @@ class TrainConfig:
     def validate(self) -> None:
         """Re-check every value (after fields were changed in place), all problems in one error."""
         problems = [problem for section in self.sections() for problem in section.problems()]
+        problems += list(self.rules())
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
+
+    def rules(self):
+        """Rules between sections: what the LDM recipe's step cannot combine with."""
+        if not self.recipe.ldm:
+            return
+        o, r = self.objective, self.runtime
+        if o.samples != 1 or o.objective != "elbo" or o.free_bits > 0:
+            yield "--recipe ldm takes one reconstruction per image and the plain KL: drop --samples, --objective " \
+                  "and --free-bits"
+        if r.precision == "fp16":
+            yield "--recipe ldm trains in fp32 or bf16 (its two optimizers do not share fp16's loss scaler)"
+        if self.model.learn_sigma or self.model.likelihood == "logistic":
+            yield "--recipe ldm trains no likelihood scale (its learned logvar plays that part): drop --learn-sigma " \
+                  "and pick gaussian, laplace or bernoulli"
+        if r.master_weights:
+            yield "--recipe ldm steps the autoencoder, logvar and discriminator with torch's fused Adam: drop " \
+                  "--master-weights"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -45,7 +64,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """From any of the three spellings; unknown keys are refused with the known ones listed."""
-        return cls(**{name: SECTION_TYPES[name](**fields) for name, fields in sectioned(values).items()})
+        values = with_recipe_defaults(sectioned(values))
+        return cls(**{name: SECTION_TYPES[name](**fields) for name, fields in values.items()})
 
     @classmethod
     def from_options(cls, **options) -> "TrainConfig":
@@ -78,6 +98,18 @@ def sectioned(values: dict) -> dict[str, dict]:
     if str(model.get("kind", "")).startswith("diffusers:") and "clamp" not in model:
         model["clamp"] = DIFFUSERS_CLAMP
     return out
+
+
+def with_recipe_defaults(values: dict[str, dict]) -> dict[str, dict]:
+    """``recipe = "ldm"`` fills the options the configuration leaves out with the recipe's (LDM_DEFAULTS). Applied
+    to the whole merged configuration only, so that a value from any layer (TOML, checkpoint, flag) wins."""
+    if values.get("recipe", {}).get("recipe") != "ldm":
+        return values
+    for section, defaults in LDM_DEFAULTS.items():
+        given = values.setdefault(section, {})
+        for name, value in defaults.items():
+            given.setdefault(name, value)
+    return values
 
 
 def _legacy_model(model: dict) -> dict:

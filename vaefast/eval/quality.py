@@ -67,3 +67,13 @@ def reconstruction_quality(model, images: torch.Tensor, batch_size: int = 500, d
     if not ssim:
         return {"psnr": float(torch.cat(psnr).mean()), "ssim": None, "quality_note": ssim_available(), **extra}
     return {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()), **extra}
+
+
+QUALITY_KEYS = ("psnr", "ssim", "lpips")
+
+
+def quality_text(psnr: float | None, ssim: float | None, lpips: float | None) -> str:
+    """", PSNR 24.1 dB, SSIM 0.801, LPIPS 0.1234" for what was measured, else ""."""
+    parts = [f"PSNR {psnr:.2f} dB" if psnr is not None else None, f"SSIM {ssim:.4f}" if ssim is not None else None,
+             f"LPIPS {lpips:.4f}" if lpips is not None else None]
+    return "".join(f", {part}" for part in parts if part)

@@ -54,6 +54,9 @@ class DiffusersAutoencoder(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         self.vae.enable_gradient_checkpointing()  # diffusers checkpoints each down/mid/up block
 
+    def last_layer(self) -> nn.Parameter:
+        return self.vae.decoder.conv_out.weight  # what LDM's get_last_layer() returns
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         h = self.vae.encoder(x * 2 - 1)
         return self.vae.quant_conv(h) if self.vae.quant_conv is not None else h

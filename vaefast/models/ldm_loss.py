@@ -49,7 +49,7 @@ class LPIPSWithDiscriminator(nn.Module):
                  kl_weight: float = 1e-6, perceptual_weight: float = 1.0, disc_weight: float = 0.5,
                  disc_factor: float = 1.0, disc_start: int = 50001, disc_loss: str = "hinge",
                  logvar_init: float = 0.0, disc_layers: int = 3, disc_in_channels: int = 3,
-                 lpips_weights: str | None = None):
+                 lpips_weights: str | None = None, use_discriminator: bool = True):
         super().__init__()
         if disc_loss not in DISC_LOSSES:
             raise ValueError(f"disc_loss must be one of {', '.join(DISC_LOSSES)}, got {disc_loss!r}")
@@ -58,8 +58,9 @@ class LPIPSWithDiscriminator(nn.Module):
 
             perceptual = LPIPS.from_files(lpips_weights)
         self.perceptual = perceptual
-        self.discriminator = discriminator if discriminator is not None else PatchGAN(disc_in_channels,
-                                                                                       layers=disc_layers)
+        if discriminator is None and use_discriminator:
+            discriminator = PatchGAN(disc_in_channels, layers=disc_layers)
+        self.discriminator = discriminator  # None: the pixel, perceptual and KL terms only
         self.kl_weight, self.perceptual_weight = kl_weight, perceptual_weight
         self.disc_weight, self.disc_factor, self.disc_start = disc_weight, disc_factor, disc_start
         self.disc_loss = DISC_LOSSES[disc_loss]
@@ -72,72 +73,104 @@ class LPIPSWithDiscriminator(nn.Module):
         return self.disc_factor if step >= self.disc_start else 0.0
 
     def uses_discriminator(self, step) -> bool:
+        if self.discriminator is None:
+            return False
         return isinstance(step, torch.Tensor) or (step >= self.disc_start and self.disc_factor > 0)
 
-    def nll(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(nll, mean |x - x̂|, mean LPIPS): the pixel term with the learned log-variance, summed over the pixels and
-        divided by the batch size."""
+    def nll_sum(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(nll summed over pixels and images, mean |x - x̂|, mean LPIPS): LDM's nll times the batch size."""
         wide = _wide(reconstruction)
         rec = (x - reconstruction).abs().to(wide)
         l1 = rec.detach().mean()
         lpips = torch.zeros((), device=x.device)
         if self.perceptual is not None and self.perceptual_weight > 0:
-            per_image = self.perceptual(x.detach(), reconstruction).to(wide)
+            per_image = self.perceptual(_rgb(x.detach()), _rgb(reconstruction)).to(wide)
             rec = rec + self.perceptual_weight * per_image
             lpips = per_image.detach().mean()
-        nll = (rec / torch.exp(self.logvar) + self.logvar).sum() / x.shape[0]
-        return nll, l1, lpips
+        return (rec / torch.exp(self.logvar) + self.logvar).sum(), l1, lpips
 
     def backward_generator(self, x: torch.Tensor, reconstruction: torch.Tensor, kl: torch.Tensor, *,
                            last_layer: torch.Tensor, step, scale: float | torch.Tensor = 1.0) -> dict:
         """Leave in ``.grad`` (autoencoder parameters and ``logvar``) what LDM's generator ``loss.backward()`` leaves,
         times ``scale`` (e.g. a gradient-accumulation or loss-scaling factor)."""
-        nll, rec, lpips = self.nll(x, reconstruction)
-        kl_loss = kl.sum() / x.shape[0]
+        return self.generator_backward(x, reconstruction, kl, last_layer=last_layer, step=step,
+                                       per_image_scale=scale / x.shape[0])
+
+    def generator_backward(self, x: torch.Tensor, reconstruction: torch.Tensor, kl: torch.Tensor, *,
+                           last_layer: torch.Tensor, step, per_image_scale, kl_weight=None, reduce=None) -> dict:
+        """The generator's backward with every loss summed over the images and then multiplied by
+        ``per_image_scale``: 1/B gives LDM's batch means; a trainer passes its share of a global batch spread over
+        ranks and micro-batches. ``reduce(nll_grad, g_grad, count)`` sums the last-layer gradients and the image
+        count over ranks (a collective), so that the adaptive weight is the one of the whole batch. ``kl_weight``
+        overrides the constructor's (a device tensor from a KL schedule)."""
+        kl_weight = self.kl_weight if kl_weight is None else kl_weight
+        nll, rec, lpips = self.nll_sum(x, reconstruction)
         zero = torch.zeros((), device=x.device)
         d_weight, g_loss, factor = zero, zero, self.factor(step)
         grad_nll, grad_logvar = torch.autograd.grad(nll, [reconstruction, self.logvar])  # LPIPS's one backward
         grad_x = grad_nll
         if self.uses_discriminator(step):
             with frozen(self.discriminator):
-                g_loss = -self.discriminator(reconstruction).to(_wide(reconstruction)).mean()
-            grad_g, = torch.autograd.grad(g_loss, reconstruction)  # D's one backward, to its input only
-            d_weight = self.adaptive_weight(reconstruction, grad_nll, grad_g, last_layer)
+                logits = self.discriminator(reconstruction).to(_wide(reconstruction))
+            g_sum = -logits.flatten(1).mean(1).sum()
+            grad_g, = torch.autograd.grad(g_sum, reconstruction)  # D's one backward, to its input only
+            d_weight = self.adaptive_weight(reconstruction, grad_nll, grad_g, last_layer, x.shape[0], reduce)
             grad_x = grad_nll + (d_weight * factor) * grad_g.to(grad_nll.dtype)
-        grad_x = (grad_x * scale).to(reconstruction.dtype)
-        kl_grad = torch.ones_like(kl_loss) * (self.kl_weight * scale)
-        torch.autograd.backward([reconstruction, kl_loss], [grad_x, kl_grad])
-        grad_logvar = grad_logvar * scale
-        self.logvar.grad = grad_logvar if self.logvar.grad is None else self.logvar.grad + grad_logvar
-        total = nll.detach() + self.kl_weight * kl_loss.detach() + d_weight * factor * g_loss.detach()
-        return {"total": total, "nll": nll.detach(), "rec": rec, "lpips": lpips, "kl": kl_loss.detach(),
-                "d_weight": d_weight, "disc_factor": torch.as_tensor(factor, device=x.device),
-                "g_loss": g_loss.detach(), "logvar": self.logvar.detach()}
+            g_loss = g_sum.detach() / x.shape[0]
+        grad_x = (grad_x * per_image_scale).to(reconstruction.dtype)
+        kl_sum = kl.sum()
+        # logvar's gradient goes through autograd as well (a leaf as a root), so that DDP's hooks see it.
+        torch.autograd.backward([reconstruction, kl_sum, self.logvar],
+                                [grad_x, torch.ones_like(kl_sum) * (kl_weight * per_image_scale),
+                                 grad_logvar * per_image_scale])
+        batch = x.shape[0]
+        total = (nll.detach() + kl_weight * kl_sum.detach()) / batch + d_weight * factor * g_loss
+        return {"total": total, "nll": nll.detach() / batch, "rec": rec, "lpips": lpips, "kl": kl_sum.detach() / batch,
+                "d_weight": d_weight, "disc_factor": torch.as_tensor(factor, device=x.device), "g_loss": g_loss,
+                "logvar": self.logvar.detach()}
 
     def adaptive_weight(self, reconstruction: torch.Tensor, grad_nll: torch.Tensor, grad_g: torch.Tensor,
-                        last_layer: torch.Tensor) -> torch.Tensor:
-        """LDM's ``d_w``, from the two losses' gradients at the reconstruction carried back through the last layer
-        alone (autograd computes only that layer's weight gradient), the norms in float32, detached."""
+                        last_layer: torch.Tensor, count: int, reduce=None) -> torch.Tensor:
+        """LDM's ``d_w``, from the gradients of the losses summed over ``count`` images, carried back from the
+        reconstruction through the last layer alone (autograd computes only that layer's weight gradient); the norms
+        in float32, detached."""
         nll_l, = torch.autograd.grad(reconstruction, last_layer, grad_nll.to(reconstruction.dtype), retain_graph=True)
         g_l, = torch.autograd.grad(reconstruction, last_layer, grad_g.to(reconstruction.dtype), retain_graph=True)
         wide = _wide(reconstruction)
-        ratio = nll_l.to(wide).norm() / (g_l.to(wide).norm() + 1e-4)
+        nll_l, g_l = nll_l.to(wide), g_l.to(wide)
+        count = torch.full((), float(count), dtype=wide, device=nll_l.device)
+        if reduce is not None:
+            nll_l, g_l, count = reduce(nll_l, g_l, count)
+        ratio = (nll_l / count).norm() / ((g_l / count).norm() + 1e-4)
         return ratio.clamp(0.0, 1e4).detach() * self.disc_weight
 
     def backward_discriminator(self, x: torch.Tensor, reconstruction: torch.Tensor, *, step,
                                scale: float | torch.Tensor = 1.0) -> dict:
         """Leave LDM's discriminator gradients (times ``scale``) in the discriminator's ``.grad``; the
         reconstruction is detached here. Before ``disc_start`` (an int step) nothing runs."""
+        return self.discriminator_backward(x, reconstruction, step=step, per_image_scale=scale / x.shape[0])
+
+    def discriminator_backward(self, x: torch.Tensor, reconstruction: torch.Tensor, *, step, per_image_scale,
+                               discriminate=None) -> dict:
+        """The discriminator's backward with its loss summed over the images times ``per_image_scale``;
+        ``discriminate(real, fake) -> (logits_real, logits_fake)`` runs the discriminator (a trainer passes its
+        DDP-wrapped pair; by default ``self.discriminator`` on each)."""
         zero = torch.zeros((), device=x.device)
         if not self.uses_discriminator(step):
             return {"disc_loss": zero, "logits_real": zero, "logits_fake": zero}
+        discriminate = discriminate or (lambda real, fake: (self.discriminator(real), self.discriminator(fake)))
         wide = _wide(reconstruction)
-        logits_real = self.discriminator(x.detach()).to(wide)
-        logits_fake = self.discriminator(reconstruction.detach()).to(wide)
-        d_loss = self.factor(step) * self.disc_loss(logits_real, logits_fake)
-        (d_loss * scale).backward()
-        return {"disc_loss": d_loss.detach(), "logits_real": logits_real.detach().mean(),
+        logits_real, logits_fake = discriminate(x.detach(), reconstruction.detach())
+        logits_real, logits_fake = logits_real.to(wide), logits_fake.to(wide)
+        d_sum = self.factor(step) * self.disc_loss(logits_real, logits_fake).sum()
+        (d_sum * per_image_scale).backward()
+        return {"disc_loss": d_sum.detach() / x.shape[0], "logits_real": logits_real.detach().mean(),
                 "logits_fake": logits_fake.detach().mean()}
+
+
+def _rgb(images: torch.Tensor) -> torch.Tensor:
+    """Grayscale images as three equal channels, for LPIPS's VGG and an RGB discriminator."""
+    return images.expand(-1, 3, *images.shape[2:]) if images.shape[1] == 1 else images
 
 
 def _wide(t: torch.Tensor) -> torch.dtype:

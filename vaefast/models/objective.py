@@ -91,6 +91,11 @@ class NegativeELBO(nn.Module):
         self.samples, self.objective, self.estimator = samples, objective, estimator
         self.loss_terms = nn.ModuleList(check_loss_terms(loss_terms))
 
+    @property
+    def metric_names(self) -> list[str]:
+        """What ``term_sums`` holds, in order: the extra terms' names."""
+        return [term.name for term in self.loss_terms]
+
     def terms(self, x: torch.Tensor, noise_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, VAEOutput]:
         """The per-image reconstruction NLL ([B], or [K, B] for K samples) and the model's output (z, KL per image
         and per dim, ...); ``noise_seed``: the key of the fused op's seeded noise (None: torch.randn_like)."""

@@ -44,12 +44,19 @@ def _pix2pix_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _per_image_mean(values: torch.Tensor) -> torch.Tensor:
+    return values.flatten(1).mean(1)
+
+
 def hinge_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+    """LDM's ``hinge_d_loss`` per image, [B]: its mean over the batch is LDM's value; the per-image form lets a
+    batch split across ranks or micro-batches add up to the whole batch's loss."""
+    return 0.5 * (_per_image_mean(F.relu(1.0 - logits_real)) + _per_image_mean(F.relu(1.0 + logits_fake)))
 
 
 def vanilla_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+    """LDM's ``vanilla_d_loss`` per image, [B]."""
+    return 0.5 * (_per_image_mean(F.softplus(-logits_real)) + _per_image_mean(F.softplus(logits_fake)))
 
 
 DISC_LOSSES = {"hinge": hinge_loss, "vanilla": vanilla_loss}

@@ -41,6 +41,13 @@ class ModuleVAE(VAE):
         else:
             super().enable_activation_checkpointing()
 
+    def last_layer(self) -> nn.Parameter:
+        """The module's own ``last_layer()`` (the decoder's last weight; diffusers' models: ``decoder.conv_out``)."""
+        if not callable(getattr(self.module, "last_layer", None)):
+            raise TypeError(f"{type(self.module).__name__} has no last_layer() method; the LDM recipe's adaptive "
+                            "weight needs one that returns the decoder's last layer weight")
+        return self.module.last_layer()
+
     def moments(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.module.encode(x)
 

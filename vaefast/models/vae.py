@@ -72,6 +72,14 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
+    def last_layer(self) -> nn.Parameter:
+        """The weight of the decoder's last layer: where the LDM recipe's adaptive weight compares the gradient norms
+        of its pixel and adversarial terms."""
+        weights = [m.weight for m in self.decoder.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)]
+        if not weights:
+            raise ValueError(f"{type(self).__name__}'s decoder has no layer with a weight for the adaptive weight")
+        return weights[-1]
+
     def enable_activation_checkpointing(self) -> None:
         """Keep only the encoder's input and the decoder's input for backward and recompute the activations in
         between (torch.utils.checkpoint): one more forward pass of each for a fraction of the activation memory."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -45,14 +46,29 @@ def make_model(cfg: TrainConfig, image_shape, model: nn.Module | None, device: t
 
 
 def make_objective(cfg: TrainConfig, model: nn.Module, loss_terms: list[LossTerm] | None, dist: DistContext,
-                   device: torch.device) -> nn.Module:
-    """The loss, wrapped in DDP in a distributed run (its gradients are the model's)."""
+                   device: torch.device, recipe=None) -> nn.Module:
+    """The loss (the ELBO, or the LDM recipe's autoencoder and logvar), wrapped in DDP in a distributed run."""
     o = cfg.objective
-    objective = NegativeELBO(model, o.free_bits, loss_terms, samples=o.samples, objective=o.objective,
-                             estimator=o.estimator).to(device)
+    if recipe is not None:
+        if loss_terms:
+            raise ValueError("--recipe ldm has its own perceptual and adversarial terms; pass loss_terms with the ELBO")
+        objective = recipe.objective(model)
+    else:
+        objective = NegativeELBO(model, o.free_bits, loss_terms, samples=o.samples, objective=o.objective,
+                                 estimator=o.estimator).to(device)
     if dist.enabled:
         objective = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
     return objective
+
+
+@contextmanager
+def no_sync(objective: nn.Module, recipe=None):
+    """DDP's gradient all-reduce off for a micro-batch that is not the step's last, for every DDP module of the step."""
+    with ExitStack() as stack:
+        for module in (objective, getattr(recipe, "pair", None)):
+            if isinstance(module, DDP):
+                stack.enter_context(module.no_sync())
+        yield
 
 
 def open_run_folder(cfg: TrainConfig, dist: DistContext, resumed_step: int | None) -> tuple[Checkpointer, Monitor]:

@@ -27,7 +27,7 @@ class NaNGuard:
     steps after the streak reached ``max_consecutive``; the skipped steps in between changed nothing.
     """
 
-    def __init__(self, max_consecutive: int, device: torch.device | str = "cpu"):
+    def __init__(self, max_consecutive: int, device: torch.device | str = "cpu", companions: list | None = None):
         self.max_consecutive = max_consecutive
         self.device = torch.device(device)
         # [skipped, consecutive, the longest streak since the start]: a streak that reaches the limit is caught even
@@ -43,6 +43,7 @@ class NaNGuard:
         self._host = torch.zeros(3, pin_memory=cuda)
         self._copied = torch.cuda.Event() if cuda else None
         self._diagnose = None
+        self.companions: list[NaNGuard] = companions or []  # guards of other updates of the step, checked with it
 
     @property
     def skipped(self) -> int:
@@ -82,6 +83,8 @@ class NaNGuard:
         if self._copied is not None:
             self._copied.synchronize()
         self._look()
+        for guard in self.companions:
+            guard.check()
 
     def _look(self) -> None:
         if self._copied is not None and not self._copied.query():

@@ -9,7 +9,7 @@ not what the trainer excludes with ``restart_clock`` (checkpoint writes, evaluat
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -17,6 +17,16 @@ from .distributed import DistContext
 from .monitor import Monitor
 
 WARMUP_STEPS = 3
+
+
+class StepResult(NamedTuple):
+    """One optimizer step's device tensors: this rank's sums, and whether the update was applied."""
+
+    nll: torch.Tensor
+    kl: torch.Tensor
+    kl_per_dim: torch.Tensor
+    term_sums: torch.Tensor | None
+    applied: torch.Tensor
 
 
 class TrainMetrics:

@@ -18,6 +18,7 @@ import torch
 from ..data.convert import to_unit_float
 from ..eval.elbo import ACTIVE_UNIT_NATS, collapse_level
 from ..eval.images import image_grid
+from ..eval.quality import quality_text
 
 
 class Monitor:
@@ -89,8 +90,9 @@ class Monitor:
                         **{f"train/{k}": v for k, v in collapse.items()}})
         speed = f", {images_per_s:,.0f} img/s" if images_per_s else ""
         units = f"{collapse.get('active_units', 0)}/{collapse.get('latent_dim', 0)} active units"
+        quality = quality_text(test.get("psnr"), test.get("ssim"), test.get("lpips"))
         self.progress_line(f"epoch {epoch}/{epochs}: test -ELBO {test['neg_elbo_nats']:.2f} nats "
-                           f"({test['bpd']:.4f} bpd), {units}{speed}", final=True)
+                           f"({test['bpd']:.4f} bpd){quality}, {units}{speed}", final=True)
 
     def note_set_aside(self, moved: tuple[int, Path] | None) -> None:
         if moved is not None:

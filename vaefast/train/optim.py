@@ -23,25 +23,41 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def make_optimizer(name: str, module: nn.Module, *, lr: float, weight_decay: float, device: torch.device,
-                   master_weights: bool = False) -> torch.optim.Optimizer:
-    """Adam or AdamW (``name``) over ``module``'s parameters: torch's fused implementation (one kernel per step on
-    CPU and CUDA alike), or with ``master_weights`` a ``MasterWeightAdam`` that also converts ``module`` to bf16."""
+                   master_weights: bool = False, betas: tuple[float, float] = (0.9, 0.999),
+                   extra_params: tuple[torch.Tensor, ...] = ()) -> torch.optim.Optimizer:
+    """Adam or AdamW (``name``) over ``module``'s parameters and ``extra_params`` (e.g. the LDM recipe's logvar):
+    torch's fused implementation (one kernel per step on CPU and CUDA alike), or with ``master_weights`` a
+    ``MasterWeightAdam`` that also converts ``module`` to bf16."""
     decoupled = name == "adamw"
     if master_weights:
-        return MasterWeightAdam.for_module(module, lr=lr, weight_decay=weight_decay,
+        if extra_params:
+            raise ValueError("master weights cover a module's parameters only")
+        return MasterWeightAdam.for_module(module, lr=lr, betas=betas, weight_decay=weight_decay,
                                            decoupled_weight_decay=decoupled)
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     fused = device.type in ("cpu", "cuda")
     # capturable: the fused update already keeps its step counts on the device and does not read the flag, but
     # torch refuses to capture step() into a CUDA graph without it (whole-step mode, vaefast.train.capture).
-    return cls(module.parameters(), lr=lr, weight_decay=weight_decay, fused=fused, foreach=None if fused else True,
-               capturable=fused)
+    return cls([*module.parameters(), *extra_params], lr=lr, betas=betas, weight_decay=weight_decay, fused=fused,
+               foreach=None if fused else True, capturable=fused)
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step()`` honours a ``found_inf`` device flag (GradScaler's protocol) by leaving
     everything untouched: torch's fused Adam/AdamW, and MasterWeightAdam."""
     return isinstance(optimizer, MasterWeightAdam) or all(group.get("fused") for group in optimizer.param_groups)
+
+
+def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, skip: torch.Tensor) -> None:
+    """Step ``optimizer`` through ``scaler`` unless ``skip`` is set: torch's fused Adam and MasterWeightAdam take the
+    flag as GradScaler's ``found_inf`` and leave parameters, moments and step counts untouched."""
+    if skips_on_device(optimizer):
+        if not scaler.is_enabled():  # with fp16 the scaler passes its own overflow flag
+            optimizer.found_inf = skip
+        scaler.step(optimizer)
+    elif not bool(skip):  # an optimizer without found_inf support: the decision is read on the host
+        scaler.step(optimizer)
+    scaler.update()
 
 
 def native_master_step_available() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..eval.quality import QUALITY_KEYS, quality_text
 from ..instrument import peak_memory_mb
 
 
@@ -28,6 +29,10 @@ class RunSummary:
     loader: str
     world_size: int
     peak_memory_mb: float | None
+    # The LDM recipe's reconstruction quality (vaefast.train.recipe); absent from the JSON of other runs.
+    test_psnr: float | None = None
+    test_ssim: float | None = None
+    test_lpips: float | None = None
 
     @classmethod
     def of(cls, trainer, test: dict) -> "RunSummary":
@@ -38,14 +43,19 @@ class RunSummary:
             active_units=test["active_units"], checkpoint=str(t.last_checkpoint or t.checkpointer.latest() or ""),
             epochs=t.epoch, steps=t.step, skipped_steps=t.guard.skipped, preempted=t.preempted, compiled=t.compiled,
             precision=t.precision, master_weights=t.master_weights, device=str(t.device), loader=t.loader_kind,
-            world_size=t.dist.world_size, peak_memory_mb=peak_memory_mb(t.device))
+            world_size=t.dist.world_size, peak_memory_mb=peak_memory_mb(t.device),
+            **{f"test_{key}": test[key] for key in QUALITY_KEYS if test.get(key) is not None})
 
     def to_json(self) -> dict:
-        """The ``--json`` object: these keys, in this order (tests/fixtures/json_keys.json pins them)."""
-        return dataclasses.asdict(self)
+        """The ``--json`` object: these keys, in this order (tests/fixtures/json_keys.json pins them); the quality
+        keys only where they were measured."""
+        return {key: value for key, value in dataclasses.asdict(self).items()
+                if value is not None or key.removeprefix("test_") not in QUALITY_KEYS}
 
     def describe(self) -> str:
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs else f"{self.steps} steps"
         speed = f" at {self.images_per_s:,.0f} images/s" if self.images_per_s else ""
         return (f"trained {epochs}{speed}; test -ELBO {self.test_neg_elbo_nats:.2f} nats/image "
-                f"({self.test_bpd:.4f} bits/dim); checkpoint {self.checkpoint}")
+                f"({self.test_bpd:.4f} bits/dim){quality_text(self.test_psnr, self.test_ssim, self.test_lpips)}; "
+                f"checkpoint {self.checkpoint}")
+

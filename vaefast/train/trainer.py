@@ -13,7 +13,8 @@ import gc
 import math
 import time
 from contextlib import nullcontext
-from typing import Callable, NamedTuple
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
@@ -25,30 +26,22 @@ from ..eval import evaluate_elbo
 from ..instrument import stage
 from ..models.ema import WeightEMA
 from ..models.loss_terms import LossTerm
+from ..models.objective import ObjectiveOutput
 from ..plan import RunPlan, plan_run
 from . import build
 from .capture import WholeStep
 from .distributed import DistContext
 from .guard import NaNGuard, SkipDecision, diagnose_non_finite
-from .metrics import TrainMetrics
+from .metrics import StepResult, TrainMetrics
 from .monitor import log_reconstructions
 from .noise import NoiseSeeds
-from .optim import make_optimizer, native_master_step_available, skips_on_device
+from .optim import apply_update, make_optimizer, native_master_step_available
 from .preemption import StopRequest
+from .recipe import LDMRecipe
 from .schedules import KLWeight, LearningRate
 from .step_inputs import StepInputs
 from .state import ModelWeights, OptimizerState, RNGStreams, TrainerPosition, seed_everything
 from .summary import RunSummary
-
-
-class StepResult(NamedTuple):
-    """One optimizer step's device tensors: this rank's sums, and whether the update was applied."""
-
-    nll: torch.Tensor
-    kl: torch.Tensor
-    kl_per_dim: torch.Tensor
-    term_sums: torch.Tensor | None
-    applied: torch.Tensor
 
 
 class Trainer:
@@ -73,16 +66,19 @@ class Trainer:
         self.plan: RunPlan = plan_run(
             device=device, precision=r.precision, compile=r.compile, compile_mode=r.compile_mode,
             master_weights=r.master_weights, distributed=self.dist.enabled, total_steps=self.total_steps,
-            native_master_step=native_master_step_available())
+            native_master_step=native_master_step_available(), recipe=cfg.recipe.ldm)
         build.announce(f"{self.data.describe()}; loader {self.loader_kind} ({why}); {self.dist.describe()}; "
                        f"plan: {self.plan.describe()}", self.dist, cfg)
         self.model = build.make_model(cfg, self.data.image_shape, model, device)
+        self.recipe = LDMRecipe(cfg, self.model, self.data.image_shape[0], self.dist, device, self.total_steps) \
+            if cfg.recipe.ldm else None
         # Built before the DDP wrap: with master weights it takes the float32 weights and converts the model to bf16.
-        self.optimizer = make_optimizer(cfg.optim.optimizer, self.model, lr=cfg.optim.lr,
+        self.optimizer = make_optimizer(cfg.optim.optimizer, self.model, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                         weight_decay=cfg.optim.weight_decay, device=device,
-                                        master_weights=self.plan.master_weights)
+                                        master_weights=self.plan.master_weights,
+                                        extra_params=(self.recipe.logvar,) if self.recipe else ())
         torch.manual_seed(r.seed + self.dist.rank)
-        self.objective = build.make_objective(cfg, self.model, loss_terms, self.dist, device)
+        self.objective = build.make_objective(cfg, self.model, loss_terms, self.dist, device, self.recipe)
         self._wire(device, None if state is None else state["step"])
         if state is not None:
             build.restore(self.checkpointer, cfg, state)
@@ -96,9 +92,9 @@ class Trainer:
         objective = self.objective.module if self.dist.enabled else self.objective
         self.step_inputs = StepInputs(objective.loss_terms, self.dist, device)
         self.metrics = TrainMetrics(self.monitor, self.dist, device, cfg.logging.log_every,
-                                    term_names=[term.name for term in objective.loss_terms])
-        self.guard = NaNGuard(cfg.optim.max_bad_steps, device)
-        self.skip_decision = SkipDecision(self.model, self.optimizer, device, master_weights=self.master_weights,
+                                    term_names=objective.metric_names)
+        self.guard = NaNGuard(cfg.optim.max_bad_steps, device, companions=[self.recipe.guard] if self.recipe else [])
+        self.skip_decision = SkipDecision(objective, self.optimizer, device, master_weights=self.master_weights,
                                           scaler_enabled=self.scaler.is_enabled(), dist=self.dist)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.stopped = self.preempted = False  # stopped: max_steps reached or a signal; preempted: by a signal
@@ -113,6 +109,7 @@ class Trainer:
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
         compile_loss = self.plan.compile and not self.plan.whole_step
         self.loss_fn = torch.compile(self.objective, mode=self.plan.compile_mode) if compile_loss else self.objective
+        self._update_weights = partial(apply_update, self.optimizer, self.scaler)
         if self.plan.compile or self.plan.whole_step:
             # Never traced: under torch.compile (2.13) Adam.step passed found_inf=None to the fused kernel, so a NaN
             # step updated the weights (tests/test_whole_step.py). It is one fused kernel anyway, and a CUDA graph
@@ -122,7 +119,7 @@ class Trainer:
         parts = {"model": ModelWeights(self.model, self.optimizer, self.master_weights),
                  "optimizer": OptimizerState(self.optimizer, self.master_weights), "scaler": self.scaler,
                  "scheduler": self.lr_schedule, "rng": RNGStreams(), "noise": self.noise_seeds,
-                 None: TrainerPosition(self), "ema": self.ema}
+                 None: TrainerPosition(self), "ema": self.ema, "recipe": self.recipe}
         for name, part in parts.items():
             if part is not None:
                 self.checkpointer.register(name, part)
@@ -154,18 +151,11 @@ class Trainer:
         kl_w, term_w = self.kl_schedule.value(), self.step_inputs.term_weights  # device tensors (step_inputs.py)
         scale = self.step_inputs.loss_scale(sum(len(x) for x in micro_batches))
         self.optimizer.zero_grad(set_to_none=True)
+        if self.recipe is not None:
+            self.recipe.zero_grad()
         finite = sums = None
         for i, x in enumerate(micro_batches):
-            # DDP all-reduces gradients only on the last micro-batch of the step.
-            last = i == len(micro_batches) - 1
-            with nullcontext() if last or not self.dist.enabled else self.objective.no_sync():
-                if self.plan.cuda_graphs:
-                    torch.compiler.cudagraph_mark_step_begin()
-                noise_seed = self.noise_seeds.next() if self.noise_seeds is not None else None
-                with self.plan.autocast():
-                    out = self.loss_fn(x, kl_w, scale, term_w, noise_seed)
-                with stage("backward"):
-                    self.scaler.scale(out.loss).backward()
+            out = self._micro_step(x, kl_w, scale, term_w, sync=i == len(micro_batches) - 1)
             finite = torch.isfinite(out.loss) if finite is None else finite & torch.isfinite(out.loss)
             part = [out.nll, out.kl, out.kl_per_dim, out.term_sums]
             if self.plan.cuda_graphs:  # replays reuse their output buffers: copy out what outlives the step
@@ -173,27 +163,32 @@ class Trainer:
             sums = part if sums is None else [a if a is None else a + b for a, b in zip(sums, part)]
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True) if clip else None
+        grad_norm = nn.utils.clip_grad_norm_(self.skip_decision.model.parameters(), clip, foreach=True) if clip else None
         skip = self.skip_decision(finite, grad_norm)
         with stage("optimizer"):
             self._update_weights(skip)
             self.lr_schedule.advance()  # the schedules follow the step count, skipped steps too
             if self.ema is not None:
                 self.ema.update(skip)
+            if self.recipe is not None:
+                self.recipe.update(self.step)
         self.guard.count(skip)
         self.kl_schedule.advance()
         return StepResult(*sums, applied=skip == 0)
 
-    def _update_weights(self, skip: torch.Tensor) -> None:
-        """Apply the update unless ``skip`` is set: torch's fused Adam and MasterWeightAdam take the flag as
-        GradScaler's ``found_inf`` and leave parameters, moments and step counts untouched."""
-        if skips_on_device(self.optimizer):
-            if not self.scaler.is_enabled():  # with fp16 the scaler passes its own overflow flag
-                self.optimizer.found_inf = skip
-            self.scaler.step(self.optimizer)
-        elif not bool(skip):  # an optimizer without found_inf support: the decision is read on the host
-            self.scaler.step(self.optimizer)
-        self.scaler.update()
+    def _micro_step(self, x: torch.Tensor, kl_w, scale, term_w, sync: bool) -> ObjectiveOutput:
+        """One micro-batch's forward and backward; DDP all-reduces gradients on ``sync`` only (the step's last)."""
+        with nullcontext() if sync or not self.dist.enabled else build.no_sync(self.objective, self.recipe):
+            if self.plan.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            noise_seed = self.noise_seeds.next() if self.noise_seeds is not None else None
+            with self.plan.autocast():
+                out = self.loss_fn(x, kl_w, scale, term_w, noise_seed)
+                if self.recipe is not None:  # its backward runs LPIPS and D under the run's autocast
+                    return self.recipe.backward(out, kl_w, scale, self.step)
+            with stage("backward"):
+                self.scaler.scale(out.loss).backward()
+        return out
 
     def run(self, steps: int | None = None, on_step: Callable[[int], None] | None = None) -> int:
         """Take optimizer steps from the current data position and return how many ran.
@@ -256,7 +251,8 @@ class Trainer:
             self.stopped = self.preempted = True
 
     def _log_context(self) -> tuple[dict, str]:
-        extra = {"train/lr": float(self.lr_schedule.values[0]), "train/skipped_steps": self.guard.skipped}
+        extra = {"train/lr": float(self.lr_schedule.values[0]), "train/skipped_steps": self.guard.skipped,
+                 **({"train/skipped_disc_steps": self.recipe.guard.skipped} if self.recipe else {})}
         return extra, f"epoch {self.epoch + 1}/{self.cfg.optim.epochs} step {self.step}/{self.total_steps}"
 
     def _end_epoch(self, seconds: float) -> dict:
@@ -277,15 +273,20 @@ class Trainer:
         return diagnose_non_finite(self.model, self.plan, x)
 
     def close(self) -> None:
-        """Release the DDP wrapper while its process group lives (a Reducer freed at exit can hang gloo)."""
-        self.objective = self.loss_fn = None
+        """Release the DDP wrappers while the process group lives (a Reducer freed at exit can hang gloo)."""
+        self.objective = self.loss_fn = self.recipe = None
         gc.collect()
         if self.dist.enabled:
             torch.distributed.barrier()
 
     def evaluate(self) -> dict:
-        return evaluate_elbo(self.model, self.data.test, batch_size=max(self.cfg.data.batch_size, 500),
-                             device=self.device, autocast=self.plan.autocast())
+        """The test ELBO; with the LDM recipe also PSNR, SSIM and (RGB data) LPIPS of reconstructions."""
+        batch = max(self.cfg.data.batch_size, 500)
+        test = evaluate_elbo(self.model, self.data.test, batch_size=batch, device=self.device,
+                             autocast=self.plan.autocast())
+        if self.recipe is not None:
+            test.update(self.recipe.quality(self.model, self.data.test, self.device, self.plan.autocast()))
+        return test
 
     def save(self):
         """Start writing a checkpoint (in the background: ``checkpointer.wait()`` waits for it), unless the last step
