@@ -54,6 +54,19 @@ def tiny_data():
     return ImageDataset("tiny", full.train[:512], full.test[:128])
 
 
+@pytest.fixture(scope="session")
+def random_vgg16(tmp_path_factory):
+    """A VGG16 trunk with random weights in torchvision's state-dict format (ImageNet weights are not downloaded
+    here): (its path, its state)."""
+    from vaefast.models.lpips import LPIPS
+
+    torch.manual_seed(0)
+    state = {f"features.{k}": torch.randn_like(v) * 0.05 for k, v in LPIPS().features.state_dict().items()}
+    path = tmp_path_factory.mktemp("vgg16") / "vgg16-397923af.pth"
+    torch.save(state, path)
+    return path, state
+
+
 def quiet_config(out, **overrides):
     """A short run that prints and logs little: batch 64, 2 epochs, eager, metrics every 4 steps."""
     from vaefast.config import TrainConfig

@@ -3,7 +3,10 @@
 argv[1] is a JSON object: n_images, batch_size, epochs, out, and optionally zero_noise (deterministic z = mu, so
 that runs with different world sizes are comparable), fail_at_step + fail_how ("raise" or "kill") + fail_rank,
 nan_at_step (rank 1's batch turns to NaN at that step), checkpoint_every, grad_accum, max_steps, resume,
-count_reads (run that many steps counting host reads of device values, written to out/reads-rank{R}.json). Each rank writes its final parameters to out/params-rank{R}.pt.
+count_reads (run that many steps counting host reads of device values, written to out/reads-rank{R}.json), recipe
+(options of the LDM recipe, e.g. {"recipe": "ldm", "lpips_weights": ...}: the saved parameters then also hold the
+discriminator's and logvar), first_step_grads (take one step and write the gradients it left, all-reduced, to
+out/grads-rank{R}.pt, instead of training). Each rank writes its final parameters to out/params-rank{R}.pt.
 """
 
 import json
@@ -18,6 +21,13 @@ import vaefast.models.vae as vae_module
 from vaefast.data import ImageDataset, load_dataset
 from vaefast.train import TrainConfig, Trainer
 from vaefast.train.distributed import DistContext
+
+
+def trained_state(trainer) -> torch.Tensor:
+    trained = [*trainer.model.parameters()]
+    if trainer.recipe is not None:
+        trained += [*trainer.recipe.criterion.parameters(), *trainer.recipe.disc.buffers()]
+    return torch.cat([p.detach().float().flatten() for p in trained]).clone()
 
 
 def main():
@@ -36,11 +46,12 @@ def main():
                       progress=False, tensorboard=False, lr=3e-3,
                       checkpoint_every=args.get("checkpoint_every", 0), grad_accum=args.get("grad_accum", 1),
                       max_steps=args.get("max_steps", 0), resume=args.get("resume"),
-                      compile=args.get("compile", False), precision=args.get("precision", "fp32"))
+                      compile=args.get("compile", False), precision=args.get("precision", "fp32"),
+                      **args.get("recipe", {}))
     cfg.model.hidden, cfg.model.latent_dim = [32], 4
     dist = DistContext.from_env("cpu", None, args.get("timeout", 60))
     trainer = Trainer(cfg, data, dist=dist)
-    initial = torch.cat([p.detach().flatten() for p in trainer.model.parameters()]).clone()
+    initial = trained_state(trainer)
     nan_at = args.get("nan_at_step")
     if nan_at is not None and dist.rank == 1:
         clean_step = trainer.train_step
@@ -73,8 +84,18 @@ def main():
         trainer.close()
         dist.shutdown()
         return
+    if args.get("first_step_grads"):
+        trainer.run(1)
+        trained = [*trainer.model.parameters()]
+        if trainer.recipe is not None:
+            trained += [*trainer.recipe.criterion.parameters()]
+        grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in trained]
+        torch.save(grads, Path(args["out"]) / f"grads-rank{dist.rank}.pt")
+        trainer.close()
+        dist.shutdown()
+        return
     summary = trainer.fit()
-    params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    params = trained_state(trainer)
     torch.save({"params": params, "initial": initial, "steps": summary.steps, "skipped": summary.skipped_steps},
                Path(args["out"]) / f"params-rank{dist.rank}.pt")
     trainer.close()

@@ -50,6 +50,28 @@ def test_two_ranks_match_one_process(tmp_path, n_images, grad_accum):
     assert moved > 1e-3, "training must have changed the parameters for the comparison to mean anything"
 
 
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_the_ldm_recipe_on_two_ranks_matches_one_process(tmp_path, random_vgg16, grad_accum):
+    """Both networks: the autoencoder with logvar, and the discriminator, whose BatchNorm takes the global batch's
+    statistics (vaefast.train.sync_norm); the adaptive weight is the global batch's. Compared on the first step's
+    gradients: Adam's early updates (about lr times the gradient's sign) would magnify rounding in parameters."""
+    ddp_out, ref_out = tmp_path / "ddp", tmp_path / "single"
+    recipe = {"recipe": "ldm", "lpips_weights": str(random_vgg16[0]), "disc_start": 0, "beta": 0.01}
+    common = {"n_images": 64, "zero_noise": True, "grad_accum": grad_accum, "recipe": recipe,
+              "first_step_grads": True}
+    proc = torchrun(2, {**common, "batch_size": 8, "out": str(ddp_out)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = single({**common, "batch_size": 16, "out": str(ref_out)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rank0, rank1 = torch.load(ddp_out / "grads-rank0.pt"), torch.load(ddp_out / "grads-rank1.pt")
+    reference = torch.load(ref_out / "grads-rank0.pt")
+    assert all(torch.equal(a, b) for a, b in zip(rank0, rank1)), "DDP ranks must hold identical gradients"
+    trained = [(a, b) for a, b in zip(rank0, reference) if b.abs().max() > 0]
+    assert len(trained) > 15  # the autoencoder's, logvar's and the discriminator's (LPIPS is frozen)
+    for a, b in trained:
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), tuple(b.shape)
+
+
 def test_a_nan_on_one_rank_is_skipped_on_all(tmp_path, reliability):
     reliability.case("NaN on one of 2 DDP ranks: skipped on both")
     out = tmp_path / "nan"

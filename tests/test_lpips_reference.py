@@ -23,14 +23,6 @@ else:
     lpips = pytest.importorskip("lpips", reason="the lpips package (and a torchvision that loads) is not installed")
 
 
-def _random_vgg16_file(tmp_path: Path) -> tuple[Path, dict]:
-    torch.manual_seed(0)
-    state = {f"features.{k}": torch.randn_like(v) * 0.05 for k, v in LPIPS().features.state_dict().items()}
-    path = tmp_path / "vgg16-397923af.pth"
-    torch.save(state, path)
-    return path, state
-
-
 def _reference(state: dict):
     ref = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)  # its own linear weights, a random trunk
     bounds = [0, *[end + 1 for end in STAGE_ENDS]]
@@ -49,8 +41,8 @@ def test_the_shipped_linear_weights_are_the_packages():
     assert hashlib.sha256(ours).hexdigest() == hashlib.sha256(theirs).hexdigest()
 
 
-def test_values_and_gradients_equal_the_lpips_package(tmp_path):
-    path, state = _random_vgg16_file(tmp_path)
+def test_values_and_gradients_equal_the_lpips_package(random_vgg16):
+    path, state = random_vgg16
     ours, ref = LPIPS.from_files(path).double(), _reference(state)
     torch.manual_seed(1)
     x = torch.rand(3, 3, 64, 64, dtype=torch.float64) * 2 - 1

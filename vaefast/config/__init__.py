@@ -10,5 +10,5 @@ from .sections import (DIFFUSERS_CLAMP, SECTIONS, CheckpointConfig, DataConfig, 
 from .train_config import OPTION_INDEX, TrainConfig
 
 __all__ = ["DIFFUSERS_CLAMP", "OPTION_INDEX", "SECTIONS", "CheckpointConfig", "DataConfig", "LoggingConfig",
-           "ModelConfig", "ObjectiveConfig", "OptimConfig", "RecipeConfig", "RuntimeConfig", "TrainConfig", "load_toml", "merge",
-           "resolve", "save_resolved"]
+           "ModelConfig", "ObjectiveConfig", "OptimConfig", "RecipeConfig", "RuntimeConfig", "TrainConfig",
+           "load_toml", "merge", "resolve", "save_resolved"]

@@ -84,7 +84,7 @@ class LPIPSWithDiscriminator(nn.Module):
         l1 = rec.detach().mean()
         lpips = torch.zeros((), device=x.device)
         if self.perceptual is not None and self.perceptual_weight > 0:
-            per_image = self.perceptual(_rgb(x.detach()), _rgb(reconstruction)).to(wide)
+            per_image = self.perceptual(x.detach(), reconstruction).to(wide)
             rec = rec + self.perceptual_weight * per_image
             lpips = per_image.detach().mean()
         return (rec / torch.exp(self.logvar) + self.logvar).sum(), l1, lpips
@@ -166,11 +166,6 @@ class LPIPSWithDiscriminator(nn.Module):
         (d_sum * per_image_scale).backward()
         return {"disc_loss": d_sum.detach() / x.shape[0], "logits_real": logits_real.detach().mean(),
                 "logits_fake": logits_fake.detach().mean()}
-
-
-def _rgb(images: torch.Tensor) -> torch.Tensor:
-    """Grayscale images as three equal channels, for LPIPS's VGG and an RGB discriminator."""
-    return images.expand(-1, 3, *images.shape[2:]) if images.shape[1] == 1 else images
 
 
 def _wide(t: torch.Tensor) -> torch.dtype:

@@ -103,9 +103,12 @@ class LPIPS(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape != y.shape:
-            raise ValueError(f"LPIPS takes two [B, 3, H, W] images of one shape, got {tuple(x.shape)} and "
-                             f"{tuple(y.shape)}")
+        """Grayscale images ([B, 1, H, W]) are compared as three equal channels, as VGG sees a gray photograph."""
+        if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape != y.shape:
+            raise ValueError(f"LPIPS takes two [B, 3, H, W] (or grayscale [B, 1, H, W]) images of one shape, got "
+                             f"{tuple(x.shape)} and {tuple(y.shape)}")
+        if x.shape[1] == 1:
+            x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
         with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
             fx = self.stage_features(x)
         with torch.set_grad_enabled(torch.is_grad_enabled() and y.requires_grad):

@@ -107,7 +107,7 @@ class LDMRecipe:
     def backward(self, out: RecipeForward, kl_weight: torch.Tensor, scale: torch.Tensor, step: int) -> ObjectiveOutput:
         """One micro-batch: the generator's backward, then the discriminator's. Returns what the trainer's metrics
         read: the recipe's nll and KL sums, the per-dim KL and the logs (times the image count, as sums)."""
-        c, batch = self.criterion, out.images.shape[0]
+        c, batch, scale = self.criterion, out.images.shape[0], scale.reshape(())  # DDP's scale is [1]
         logs = c.generator_backward(out.images, out.reconstruction, out.kl, last_layer=self.last_layer, step=step,
                                     per_image_scale=scale, kl_weight=kl_weight, reduce=self._reduce)
         if self.pair is not None:

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import clip_grad_norm_
 
 from ..config import TrainConfig
 from ..data import ImageDataset
@@ -120,9 +121,8 @@ class Trainer:
                  "optimizer": OptimizerState(self.optimizer, self.master_weights), "scaler": self.scaler,
                  "scheduler": self.lr_schedule, "rng": RNGStreams(), "noise": self.noise_seeds,
                  None: TrainerPosition(self), "ema": self.ema, "recipe": self.recipe}
-        for name, part in parts.items():
-            if part is not None:
-                self.checkpointer.register(name, part)
+        for name, part in ((name, part) for name, part in parts.items() if part is not None):
+            self.checkpointer.register(name, part)
 
     # The plan's answers, under the names the summary and callers use.
     device = property(lambda self: self.plan.device)
@@ -163,7 +163,7 @@ class Trainer:
             sums = part if sums is None else [a if a is None else a + b for a, b in zip(sums, part)]
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad
-        grad_norm = nn.utils.clip_grad_norm_(self.skip_decision.model.parameters(), clip, foreach=True) if clip else None
+        grad_norm = clip_grad_norm_(self.skip_decision.model.parameters(), clip, foreach=True) if clip else None
         skip = self.skip_decision(finite, grad_norm)
         with stage("optimizer"):
             self._update_weights(skip)
