@@ -1,6 +1,6 @@
 """Kill fuzzing: runs SIGKILLed three times at random moments (checkpoint writes included, with a checkpoint every
-step) and resumed each time end bit-identical to an uninterrupted run, for five seeds, in fp32 and in bf16 with
-float32 master weights."""
+step) and resumed each time end bit-identical to an uninterrupted run, in fp32, in bf16 with float32 master weights,
+and with the LDM recipe (discriminator, its optimizer and logvar included)."""
 
 import random
 import signal
@@ -16,22 +16,30 @@ from vaefast.checkpoint import list_checkpoints, load_checkpoint
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
 FINAL_STEP = 400  # far more than three kills can reach, so every kill lands mid-run
 KILLS = 3
+# The recipe's steps are slower; it starts the discriminator early, and skips LPIPS, which is frozen and not saved.
+LDM = ["--recipe", "ldm", "--perceptual", "none", "--disc-start", "5", "--disc-layers", "2", "--beta", "0.01"]
+
+
+def _final_step(precision):
+    return 150 if precision == "ldm" else FINAL_STEP
 
 
 def _command(out, seed, precision, resume):
     command = [sys.executable, "-m", "vaefast", "train", "--out", str(out), "--epochs", "20", "--batch-size", "32",
                "--hidden", "32", "--latent-dim", "4", "--no-progress", "--no-tensorboard", "--no-compile",
-               "--precision", precision, "--seed", str(seed), "--checkpoint-every", "1", "--keep-checkpoints", "2",
-               "--max-steps", str(FINAL_STEP)]
+               "--precision", "fp32" if precision == "ldm" else precision, "--seed", str(seed),
+               "--checkpoint-every", "1", "--keep-checkpoints", "2", "--max-steps", str(_final_step(precision))]
     if precision == "bf16":
         command.append("--master-weights")
+    if precision == "ldm":
+        command += LDM
     if resume and list_checkpoints(out):
         command += ["--resume", str(out)]
     return command
 
 
-# Three seeds (nine kills) per CI venv: each costs about half a minute, and CI runs the suite twice.
-@pytest.mark.parametrize("seed, precision", [(0, "fp32"), (1, "bf16"), (2, "fp32")])
+# Four runs (twelve kills) per CI venv: each costs about half a minute, and CI runs the suite twice.
+@pytest.mark.parametrize("seed, precision", [(0, "fp32"), (1, "bf16"), (2, "fp32"), (3, "ldm")])
 def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision, reliability):
     rng = random.Random(seed)
     reference = tmp_path / "reference"
@@ -57,9 +65,15 @@ def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision, re
     finish = subprocess.run(_command(out, seed, precision, resume=True), capture_output=True, text=True, timeout=300)
     assert finish.returncode == 0, finish.stderr
     a, b = load_checkpoint(out), load_checkpoint(reference)
-    assert a["step"] == b["step"] == FINAL_STEP
+    assert a["step"] == b["step"] == _final_step(precision)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
     assert all(torch.equal(x, y) for x, y in zip(_moments(a), _moments(b)))
+    if precision == "ldm":
+        recipe_a, recipe_b = a["recipe"], b["recipe"]
+        assert torch.equal(recipe_a["logvar"], recipe_b["logvar"])
+        assert all(torch.equal(recipe_a["discriminator"][k], v) for k, v in recipe_b["discriminator"].items())
+        assert all(torch.equal(x, y) for x, y in zip(_moments({"optimizer": recipe_a["disc_optimizer"]}),
+                                                     _moments({"optimizer": recipe_b["disc_optimizer"]})))
 
 
 def _moments(state):
