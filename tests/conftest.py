@@ -67,6 +67,24 @@ def random_vgg16(tmp_path_factory):
     return path, state
 
 
+def photo_crops(count: int, size: int) -> "np.ndarray":
+    """``count`` RGB crops [N, size, size, 3] uint8 of the photographs bundled with scikit-image (real images without
+    a download), taken on a grid at a few scales; skips the test without scikit-image."""
+    import numpy as np
+
+    data = pytest.importorskip("skimage.data")
+    from skimage.transform import resize
+
+    crops = []
+    for photo in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket()):
+        for scale in (2, 4, 8):
+            small = resize(photo, (photo.shape[0] // scale, photo.shape[1] // scale), anti_aliasing=True)
+            for top in range(0, small.shape[0] - size + 1, size):
+                for left in range(0, small.shape[1] - size + 1, size):
+                    crops.append(small[top:top + size, left:left + size])
+    return (np.stack(crops[:count]) * 255).round().astype(np.uint8)
+
+
 def quiet_config(out, **overrides):
     """A short run that prints and logs little: batch 64, 2 epochs, eager, metrics every 4 steps."""
     from vaefast.config import TrainConfig

@@ -137,3 +137,36 @@ def test_an_image_size_the_model_cannot_reconstruct_is_refused_before_training(t
     with pytest.raises(ValueError, match="takes 1-channel images; the data has 3 channels"):
         build_model(ModelConfig(kind=f"diffusers:{config}"), (3, 16, 16))
     assert build_model(ModelConfig(kind=f"diffusers:{config}"), (1, 16, 16)).latent_shape == (4, 8, 8)
+
+
+def test_cli_trains_the_ldm_recipe_on_photographs_and_reports_lpips(tmp_path, random_vgg16):
+    """`vaefast train --model diffusers:... --recipe ldm` on real RGB crops, then eval (PSNR, SSIM, LPIPS) and the
+    inspect grids."""
+    import numpy as np
+    from conftest import photo_crops
+
+    data = tmp_path / "crops.npy"
+    np.save(data, photo_crops(160, 32))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**TINY, "in_channels": 3, "out_channels": 3, "sample_size": 32}))
+    run, vgg = tmp_path / "run", str(random_vgg16[0])
+    train = subprocess.run([sys.executable, "-m", "vaefast", "train", "--model", f"diffusers:{config}", "--recipe",
+                            "ldm", "--lpips-weights", vgg, "--data", str(data), "--batch-size", "8", "--epochs", "1",
+                            "--max-steps", "4", "--disc-start", "2", "--out", str(run), "--no-progress",
+                            "--precision", "fp32", "--json"], capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-3000:]
+    summary = json.loads(train.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and summary["test_psnr"] > 0 and 0 < summary["test_lpips"] < 2
+    assert "LPIPS" in train.stderr
+    ev = subprocess.run([sys.executable, "-m", "vaefast", "eval", "--checkpoint", str(run), "--lpips-weights", vgg,
+                         "--json"], capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    report = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert report["psnr"] > 0 and report["ssim"] is not None and 0 < report["lpips"] < 2
+    pictures = tmp_path / "pictures"
+    inspect = subprocess.run([sys.executable, "-m", "vaefast", "inspect", "--checkpoint", str(run), "--out",
+                              str(pictures)], capture_output=True, text=True, timeout=300)
+    assert inspect.returncode == 0, inspect.stderr[-3000:]
+    from PIL import Image
+
+    assert Image.open(pictures / "reconstructions.png").mode == "RGB"
