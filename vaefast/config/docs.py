@@ -49,7 +49,7 @@ def _default(f: dataclasses.Field) -> str:
 def options_markdown() -> str:
     lines = [HEADER]
     for section in SECTIONS:
-        lines += [f"## {section.title.capitalize()} (`[{section.name}]`)", "",
+        lines += [f"## {section.title[0].upper()}{section.title[1:]} (`[{section.name}]`)", "",
                   "| flag | field | values | default | meaning |", "|---|---|---|---|---|"]
         hints = section.hints()
         for f in dataclasses.fields(section):
