@@ -11,6 +11,8 @@ interleaved:
   and never steps (so D never learns); its ``.item()`` logging. Reported for speed only: it is not the recipe.
 - ``vaefast``: the drop-in ``vaefast.LPIPSWithDiscriminator`` in a plain loop: one forward,
   ``backward_generator`` (each backward once), ``backward_discriminator`` on the same reconstruction.
+- ``trainer``: ``vaefast train --recipe ldm`` (a ``Trainer`` with the same AutoencoderKL, LPIPS trunk and crops;
+  its own discriminator init, fused Adam, NaN guard and metrics; no checkpoint or evaluation inside the timing).
 
     python benchmarks/bench_autoencoder.py --recipe ldm          # CPU: 64x64 crops, batch 8, blocks 32-64
     python benchmarks/bench_ldm_recipe.py --quick                 # a smoke run (results/quick/)
@@ -43,7 +45,8 @@ from common import machine_info, update_readme_section, write_result  # noqa: E4
 WARMUP = 2
 VARIANTS = {"ldm": "CompVis LDM flow (Lightning: a pass per optimizer)",
             "diffusers": "diffusers train_autoencoderkl.py as published (not the recipe)",
-            "vaefast": "vaefast.LPIPSWithDiscriminator, single pass"}
+            "vaefast": "vaefast.LPIPSWithDiscriminator, single pass",
+            "trainer": "vaefast train --recipe ldm"}
 
 
 def _criterion(spec, device, dtype=torch.float32):
@@ -203,6 +206,30 @@ def _autocast(spec, device):
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def run_trainer(spec: dict, vae, crit, images: torch.Tensor) -> float:
+    """Seconds of the steps past the warm-up of ``vaefast train --recipe ldm`` on ``images``."""
+    import tempfile
+
+    from vaefast import TrainConfig, Trainer
+    from vaefast.data import ImageDataset
+    from vaefast.integrations.diffusers import from_diffusers
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_ldm_"))
+    vgg = folder / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in crit.perceptual.features.state_dict().items()}, vgg)
+    cfg = TrainConfig.from_options(
+        recipe="ldm", lpips_weights=str(vgg), disc_start=0, lr=spec["lr"], batch_size=spec["batch_size"],
+        precision=spec["precision"], device=spec["device"], compile=False, out=str(folder / "run"), progress=False,
+        tensorboard=False, log_every=10**6, epochs=1, seed=spec["seed"])
+    trainer = Trainer(cfg, ImageDataset("crops", images, images[:spec["batch_size"]]), model=from_diffusers(vae))
+    trainer.run(WARMUP)
+    _sync(torch.device(spec["device"]))
+    started = time.perf_counter()
+    trainer.run(spec["steps"] - WARMUP)
+    _sync(torch.device(spec["device"]))
+    return time.perf_counter() - started
+
+
 def run_variant(variant: str, spec: dict) -> dict:
     device = torch.device(spec["device"])
     torch.manual_seed(spec["seed"])
@@ -211,7 +238,9 @@ def run_variant(variant: str, spec: dict) -> dict:
     images = photo_crops(TRAIN_PHOTOS, spec["batch_size"] * spec["steps"], spec["size"], seed=spec["seed"])
     autocast = _autocast(spec, device)
     started = None
-    for step in range(spec["steps"]):
+    steps = 0 if variant == "trainer" else spec["steps"]
+    seconds = run_trainer(spec, vae, crit, images) if variant == "trainer" else None
+    for step in range(steps):
         if step == WARMUP:
             _sync(device)
             started = time.perf_counter()
@@ -223,7 +252,7 @@ def run_variant(variant: str, spec: dict) -> dict:
         else:
             vaefast_step(vae, crit, opts, x, autocast, step)
     _sync(device)
-    seconds = time.perf_counter() - started
+    seconds = seconds if variant == "trainer" else time.perf_counter() - started
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
