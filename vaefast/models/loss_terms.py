@@ -1,8 +1,8 @@
-"""Extra terms of the training loss: the hook for perceptual (LPIPS) and adversarial losses.
+"""Extra terms of the ELBO's loss: the hook for a frozen network of your own beside the likelihood and KL.
 
-The field's autoencoders add a perceptual term and, later in training, an adversarial one to the likelihood and
-KL (the Latent-Diffusion recipe). Both need pretrained networks that vaefast does not ship, so vaefast provides
-the place to plug them in rather than an implementation it cannot test:
+The Latent-Diffusion recipe itself (L1 + LPIPS + KL + PatchGAN with its adaptive weight and a discriminator with its
+own optimizer) is ``vaefast train --recipe ldm`` (vaefast.train.recipe) and the drop-in
+``vaefast.LPIPSWithDiscriminator``. A loss term adds something else, e.g. a frozen feature network:
 
     class Perceptual(vaefast.LossTerm):
         def __init__(self, net):
