@@ -11,7 +11,7 @@ extern "C" {
 enum vf_dtype { VF_FLOAT32 = 0, VF_BFLOAT16 = 1, VF_FLOAT16 = 2 };
 
 // Return codes.
-enum vf_status { VF_OK = 0, VF_BAD_DTYPE = 1, VF_BAD_SIZE = 2 };
+enum vf_status { VF_OK = 0, VF_BAD_DTYPE = 1, VF_BAD_SIZE = 2, VF_NO_COPY = 3 };
 
 // Bumped whenever a signature below changes; the Python loader refuses a library of another version.
 int vf_abi_version(void);
@@ -46,6 +46,11 @@ int vf_latent_bwd(int dtype, const void* gz, const float* gk, int64_t gk_stride,
 // and the normals (out: n float32) of elements first .. first + n under seed.
 int vf_philox_words(int64_t seed, int64_t first, int64_t n, uint32_t* out);
 int vf_seeded_normal(int64_t seed, int64_t first, int64_t n, float* out);
+// Whether the instruction-set copy `isa` ("baseline", "x86-64-v3", "x86-64-v4") was built and runs on this CPU,
+// and that copy's Philox words and normals of counters first .. first + n (VF_NO_COPY where it does not run).
+int vf_copy_runs(const char* isa);
+int vf_noise_of_copy(const char* isa, int64_t seed, int64_t first, int64_t n, uint32_t* words0, uint32_t* words1,
+                     float* normals);
 
 // Pixel side, forward: recon[b] = sum_j BCE-with-logits(x[b, j], t[b, j]). recon: [B] float32. continuous != 0:
 // the continuous Bernoulli's NLL instead, the BCE minus the log-normalizer log C(sigmoid(x)) of each pixel.

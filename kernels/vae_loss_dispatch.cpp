@@ -20,11 +20,12 @@
                                     int64_t, int);                                                              \
     extern "C" int vf_adam_master_step_##isa(int, int64_t, const int64_t*, const float*, float, float, float,   \
                                              float, float, int, int);                                        \
-    extern "C" int vf_all_finite_##isa(int, int64_t, const int64_t*, const void* const*, int);
+    extern "C" int vf_all_finite_##isa(int, int64_t, const int64_t*, const void* const*, int);                  \
+    extern "C" int vf_noise_##isa(int64_t, int64_t, int64_t, uint32_t*, uint32_t*, float*);
 
 #define VF_TABLE(isa, name) \
     {name, vf_latent_fwd_##isa, vf_latent_bwd_##isa, vf_bce_fwd_##isa, vf_bce_bwd_##isa, vf_adam_master_step_##isa, \
-     vf_all_finite_##isa}
+     vf_all_finite_##isa, vf_noise_##isa}
 
 VF_DECLARE(baseline)
 #ifdef VF_HAVE_X86_64_V3
@@ -44,6 +45,7 @@ struct KernelTable {
     decltype(&vf_bce_bwd_baseline) bce_bwd;
     decltype(&vf_adam_master_step_baseline) adam_master_step;
     decltype(&vf_all_finite_baseline) all_finite;
+    decltype(&vf_noise_baseline) noise;
 };
 
 bool isa_allowed(const char* name) {
@@ -59,21 +61,41 @@ bool isa_allowed(const char* name) {
     return cap_rank < 0 || rank <= cap_rank;
 }
 
-KernelTable choose() {
+// The copy named `name` if it was compiled and this CPU runs it (`capped`: also within VAEFAST_NATIVE_ISA's cap).
+bool copy_runs(const char* name, bool capped) {
+    if (capped && !isa_allowed(name)) return false;
+    if (std::strcmp(name, "baseline") == 0) return true;
 #if defined(__x86_64__) || defined(_M_X64)
     __builtin_cpu_init();
 #ifdef VF_HAVE_X86_64_V4
-    if (isa_allowed("x86-64-v4") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-        return VF_TABLE(v4, "x86-64-v4");
+    if (std::strcmp(name, "x86-64-v4") == 0)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #endif
 #ifdef VF_HAVE_X86_64_V3
-    if (isa_allowed("x86-64-v3") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2"))
-        return VF_TABLE(v3, "x86-64-v3");
+    if (std::strcmp(name, "x86-64-v3") == 0)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+               __builtin_cpu_supports("bmi2");
 #endif
+#endif
+    return false;
+}
+
+// The table of a copy that runs here (check copy_runs first).
+KernelTable table_of(const char* name) {
+#ifdef VF_HAVE_X86_64_V4
+    if (std::strcmp(name, "x86-64-v4") == 0) return VF_TABLE(v4, "x86-64-v4");
+#endif
+#ifdef VF_HAVE_X86_64_V3
+    if (std::strcmp(name, "x86-64-v3") == 0) return VF_TABLE(v3, "x86-64-v3");
 #endif
     return VF_TABLE(baseline, "baseline");
+}
+
+KernelTable choose() {
+    for (const char* name : {"x86-64-v4", "x86-64-v3"})
+        if (copy_runs(name, true)) return table_of(name);
+    return table_of("baseline");
 }
 
 const KernelTable& kernels() {
@@ -85,7 +107,7 @@ const KernelTable& kernels() {
 
 extern "C" {
 
-int vf_abi_version(void) { return 5; }
+int vf_abi_version(void) { return 6; }
 
 const char* vf_isa(void) { return kernels().isa; }
 
@@ -119,6 +141,14 @@ int vf_philox_words(int64_t seed, int64_t first, int64_t n, uint32_t* out) {
                              out[2 * i + 1]);
     }
     return VF_OK;
+}
+
+int vf_copy_runs(const char* isa) { return copy_runs(isa, false) ? 1 : 0; }
+
+int vf_noise_of_copy(const char* isa, int64_t seed, int64_t first, int64_t n, uint32_t* words0, uint32_t* words1,
+                     float* normals) {
+    if (!copy_runs(isa, false)) return VF_NO_COPY;
+    return table_of(isa).noise(seed, first, n, words0, words1, normals);
 }
 
 int vf_seeded_normal(int64_t seed, int64_t first, int64_t n, float* out) {

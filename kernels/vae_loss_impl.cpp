@@ -461,4 +461,14 @@ int VF_EXPORT(vf_bce_bwd)(int x_dtype, int t_dtype, int continuous, const float*
     return x_ok && t_ok ? VF_OK : VF_BAD_DTYPE;
 }
 
+// This copy's noise, as its kernels draw it: the first two Philox words of each counter (vectorized where the copy
+// has AVX2) and the normals. The per-copy entry that tests hold bit for bit to the baseline copy.
+int VF_EXPORT(vf_noise)(int64_t seed, int64_t first, int64_t n, uint32_t* words0, uint32_t* words1, float* normals) {
+    if (first < 0 || n < 0) return VF_BAD_SIZE;
+    const vf::PhiloxKey key = vf::philox_key(seed);
+    vf::philox_words(key, first, n, words0, words1);
+    vf::fill_seeded_normal(key, first, n, normals);
+    return VF_OK;
+}
+
 }  // extern "C"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 LIBRARY_ENV = "VAEFAST_NATIVE_LIBRARY"
 _LIB_NAMES = {"linux": "libvaefast_kernels.so", "darwin": "libvaefast_kernels.dylib", "win32": "vaefast_kernels.dll"}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -52,6 +52,10 @@ def _bind(lib: ctypes.CDLL) -> None:
         getattr(lib, fn).restype = i32
     lib.vf_isa.argtypes = []
     lib.vf_isa.restype = ctypes.c_char_p
+    lib.vf_copy_runs.argtypes = [ctypes.c_char_p]
+    lib.vf_copy_runs.restype = i32
+    lib.vf_noise_of_copy.argtypes = [ctypes.c_char_p, i64, i64, i64, vp, vp, vp]
+    lib.vf_noise_of_copy.restype = i32
 
 
 @lru_cache(maxsize=None)
@@ -93,6 +97,14 @@ def library() -> ctypes.CDLL:
 def isa() -> str:
     """The instruction-set level of the kernel copy in use, e.g. 'x86-64-v4'."""
     return library().vf_isa().decode()
+
+
+ISA_COPIES = ("baseline", "x86-64-v3", "x86-64-v4")
+
+
+def copies_that_run() -> list[str]:
+    """The instruction-set copies of the kernels built into the library that this CPU runs, baseline first."""
+    return [name for name in ISA_COPIES if library().vf_copy_runs(name.encode())]
 
 
 def dtype_code(t: torch.Tensor) -> int:

@@ -101,6 +101,20 @@ def philox_words(seed: int, first: int, n: int) -> torch.Tensor:
     return out.to(torch.int64) & 0xFFFFFFFF
 
 
+def noise_of_copy(isa: str, seed: int, first: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(words [n, 2] int64, normals [n] float32) of elements first .. first + n as the instruction-set copy ``isa``
+    of the kernels draws them (vectorized Philox and transform where that copy has them); ``isa`` must be one of
+    ``vaefast.native.copies_that_run()``."""
+    words = torch.empty(2, n, dtype=torch.int32)
+    normals = torch.empty(n, dtype=torch.float32)
+    status = library().vf_noise_of_copy(isa.encode(), seed, first, n, words[0].data_ptr(), words[1].data_ptr(),
+                                        normals.data_ptr())
+    if status == 3:
+        raise ValueError(f"the {isa} copy of the native kernels was not built or does not run on this CPU")
+    _check(status, "noise of a copy")
+    return words.t().to(torch.int64) & 0xFFFFFFFF, normals
+
+
 def seeded_normal(seed: int, first: int, n: int) -> torch.Tensor:
     """[n] float32: the native kernel's normals of elements first .. first + n of the seeded noise."""
     out = torch.empty(n, dtype=torch.float32)
