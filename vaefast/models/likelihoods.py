@@ -52,6 +52,16 @@ class Bernoulli(Likelihood):
         return torch.sigmoid(logits.float())
 
 
+def discretization(x: torch.Tensor) -> float:
+    """D log 256 nats: a density on [0, 1]^D made a probability of the 8-bit image (bins of width 1/256)."""
+    return x[0].numel() * math.log(256.0)
+
+
+def _wide(t: torch.Tensor) -> torch.dtype:
+    """float32 for bf16/fp16/float32 decoder outputs, float64 stays float64."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 class ContinuousBernoulli(Likelihood):
     """The continuous Bernoulli on the decoder's logits (the current pytorch/examples VAE), fused: the BCE and the
     log-normalizer in one pass. Its mean is not sigmoid(logits) but
@@ -62,7 +72,7 @@ class ContinuousBernoulli(Likelihood):
         self.backend = backend
 
     def nll(self, logits, x):
-        return continuous_bernoulli_nll(logits, x, backend=self.backend) + x[0].numel() * math.log(256.0)
+        return continuous_bernoulli_nll(logits, x, backend=self.backend).double() + discretization(x)
 
     def mean(self, logits):
         # float64: the distribution's closed form cancels near lambda = 1/2, and this runs for pictures only.
@@ -82,14 +92,26 @@ class _LocationScale(Likelihood):
         else:
             self.register_buffer("log_sigma", log_sigma)
 
+    power = 1  # the residual's exponent: -log p = Σ distance(r) / sigma^power + D log_normalizer(log sigma)
+
     @staticmethod
     @abc.abstractmethod
-    def per_pixel(residual: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-        """-log density of each pixel given x - mean and the log-scale."""
+    def distance(residual: torch.Tensor) -> torch.Tensor:
+        """Each pixel's residual term at unit scale."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def log_normalizer(log_scale: torch.Tensor) -> torch.Tensor:
+        """The part of each pixel's -log density that the residual does not change."""
 
     def nll(self, mean, x):
-        per_pixel = self.per_pixel(x - mean.float(), self.log_sigma.float())
-        return per_pixel.flatten(1).sum(1) + x[0].numel() * math.log(256.0)
+        # Summed per image in float64, with the scale and the constants applied once per image rather than rounded
+        # into every pixel's term: a large image's -log p is of order 1e6 nats, where float32 steps by 0.06.
+        wide = _wide(mean)
+        distance = self.distance(x.to(wide) - mean.to(wide)).flatten(1).sum(1, dtype=torch.float64)
+        log_scale = self.log_sigma.double()
+        constant = x[0].numel() * self.log_normalizer(log_scale) + discretization(x)
+        return distance * torch.exp(-self.power * log_scale) + constant
 
     def mean(self, mean):
         return mean.float().clamp(0, 1)
@@ -98,17 +120,27 @@ class _LocationScale(Likelihood):
 class Gaussian(_LocationScale):
     """N(x; mean, sigma^2): the L2 reconstruction loss as a likelihood."""
 
+    power = 2
+
     @staticmethod
-    def per_pixel(residual, log_scale):
-        return 0.5 * (residual * torch.exp(-log_scale)) ** 2 + log_scale + 0.5 * math.log(2 * math.pi)
+    def distance(residual):
+        return 0.5 * residual.square()
+
+    @staticmethod
+    def log_normalizer(log_scale):
+        return log_scale + 0.5 * math.log(2 * math.pi)
 
 
 class Laplace(_LocationScale):
     """Laplace(x; mean, b) with b = sigma: the L1 reconstruction loss of autoencoder training as a likelihood."""
 
     @staticmethod
-    def per_pixel(residual, log_scale):
-        return residual.abs() * torch.exp(-log_scale) + log_scale + math.log(2.0)
+    def distance(residual):
+        return residual.abs()
+
+    @staticmethod
+    def log_normalizer(log_scale):
+        return log_scale + math.log(2.0)
 
 
 class DiscretizedLogistic(Likelihood):
@@ -119,23 +151,26 @@ class DiscretizedLogistic(Likelihood):
         self.log_scale = nn.Parameter(torch.tensor(init_log_scale))
 
     def nll(self, mean, x):
-        # Rescale [0, 1] -> [-1, 1], where the bins are 2/255 wide.
-        x = x * 2.0 - 1.0
-        mu = torch.tanh(mean.float())
-        inv_s = torch.exp(-clamp_with_inclusive_gradient(self.log_scale.float(), -7.0, None))
+        # In float64: a bin's mass is a difference of two sigmoids that cancels in float32, a bias that adds up over
+        # a large image's pixels (tests/test_log_weight_digits.py). Rescale [0, 1] -> [-1, 1], bins 2/255 wide.
+        wide = torch.float64
+        x = x.to(wide) * 2.0 - 1.0
+        mu = torch.tanh(mean.to(wide))
+        log_scale = self.log_scale.to(wide)
+        inv_s = torch.exp(-clamp_with_inclusive_gradient(log_scale, -7.0, None))
         plus = inv_s * (x - mu + 1.0 / 255.0)
         minus = inv_s * (x - mu - 1.0 / 255.0)
         # log(sigmoid(plus) - sigmoid(minus)) computed stably, with the edge bins open-ended.
         log_cdf_plus = plus - F.softplus(plus)              # log sigmoid(plus): the lowest bin, x = 0
         log_one_minus_cdf_minus = -F.softplus(minus)        # log(1 - sigmoid(minus)): the highest bin, x = 255
         mid = inv_s * (x - mu)
-        log_pdf_mid = mid - self.log_scale.float() - 2.0 * F.softplus(mid)
+        log_pdf_mid = mid - log_scale - 2.0 * F.softplus(mid)
         cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
         # Where the bin mass underflows, approximate it by density * bin width (2/255).
         log_inner = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)),
                                 log_pdf_mid + math.log(2.0 / 255.0))
         log_prob = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_inner))
-        return -log_prob.flatten(1).sum(1)
+        return -log_prob.flatten(1).sum(1, dtype=torch.float64)
 
     def mean(self, mean):
         return (torch.tanh(mean.float()) + 1.0) * 0.5

@@ -36,11 +36,13 @@ def importance_log_weights(nll: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
     """``log w_k = log p(x|z_k) + kl_weight * (log p(z_k) - log q(z_k|x))``, [K, B], for K samples ``z`` [K, B, ...]
     of q = N(mu, exp(lv)), lv = clamp(logvar) as the fused op clamps it, with ``nll`` [K, B] = -log p(x|z_k).
 
-    log q is evaluated at the z the decoder saw, from (z - mu) / std, in float32 (float64 for float64 inputs).
+    log q is evaluated at the z the decoder saw, from (z - mu) / std, in float32, and in float64 when ``nll`` or the
+    posterior is float64 (the likelihoods sum each image's terms in float64: a large image's log-likelihood, of
+    order 1e6 nats, would otherwise step by 0.06 in float32).
     ``stop_q_gradient``: q's parameters enter log q detached, so that the gradient reaches the encoder through z
     alone (DReG); otherwise autograd gives the reparameterized total derivative.
     """
-    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    dtype = torch.float64 if torch.float64 in (mu.dtype, nll.dtype) else torch.float32
     lv = logvar.to(dtype) if clamp is None else clamp_with_inclusive_gradient(logvar.to(dtype), *clamp)
     mu = mu.to(dtype)
     if stop_q_gradient:
