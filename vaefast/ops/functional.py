@@ -36,8 +36,10 @@ def reparameterize_kl(
             drawn with ``torch.randn_like(mu)``.
         seed: draw the noise inside the kernel instead, from Philox4x32-10 keyed by ``seed`` (a Python int, or an
             int64 tensor of one element on mu's device, which torch.compile and CUDA graphs read afresh on every
-            call) and counted by the element index, and regenerate it in the backward: no eps tensor is allocated
-            or saved. The same seed gives the same noise on every backend (``reference.seeded_normal``).
+            call) and counted by the element index, and regenerate it in the backward: the native and Triton
+            kernels allocate and save no eps tensor (the torch reference materializes it). The same seed gives the
+            same Philox integers and uniforms on every backend, and normals within 2e-6 of
+            ``reference.seeded_normal`` (the transforms differ in their float32 rounding).
         clamp: ``(lo, hi)`` bounds for logvar, or None for no clamp. The clamp's gradient
             passes on the bounds and is zero outside them, whatever the installed torch's ``torch.clamp`` does.
         samples: K > 1 draws K samples from one read of mu and logvar: z is ``[K, B, ...]`` (eps, when given, too;
