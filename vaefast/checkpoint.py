@@ -297,7 +297,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", *, trust: bool = False
         if candidate != candidates[0]:
             log.warning("checkpoint %s is unreadable (%s); resuming from %s, the newest good one", candidates[0],
                         first_error, candidate)
-            state["_loaded_from"] = str(candidate)
+        state["_loaded_from"] = str(candidate)  # which file, for ranks that must load the same one
         return state
     raise first_error
 

@@ -22,10 +22,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
 
 
-def resolve_train_config(args: argparse.Namespace):
+def resolve_train_config(args: argparse.Namespace, auto_choice: tuple[str | None] | None = None):
     """(config, the checkpoint to resume or None): checkpoint config (on --resume) < TOML file < flags. The
     checkpoint is read and verified once, here, and handed to the Trainer. ``--resume auto`` resumes the newest good
-    checkpoint in --out when there is one (and refuses one of another model or data), else starts a new run."""
+    checkpoint in --out when there is one (and refuses one of another model or data), else starts a new run;
+    ``auto_choice`` = (path or None,) imposes another rank's choice."""
     from .checkpoint import load_checkpoint
     from .config import CheckpointConfig, load_toml, merge, resolve
     from .config.train_config import sectioned
@@ -44,8 +45,11 @@ def resolve_train_config(args: argparse.Namespace):
         resumed = load_checkpoint(ckpt.resume, trust=ckpt.trust_checkpoint, fallback=ckpt.resume_fallback)
         return resolve(resumed["config"], *layers, flags), resumed
     requested = resolve(*layers, flags)  # auto: the same command as the run's first start, complete by itself
-    resumed = find_resumable(requested)
-    if os.environ.get("RANK", "0") == "0":  # said once under torchrun
+    if auto_choice is None:
+        resumed = find_resumable(requested)
+    else:
+        resumed = None if auto_choice[0] is None else load_checkpoint(auto_choice[0], trust=ckpt.trust_checkpoint)
+    if os.environ.get("RANK", "0") == "0" and auto_choice is None:  # said once under torchrun
         said = f"resuming {ckpt.out} at step {resumed['step']}" if resumed else f"no checkpoint in {ckpt.out}"
         print(f"vaefast: --resume auto: {said}{'' if resumed else ': a new run'}", file=sys.stderr)
     return (resolve(resumed["config"], *layers, flags) if resumed else requested), resumed
@@ -59,6 +63,8 @@ def cmd_train(args) -> int:
 
     dist = DistContext.from_env(cfg.runtime.device, cfg.runtime.dist_backend, cfg.runtime.dist_timeout)
     try:
+        if dist.enabled and cfg.checkpoint.resume == "auto":
+            cfg, resumed = _agree_on_checkpoint(args, dist, cfg, resumed)
         trainer = Trainer(cfg, dist=dist, resumed=resumed)
         summary = trainer.fit()
         trainer.close()
@@ -79,6 +85,19 @@ def cmd_train(args) -> int:
     if args.json:
         print(json.dumps(summary.to_json()))
     return 0
+
+
+def _agree_on_checkpoint(args, dist, cfg, resumed):
+    """Under torchrun (an elastic restart, say) rank 0's choice of checkpoint is every rank's: a rank that found
+    another file (a folder still settling on a shared filesystem) loads rank 0's."""
+    import torch.distributed
+
+    mine = resumed.get("_loaded_from") if resumed else None
+    choice = [mine]
+    torch.distributed.broadcast_object_list(choice, src=0)
+    if choice[0] == mine:
+        return cfg, resumed
+    return resolve_train_config(args, auto_choice=(choice[0],))
 
 
 def cmd_eval(args) -> int:
