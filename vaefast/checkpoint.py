@@ -224,7 +224,7 @@ class Checkpointer:
         if not self.enabled:
             return None
         self.wait()
-        path = self.folder / f"ckpt-step{step:09d}.pt"
+        path = checkpoint_path(self.folder, step)
         snapshot = _to_host(state)  # the step loop waits for this copy only
         if not self.background:
             self._write(snapshot, path)
@@ -281,6 +281,11 @@ def _candidates(path: str | Path) -> list[Path]:
     return [path]
 
 
+def checkpoint_path(folder: str | Path, step: int) -> Path:
+    """The file of a run folder's checkpoint of ``step``."""
+    return Path(folder) / f"ckpt-step{step:09d}.pt"
+
+
 def load_checkpoint(path: str | Path, map_location="cpu", *, trust: bool = False, fallback: bool = False) -> dict:
     """Load and verify a checkpoint file, or the newest in a run folder.
 
@@ -297,7 +302,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", *, trust: bool = False
         if candidate != candidates[0]:
             log.warning("checkpoint %s is unreadable (%s); resuming from %s, the newest good one", candidates[0],
                         first_error, candidate)
-        state["_loaded_from"] = str(candidate)  # which file, for ranks that must load the same one
+            state["_loaded_from"] = str(candidate)
         return state
     raise first_error
 

@@ -92,12 +92,15 @@ def _agree_on_checkpoint(args, dist, cfg, resumed):
     another file (a folder still settling on a shared filesystem) loads rank 0's."""
     import torch.distributed
 
-    mine = resumed.get("_loaded_from") if resumed else None
+    from .checkpoint import checkpoint_path
+
+    mine = resumed["step"] if resumed else None
     choice = [mine]
     torch.distributed.broadcast_object_list(choice, src=0)
     if choice[0] == mine:
         return cfg, resumed
-    return resolve_train_config(args, auto_choice=(choice[0],))
+    path = None if choice[0] is None else str(checkpoint_path(cfg.checkpoint.out, choice[0]))
+    return resolve_train_config(args, auto_choice=(path,))
 
 
 def cmd_eval(args) -> int:
