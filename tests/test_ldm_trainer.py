@@ -183,3 +183,15 @@ def test_missing_lpips_weights_are_one_line_that_names_the_file(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert str(missing) in proc.stderr and "--perceptual-weight 0" in proc.stderr
+
+
+def test_compiled_autoencoder_forward_leaves_the_eager_gradients(tmp_path, tiny_data, random_vgg16):
+    """--compile compiles the autoencoder's forward; the recipe's backward (autograd.grad to the last layer through
+    the compiled graph included) leaves what the eager step leaves."""
+    grads = []
+    for compiled in (False, True):
+        trainer = Trainer(recipe_config(tmp_path / str(compiled), random_vgg16[0], compile=compiled), tiny_data)
+        trainer.train_step(next(iter(trainer.loader.batches())))
+        grads.append(torch.cat([p.grad.flatten() for p in [*trainer.model.parameters(), trainer.recipe.logvar,
+                                                           *trainer.recipe.disc.parameters()]]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)

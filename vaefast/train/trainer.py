@@ -46,11 +46,11 @@ from .summary import RunSummary
 
 
 class Trainer:
-    """Train a VAE from a ``TrainConfig``. ``dataset`` overrides ``cfg.data``; ``model`` overrides ``cfg.model``'s
-    architecture with any module that has ``encode(x)`` and ``decode(z)`` (vaefast.models.protocol), keeping its
-    likelihood, clamp and backend; ``loss_terms`` adds frozen terms to the ELBO (vaefast.models.loss_terms;
-    ``cfg.recipe`` selects the LDM recipe, vaefast.train.recipe); ``dist`` joins a DDP job; ``resumed`` is the already-read checkpoint of
-    ``cfg.checkpoint.resume``."""
+    """Train a VAE from a ``TrainConfig`` (``cfg.recipe``: the ELBO or the LDM recipe, vaefast.train.recipe).
+    ``dataset`` overrides ``cfg.data``; ``model`` overrides ``cfg.model``'s architecture with any module that has
+    ``encode(x)`` and ``decode(z)`` (vaefast.models.protocol), keeping its likelihood, clamp and backend;
+    ``loss_terms`` adds frozen terms to the ELBO (vaefast.models.loss_terms); ``dist`` joins a DDP job; ``resumed``
+    is the already-read checkpoint of ``cfg.checkpoint.resume``."""
 
     def __init__(self, cfg: TrainConfig, dataset: ImageDataset | None = None, *, model: nn.Module | None = None,
                  loss_terms: list[LossTerm] | None = None, dist: DistContext | None = None,
