@@ -91,3 +91,25 @@ def test_bench_loss_quick_records_the_allocator(tmp_path):
     assert variants["eager"]["median_s"] > 0 and variants["eager"]["saved_bytes_not_inputs"] > 0
     if "native" in variants:  # absent only where the library was not built
         assert variants["native"]["median_s"] > 0 and variants["native"]["saved_bytes_not_inputs"] == 0
+
+
+def test_the_compute_roofline_times_every_layer_of_a_step_at_its_shapes():
+    """vaefast.perf.roofline finds each Linear / conv in the order a step runs them, at the shapes it sees there,
+    and its ceiling is the batch over the sum of the layers' kernel times (MLP, and a conv VAE with transposed
+    convolutions, whose backward kernels are called as autograd calls them)."""
+    import torch
+
+    from vaefast.config import ModelConfig
+    from vaefast.models import build_model
+    from vaefast.perf.roofline import step_compute_roofline
+
+    mlp = build_model(ModelConfig(), (1, 28, 28))
+    result = step_compute_roofline(mlp, torch.rand(32, 1, 28, 28), rounds=3)
+    assert [row["input"] for row in result["layers"]] == [[32, 784], [32, 400], [32, 20], [32, 400]]
+    assert all(row["seconds"] > 0 for row in result["layers"])
+    assert result["images_per_s"] == pytest.approx(32 / sum(row["seconds"] for row in result["layers"]))
+    conv = build_model(ModelConfig(kind="conv", channels=[8, 16], latent_channels=2), (1, 28, 28))
+    result = step_compute_roofline(conv, torch.rand(8, 1, 28, 28), dtype=torch.bfloat16, rounds=3)
+    kinds = [row["layer"].split("(")[0] for row in result["layers"]]
+    assert kinds == ["Conv2d", "Conv2d", "Conv2d", "Conv2d", "ConvTranspose2d", "ConvTranspose2d"]
+    assert result["layers"][-1]["input"] == [8, 8, 14, 14] and result["images_per_s"] > 0

@@ -15,6 +15,7 @@ from ..train import Trainer
 from ..train.metrics import WARMUP_STEPS
 from .loss_bench import CASES, QUICK_CASES, run_case
 from .machine import machine_info
+from .roofline import step_compute_roofline
 
 
 def step_throughput(dataset: ImageDataset, *, model: dict | None = None, precision: str = "auto",
@@ -49,19 +50,28 @@ def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: 
     enqueued = time.perf_counter() - t0
     sync()
     seconds = time.perf_counter() - t0
+    images_per_s = (trainer.metrics.train_images - counted) / seconds
+    # The same step's matrix products and convolutions alone, right after, in this process (vaefast.perf.roofline).
+    x = next(iter(trainer.loader.batches()))
+    dtype = torch.bfloat16 if trainer.precision == "bf16" else torch.float16 if trainer.precision == "fp16" else \
+        torch.float32
+    roofline = step_compute_roofline(trainer.model, x, autocast=trainer.plan.autocast(), dtype=dtype)
     trainer.close()
-    return {"images_per_s": (trainer.metrics.train_images - counted) / seconds, "precision": trainer.precision,
+    return {"images_per_s": images_per_s, "precision": trainer.precision,
             "ms_per_step": 1e3 * seconds / steps, "host_ms_per_step": 1e3 * enqueued / steps,
-            "plan": trainer.plan.describe()}
+            "plan": trainer.plan.describe(), "compute_roofline_images_per_s": roofline["images_per_s"],
+            "fraction_of_compute_roofline": images_per_s / roofline["images_per_s"], "roofline": roofline}
 
 
 def training_throughput(precision: str, steps: int, batch_size: int = 128, device: str | None = None) -> dict:
     """The classic MLP on the embedded data."""
     full = load_dataset(None)
-    rate, ran = step_throughput(ImageDataset("embedded", full.train, full.test[:500]), precision=precision,
-                                batch_size=batch_size, steps=steps, device=device)
-    return {"model": "mlp 784-400-20", "batch_size": batch_size, "precision": ran, "steps": steps,
-            "images_per_s": rate}
+    timing = step_timing(ImageDataset("embedded", full.train, full.test[:500]), precision=precision,
+                         batch_size=batch_size, steps=steps, device=device)
+    return {"model": "mlp 784-400-20", "batch_size": batch_size, "precision": timing["precision"], "steps": steps,
+            "images_per_s": timing["images_per_s"],
+            "compute_roofline_images_per_s": timing["compute_roofline_images_per_s"],
+            "fraction_of_compute_roofline": timing["fraction_of_compute_roofline"]}
 
 
 def run_bench(*, quick: bool = False, device: str | None = None, dtype: torch.dtype = torch.float32) -> dict:
@@ -99,7 +109,8 @@ def format_bench(result: dict) -> str:
     lines.append("")
     for t in result["train"]:
         lines.append(f"train step, {t['model']}, batch {t['batch_size']}, {t['precision']}: "
-                     f"{t['images_per_s']:,.0f} images/s")
+                     f"{t['images_per_s']:,.0f} images/s, {100 * t['fraction_of_compute_roofline']:.0f}% of its "
+                     f"matrix products and convolutions alone ({t['compute_roofline_images_per_s']:,.0f} images/s)")
     return "\n".join(lines)
 
 

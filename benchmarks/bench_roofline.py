@@ -1,0 +1,70 @@
+"""The training step against its compute roofline: `vaefast train`'s images/s beside the images/s its matrix
+products and convolutions allow when each runs alone (vaefast.perf.roofline), measured in the same process right
+after the timed steps, for the MLP (784-400-20) and the conv VAE (32-64, spatial latent 4) on the embedded
+Fashion-MNIST at batch 128 and 1024, in fp32 and the run plan's precision.
+
+    python benchmarks/bench_roofline.py            # all eight cases, 3 rounds each, interleaved
+    python benchmarks/bench_roofline.py --quick    # one round, fewer steps (results/quick/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, update_readme_section, write_result  # noqa: E402
+
+from vaefast.data import ImageDataset, load_dataset  # noqa: E402
+from vaefast.perf.bench import step_timing  # noqa: E402
+
+MODELS = {"mlp 784-400-20": {"kind": "mlp", "hidden": [400], "latent_dim": 20},
+          "conv 32-64, latent 4x7x7": {"kind": "conv", "channels": [32, 64], "latent_channels": 4}}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps = 1, 10
+    full = load_dataset(None)
+    data = ImageDataset("embedded", full.train, full.test[:500])
+    cases = [(name, batch, precision) for name in MODELS for batch in (128, 1024) for precision in ("fp32", "auto")]
+    runs: dict[tuple, list[dict]] = {case: [] for case in cases}
+    for _ in range(args.rounds):
+        for case in cases:
+            name, batch, precision = case
+            timing = step_timing(data, model=MODELS[name], precision=precision, batch_size=batch, steps=args.steps)
+            timing.pop("roofline")
+            runs[case].append(timing)
+            print(f"{name:26s} b{batch:<5d} {timing['precision']:5s} {timing['images_per_s']:9,.0f} img/s "
+                  f"{100 * timing['fraction_of_compute_roofline']:5.1f}% of its roofline", file=sys.stderr)
+    rows = []
+    for (name, batch, precision), timings in runs.items():
+        fractions = [t["fraction_of_compute_roofline"] for t in timings]
+        rows.append({"model": name, "batch_size": batch, "requested_precision": precision,
+                     "precision": timings[0]["precision"],
+                     "images_per_s": statistics.median(t["images_per_s"] for t in timings),
+                     "roofline_images_per_s": statistics.median(t["compute_roofline_images_per_s"] for t in timings),
+                     "fraction_median": statistics.median(fractions), "fraction_min": min(fractions),
+                     "fraction_max": max(fractions), "rounds": timings})
+    payload = {"machine": machine_info("cpu"), "rows": rows,
+               "command": "python benchmarks/bench_roofline.py" + (" --quick" if args.quick else "")}
+    table = ["| model | batch | precision | trainer images/s | roofline images/s | fraction (min-max) |",
+             "|---|---|---|---|---|---|"]
+    table += [f"| {r['model']} | {r['batch_size']} | {r['precision']} | {r['images_per_s']:,.0f} | "
+              f"{r['roofline_images_per_s']:,.0f} | {100 * r['fraction_median']:.0f}% "
+              f"({100 * r['fraction_min']:.0f}-{100 * r['fraction_max']:.0f}%) |" for r in rows]
+    print("\n".join(table))
+    print(f"wrote {write_result('bench_roofline', payload, quick=args.quick)}")
+    if not args.quick:
+        update_readme_section("bench_roofline", payload, "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
