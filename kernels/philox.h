@@ -1,8 +1,8 @@
 // Seeded standard normals, the same stream as vaefast.ops.reference.seeded_normal and the Triton kernels: element i
 // is Box-Muller over the first two words of Philox4x32-10 with key (low, high 32 bits of the seed) and counter
 // (low, high 32 bits of i, 0, 0). The integers are bit-exact; the normal transform uses vector_math's log and a
-// polynomial cos, within a few float32 ulp of the other backends'. The transform is branch-free so that its loop
-// vectorizes.
+// polynomial cos, within a few float32 ulp of the other backends' and bit-identical across this library's
+// instruction-set copies. The transform is branch-free so that its loop vectorizes.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #endif
 
+#include "isa_suffix.h"
 #include "vector_math.h"
 
 // Forced inline: called from many kernel instantiations, GCC's inliner otherwise gives up on the per-element
@@ -139,17 +140,14 @@ static inline void philox_words(PhiloxKey key, int64_t first, int64_t n, uint32_
     }
 }
 
-// out[i] = the normal of element first + i, for i < n: the words in groups, then the vectorized transform.
-static inline void fill_seeded_normal(PhiloxKey key, int64_t first, int64_t n, float* __restrict out) {
-    constexpr int64_t kGroup = 256;
-    uint32_t w0[kGroup], w1[kGroup];
-    for (int64_t start = 0; start < n; start += kGroup) {
-        const int64_t m = std::min(kGroup, n - start);
-        philox_words(key, first + start, m, w0, w1);
-        float* __restrict dst = out + start;
-#pragma omp simd
-        for (int64_t i = 0; i < m; ++i) dst[i] = normal_from_words(w0[i], w1[i]);
-    }
+// out[i] = the normal of element first + i, for i < n. Defined in noise_impl.cpp, once per instruction-set copy,
+// where it alone is compiled with -ffp-contract=off: a multiply and add contracted into one FMA rounds once instead
+// of twice, so the v3 and v4 copies would otherwise draw normals a few ulp from the baseline's, and a run
+// checkpointed on one CPU would not draw the same noise when it resumes on another.
+void VF_EXPORT(fill_seeded_normal)(PhiloxKey key, int64_t first, int64_t n, float* out);
+
+static inline void fill_seeded_normal(PhiloxKey key, int64_t first, int64_t n, float* out) {
+    VF_EXPORT(fill_seeded_normal)(key, first, n, out);
 }
 
 }  // namespace vf

@@ -38,14 +38,15 @@ struct Tiling {
     int64_t chunk_len(int64_t tile) const { return std::min(kColChunk, cols - col_begin(tile)); }
 };
 
-// kl[r] = sum over the column chunks of row r, in chunk order.
-void finish_row_sums(const std::vector<float>& partial, float* out, const Tiling& t, int num_threads) {
+// kl[r] = sum over the column chunks of row r, in chunk order. The chunks' sums are kept and added in double, one
+// rounding per row at the end: a 256x256x3 image has 96 chunks, and their float32 sum would round 95 times.
+void finish_row_sums(const std::vector<double>& partial, float* out, const Tiling& t, int num_threads) {
     const bool parallel = t.rows * t.n_chunks >= kParallelMinElements;
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t r = 0; r < t.rows; ++r) {
-        float s = 0.0f;
+        double s = 0.0;
         for (int64_t c = 0; c < t.n_chunks; ++c) s += partial[r * t.n_chunks + c];
-        out[r] = s;
+        out[r] = static_cast<float>(s);
     }
 }
 
@@ -59,10 +60,9 @@ template <typename T, typename E, bool BOUNDED>
 inline float latent_fwd_element(T mu, T logvar, E eps, T& z, float lo, float hi) {
     const float m = vf::to_float(mu);
     const float lv = vf::clamp_keep_nan(vf::to_float(logvar), lo, hi);
-    const float std = vf::exp_f32<!BOUNDED>(0.5f * lv);
-    z = vf::from_float<T>(m + std * vf::to_float(eps));
-    // (std^2 - 1) - lv: the two terms that cancel near the prior are formed first, in one FMA.
-    return m * m + ((std * std - 1.0f) - lv);
+    const vf::ExpParts half = vf::exp_f32_parts<!BOUNDED>(0.5f * lv);
+    z = vf::from_float<T>(m + half.value * vf::to_float(eps));
+    return m * m + vf::exp_minus_one_minus(lv, half);
 }
 
 template <typename T, typename E, bool PER_DIM, bool BOUNDED>
@@ -146,7 +146,7 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, const int64_t* seed,
     const Tiling t(B, N);
     const bool parallel = t.parallel();
     const bool bounded = exp_range_is_safe(lo, hi);
-    std::vector<float> row_partial(B * t.n_chunks);
+    std::vector<double> row_partial(B * t.n_chunks);
     // Per-dim partial sums, one row of N per row block, summed over blocks in order below.
     std::vector<float> dim_partial(kl_per_dim ? t.n_row_blocks * N : 0);
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
@@ -203,13 +203,15 @@ void latent_fwd(const T* mu, const T* logvar, const T* eps, const int64_t* seed,
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t c = 0; c < t.n_chunks; ++c) {
         const int64_t c0 = c * kColChunk, n = std::min(kColChunk, N - c0);
-        float* __restrict out = kl_per_dim + c0;
-        std::copy(dim_partial.data() + c0, dim_partial.data() + c0 + n, out);
+        // The row blocks' sums added in double, like the per-row sums (a batch of 1024 has 128 row blocks).
+        double total[kColChunk];
+        std::copy(dim_partial.data() + c0, dim_partial.data() + c0 + n, total);
         for (int64_t rb = 1; rb < t.n_row_blocks; ++rb) {
             const float* __restrict part = dim_partial.data() + rb * N + c0;
 #pragma omp simd
-            for (int64_t i = 0; i < n; ++i) out[i] += part[i];
+            for (int64_t i = 0; i < n; ++i) total[i] += part[i];
         }
+        std::copy(total, total + n, kl_per_dim + c0);
     }
 }
 
@@ -357,7 +359,7 @@ template <typename T, typename U, bool CONTINUOUS>
 void bce_fwd(const T* x, const U* target, float* recon, int64_t B, int64_t P, int num_threads) {
     const Tiling t(B, P);
     const bool parallel = t.parallel();
-    std::vector<float> row_partial(B * t.n_chunks);
+    std::vector<double> row_partial(B * t.n_chunks);
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);

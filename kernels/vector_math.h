@@ -32,35 +32,45 @@ constexpr float kExpMin = -87.33654475f;  // and is below the smallest normal un
 // Where 2^n for the rounded n = x / ln2 is still a normal float32 exponent (n in [-126, 127]).
 constexpr float kExpScaleSafe = 87.0f;
 
-// e^r for |r| <= ln2/2, as 1 + r(1 + r q(r)): a degree-6 near-minimax fit (relative error 3e-9, far below
-// float32's rounding), six FMAs in Horner form.
-static inline float exp_reduced(float r) {
+// q(r) ~ (e^r - 1 - r) / r^2 for |r| <= ln2/2: a degree-4 near-minimax fit, so that e^r = 1 + r(1 + r q(r)) has
+// relative error 3e-9, far below float32's rounding (and q(0) is 1/2 to 1.2e-7).
+static inline float exp_reduced_q(float r) {
     float q = 1.381461275741458e-3f;
     q = q * r + 8.368710055947304e-3f;
     q = q * r + 4.166838899254799e-2f;
     q = q * r + 1.666652113199234e-1f;
-    q = q * r + 4.999999403953552e-1f;
-    return (q * r + 1.0f) * r + 1.0f;
+    return q * r + 4.999999403953552e-1f;
 }
+
+// e^x = 2^n e^r with x = n ln2 + r, and the pieces the KL's log-variance term reuses: when n = 0, r is x itself.
+struct ExpParts {
+    float value, n, r, q;
+};
 
 // exp(x) = 2^n e^r with x = n ln2 + r (Cody-Waite: ln2 split in two, so r is exact enough at any n).
 // WIDE=false needs |x| <= kExpScaleSafe, where 2^n is one exponent field; WIDE=true reaches kExpMax (n = 128) by
 // building 2^(n-1) * 2, one multiply more. NaN propagates through the arithmetic.
 template <bool WIDE>
-static inline float exp_reduce_and_scale(float x) {
+static inline ExpParts exp_parts(float x) {
     // Adding 1.5 * 2^23 rounds to the nearest integer in the low mantissa bits without a round instruction.
     constexpr float kShift = 12582912.0f;
     float t = x * 1.44269504088896341f + kShift;
     float nf = t - kShift;
     float r = x - nf * 0.693359375f;
     r = r + nf * 2.12194440e-4f;
-    float y = exp_reduced(r);
+    const float q = exp_reduced_q(r);
+    float y = (q * r + 1.0f) * r + 1.0f;
     constexpr int32_t bias = WIDE ? 126 : 127;
     // n sits in the low bits of t's representation: n + bias = bits(t) - bits(kShift) + bias, then shifted into
     // the exponent field.
     uint32_t e = float_to_bits(t) + static_cast<uint32_t>(bias - static_cast<int32_t>(float_to_bits(kShift)));
     float scale = bits_to_float(e << 23);
-    return WIDE ? y * scale * 2.0f : y * scale;
+    return {WIDE ? y * scale * 2.0f : y * scale, nf, r, q};
+}
+
+template <bool WIDE>
+static inline float exp_reduce_and_scale(float x) {
+    return exp_parts<WIDE>(x).value;
 }
 
 // exp(x) for x in [kExpMin, kExpMax].
@@ -69,15 +79,34 @@ static inline float exp_in_range(float x) { return exp_reduce_and_scale<true>(x)
 // exp(x) for |x| <= kExpScaleSafe, e.g. half a logvar clamped to at most +-170.
 static inline float exp_bounded(float x) { return exp_reduce_and_scale<false>(x); }
 
-// exp(x) for any x. RANGE_CHECKS=false is for arguments known to satisfy |x| <= kExpScaleSafe.
+// exp(x) for any x, with its ExpParts. RANGE_CHECKS=false is for arguments known to satisfy |x| <= kExpScaleSafe.
 template <bool RANGE_CHECKS = true>
-static inline float exp_f32(float x) {
-    if constexpr (!RANGE_CHECKS) return exp_bounded(x);
+static inline ExpParts exp_f32_parts(float x) {
+    if constexpr (!RANGE_CHECKS) return exp_parts<false>(x);
     float xc = x > kExpMax ? kExpMax : x;
     xc = xc < kExpMin ? kExpMin : xc;
-    float result = exp_in_range(xc);
-    result = x > kExpMax ? __builtin_inff() : result;
-    return x < kExpMin ? 0.0f : result;
+    ExpParts p = exp_parts<true>(xc);
+    p.value = x > kExpMax ? __builtin_inff() : p.value;
+    p.value = x < kExpMin ? 0.0f : p.value;
+    return p;
+}
+
+template <bool RANGE_CHECKS = true>
+static inline float exp_f32(float x) {
+    return exp_f32_parts<RANGE_CHECKS>(x).value;
+}
+
+// e^lv - 1 - lv, the KL's log-variance term, never negative, from the parts of std = e^h, h = lv / 2. Near the
+// prior, where e^lv - 1 and lv cancel (formed apart they left a slightly negative KL), the reduction left n = 0 and
+// r = h, and with em = e^h - 1 = r (1 + r q) and e^h - 1 - h = r^2 q:
+//     e^(2h) - 1 - 2h = em^2 + 2 r^2 q,
+// two terms that are never negative and cancel nothing (a few ulp, no series of its own). Past |lv| = ln2 the
+// difference (std^2 - 1) - lv is at least 0.3 and has nothing left to cancel. NaN propagates (n is NaN).
+static inline float exp_minus_one_minus(float lv, const ExpParts& half) {
+    const float r = half.r, rq = r * half.q;
+    const float em = (rq + 1.0f) * r;
+    const float near_prior = em * em + 2.0f * (r * rq);
+    return half.n == 0.0f ? near_prior : (half.value * half.value - 1.0f) - lv;
 }
 
 // exp(x) for x <= 0 (or NaN), where the result only feeds 1 + e or a product with a bounded factor: below
