@@ -7,8 +7,8 @@ Both libraries are loaded into one process (ctypes keeps their symbols apart), a
 native launchers at its own library, so the rows of both builds are interleaved round by round by
 vaefast.perf.loss_bench's timer, on the same inputs, and the shared cores' speed, which moves, hits them alike (timed
 in separate processes, one build's rows moved 1.6x between processes with the other's). The figure is the ratio
-after / before of the median times. Results go to benchmarks/results/bench_native_ab-<dtype>.json and a table in
-docs/performance.md.
+after / before of the median times. Results go to benchmarks/results/bench_native_ab-<dtype>[-<label>].json and a
+table in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--min-time", type=float, default=0.03, help="seconds per timed sample")
+    parser.add_argument("--label", default="", help="a suffix for the result's name (several comparisons kept apart)")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
     keep_freed_memory()
@@ -102,12 +103,13 @@ def main(argv=None):
     payload = {"benchmark": "bench_native_ab", "command": command.strip(), "dtype": args.dtype,
                "libraries": paths, "timer": "torch.utils.benchmark, both builds interleaved in one process",
                "machine": machine_info(torch.device("cpu")), "results": results}
-    path = write_result(f"bench_native_ab-{args.dtype}", payload)
+    name = f"bench_native_ab-{args.dtype}" + (f"-{args.label}" if args.label else "")
+    path = write_result(name, payload)
     text = table(results)
     print(text)
     print(f"\nwrote {path}")
     if not args.no_readme:
-        update_readme_section(f"bench_native_ab-{args.dtype}", payload, text)
+        update_readme_section(name, payload, text)
     return payload
 
 

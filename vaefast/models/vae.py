@@ -97,12 +97,16 @@ class VAE(nn.Module):
         return fn(arg)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None, *,
-                seed: int | torch.Tensor | None = None, samples: int = 1) -> VAEOutput:
+                seed: int | torch.Tensor | None = None, samples: int = 1, float32_latent: bool = False) -> VAEOutput:
         """``eps``: the noise; or ``seed``: the key of noise drawn inside the fused op (see reparameterize_kl);
         neither: torch.randn_like. ``samples`` = K > 1: K posterior samples per image, decoded as one batch of
-        K * B (sample-major)."""
+        K * B (sample-major). ``float32_latent``: mu and logvar of a lower precision (bf16 under autocast) are
+        widened to float32 before the reparameterization, so that z is not rounded to their 8 bits of mantissa
+        (what the importance weights need; the decoder still casts z as autocast says)."""
         with stage("encoder"):
             mu, logvar = self._maybe_checkpointed(self.encode, x)
+        if float32_latent and mu.dtype in (torch.bfloat16, torch.float16):
+            mu, logvar = mu.float(), logvar.float()
         with stage("reparam/KL"):
             z, kl, kl_per_dim = reparameterize_kl(mu, logvar, eps, seed=seed, samples=samples, clamp=self.clamp,
                                                   backend=self.backend, return_kl_per_dim=True)
