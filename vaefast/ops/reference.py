@@ -32,8 +32,8 @@ def exp_minus_one_minus(x: torch.Tensor) -> torch.Tensor:
     exp(x) - 1 - x cancels near 0 (the prior), where it came out slightly negative; expm1(x) - x is never negative
     but keeps only ulp(x) of absolute accuracy (40% off at x = 1e-7). Below |x| = 0.5 this is x^2 (1/2 + x/6 + ...
     + x^7/9!), whose truncation is below 2e-9 relative (the Triton kernel uses the same series, the native kernel an
-    identity on its exp's argument reduction: vector_math.h), carried to x^17/19! in float64. The series is evaluated on ``where(small, x, 0)`` so that large x never reaches it (its gradient would
-    be NaN under the where).
+    identity on its exp's argument reduction: vector_math.h), carried to x^17/19! in float64. The series is
+    evaluated on ``where(small, x, 0)`` so that large x never reaches it (its gradient would be NaN under the where).
     """
     last = 19 if x.dtype == torch.float64 else 9
     small = x.abs() < 0.5
