@@ -4,6 +4,7 @@ DataError naming the file: never another exception, a hang, or a silently wrong 
 
 import gzip
 import io
+import os
 import tarfile
 
 import numpy as np
@@ -17,7 +18,10 @@ from vaefast.data.arrays import numpy_images
 from vaefast.data.folders import decode
 from vaefast.data.shards import list_shard
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# VAEFAST_FUZZ_EXAMPLES: the long run before a release of the readers (benchmarks/fuzz_readers.py: thousands per
+# format, hypothesis' random seeds); 120 per test otherwise.
+FUZZ = settings(max_examples=int(os.environ.get("VAEFAST_FUZZ_EXAMPLES", "120")), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 mutations = st.one_of(
     st.tuples(st.just("truncate"), st.floats(0, 1, exclude_max=True), st.just(0)),
     st.tuples(st.just("flip"), st.floats(0, 1, exclude_max=True), st.integers(1, 255)),
