@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +30,16 @@ def step_throughput(dataset: ImageDataset, *, model: dict | None = None, precisi
 
 def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: str = "auto",
                 compile_mode: str | None = None, batch_size: int = 128, steps: int = 100, warmup: int = 5,
-                device: str | None = None) -> dict:
+                device: str | None = None, chunks: int = 5) -> dict:
     """Steady-state training speed: warm-up steps absorb compilation (and whole-step's capture); the memory
     loader's batches are an index_select; ``compile_mode`` None runs eagerly. The one step timer behind
     `vaefast bench`, bench_data.py and bench_throughput.py.
+
+    The timed steps run in ``chunks`` runs, each followed by the same step's compute roofline
+    (vaefast.perf.roofline) in this process: ``fraction_of_compute_roofline`` is the median over the chunks of the
+    chunk's images/s over the roofline measured right after it. The shared cores' speed moves by tens of percent
+    within a minute; one roofline measured once after all the steps put the fraction anywhere from 0.44 to 0.64 for
+    the same build.
 
     ``host_ms_per_step`` is the time the Python loop took per step to enqueue the timed steps, before waiting for
     the device: on a GPU, close to ``ms_per_step`` when the host is the bottleneck and below it when the GPU is;
@@ -44,23 +51,33 @@ def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: 
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     trainer.run(max(warmup, WARMUP_STEPS))
     sync()
-    counted = trainer.metrics.train_images  # every step past the trainer's own warm-up (short batches included)
-    t0 = time.perf_counter()
-    trainer.run(steps)
-    enqueued = time.perf_counter() - t0
-    sync()
-    seconds = time.perf_counter() - t0
-    images_per_s = (trainer.metrics.train_images - counted) / seconds
-    # The same step's matrix products and convolutions alone, right after, in this process (vaefast.perf.roofline).
     x = next(iter(trainer.loader.batches()))
     dtype = torch.bfloat16 if trainer.precision == "bf16" else torch.float16 if trainer.precision == "fp16" else \
         torch.float32
-    roofline = step_compute_roofline(trainer.model, x, autocast=trainer.plan.autocast(), dtype=dtype)
+    per_chunk = [steps // chunks + (1 if i < steps % chunks else 0) for i in range(chunks)]
+    images = seconds = enqueued = 0.0
+    fractions, rooflines = [], []
+    for chunk_steps in (n for n in per_chunk if n):
+        counted = trainer.metrics.train_images  # every step past the trainer's own warm-up (short batches included)
+        t0 = time.perf_counter()
+        trainer.run(chunk_steps)
+        enqueued += time.perf_counter() - t0
+        sync()
+        chunk_seconds = time.perf_counter() - t0
+        chunk_images = trainer.metrics.train_images - counted
+        roofline = step_compute_roofline(trainer.model, x, autocast=trainer.plan.autocast(), dtype=dtype)
+        fractions.append(chunk_images / chunk_seconds / roofline["images_per_s"])
+        rooflines.append(roofline)
+        images, seconds = images + chunk_images, seconds + chunk_seconds
     trainer.close()
+    images_per_s = images / seconds
+    roofline = rooflines[len(rooflines) // 2]
     return {"images_per_s": images_per_s, "precision": trainer.precision,
             "ms_per_step": 1e3 * seconds / steps, "host_ms_per_step": 1e3 * enqueued / steps,
-            "plan": trainer.plan.describe(), "compute_roofline_images_per_s": roofline["images_per_s"],
-            "fraction_of_compute_roofline": images_per_s / roofline["images_per_s"], "roofline": roofline}
+            "plan": trainer.plan.describe(),
+            "compute_roofline_images_per_s": statistics.median(r["images_per_s"] for r in rooflines),
+            "fraction_of_compute_roofline": statistics.median(fractions), "chunk_fractions": fractions,
+            "roofline": roofline}
 
 
 def training_throughput(precision: str, steps: int, batch_size: int = 128, device: str | None = None) -> dict:
