@@ -5,7 +5,7 @@
     python benchmarks/bench_loss.py --quick         # one small case, few repeats (smoke test)
     python benchmarks/bench_loss.py --malloc default   # glibc's default allocator behaviour
 
-By default every variant runs with glibc told to keep freed memory mapped (vaefast.allocator), so that the
+By default every variant runs with glibc told to keep freed memory mapped (vaefast.perf.allocator), so that the
 ops' fresh output tensors do not page-fault on every step; that spread the native op's timings by +-20% here.
 
 Every variant computes z, the per-sample KL and the per-sample BCE, then one backward with fixed upstream
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DTYPES, machine_info, update_readme_section, write_result  # noqa: E402
 
-from vaefast.allocator import keep_freed_memory  # noqa: E402
+from vaefast.perf.allocator import keep_freed_memory  # noqa: E402
 from vaefast.perf.loss_bench import CASES, GPU_CASES, QUICK_CASES, run_case  # noqa: E402
 
 

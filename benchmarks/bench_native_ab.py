@@ -26,7 +26,7 @@ from common import DTYPES, machine_info, update_readme_section, write_result  # 
 
 from vaefast import native  # noqa: E402
 from vaefast.ops import native_backend  # noqa: E402
-from vaefast.allocator import keep_freed_memory  # noqa: E402
+from vaefast.perf.allocator import keep_freed_memory  # noqa: E402
 from vaefast.perf.loss_bench import CASES, fused, fused_continuous, fused_seeded, make_inputs, step_fn, \
     time_cpu  # noqa: E402
 

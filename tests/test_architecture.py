@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vaefast"
 
 # Lowest first. A module may import its own layer and those below it, never one above.
 LAYERS = [
-    {"vaefast.config", "vaefast.native", "vaefast.instrument", "vaefast.allocator"},
+    {"vaefast.config", "vaefast.native", "vaefast.instrument"},
     {"vaefast.ops"},
     {"vaefast.integrations", "vaefast.checkpoint", "vaefast.plan", "vaefast.data"},
     {"vaefast.models"},

@@ -70,7 +70,7 @@ def test_bench_quick_json(tmp_path):
 def test_keep_freed_memory_sets_glibc_thresholds():
     import platform
 
-    from vaefast.allocator import MAX_MMAP_THRESHOLD, keep_freed_memory
+    from vaefast.perf.allocator import MAX_MMAP_THRESHOLD, keep_freed_memory
 
     with pytest.raises(ValueError, match="mmap_threshold"):
         keep_freed_memory(mmap_threshold=MAX_MMAP_THRESHOLD + 1)

@@ -46,34 +46,3 @@ def test_the_plan_is_frozen_and_its_autocast_matches_the_precision():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     with plan_run(device=CPU, precision="fp32").autocast():
         assert not torch.is_autocast_enabled("cpu")
-
-
-def test_the_allocator_keeps_freed_memory_for_cpu_runs_unless_told_not_to(monkeypatch, tmp_path):
-    """Auto (None): on for CPU under glibc, off for CUDA (PyTorch's caching allocator); False: off; and the trainer
-    applies the plan's choice once, at construction."""
-    from vaefast.allocator import glibc_tunable
-
-    if not glibc_tunable():
-        pytest.skip("not glibc: the plan never keeps freed memory here")
-    auto = plan_run(device=CPU, precision="fp32", keep_freed_memory=None)
-    assert auto.keep_freed_memory and auto.reasons["allocator"] == "auto: CPU steps reuse freed pages"
-    assert "freed memory kept" in auto.describe()
-    assert not plan_run(device=CUDA, precision="fp32", keep_freed_memory=None).keep_freed_memory
-    off = plan_run(device=CPU, precision="fp32", keep_freed_memory=False)
-    assert not off.keep_freed_memory and "allocator" not in off.reasons
-    assert plan_run(device=CUDA, precision="fp32", keep_freed_memory=True).keep_freed_memory
-
-    from conftest import quiet_config
-
-    from vaefast.data import ImageDataset
-    from vaefast.train import Trainer, build
-
-    calls = []
-    monkeypatch.setattr(build, "keep_freed_memory", lambda: calls.append(1))
-    images = torch.randint(0, 256, (16, 1, 4, 4), dtype=torch.uint8)
-    for requested, expected in ((None, [1]), (False, [])):
-        calls.clear()
-        cfg = quiet_config(tmp_path / str(requested), batch_size=8, model={"hidden": [4], "latent_dim": 2},
-                           keep_freed_memory=requested)
-        Trainer(cfg, ImageDataset("tiny", images, images[:8])).close()
-        assert calls == expected

@@ -9,8 +9,6 @@ from contextlib import nullcontext
 
 import torch
 
-from .allocator import glibc_tunable
-
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # reduce-overhead and max-autotune replay the compiled graphs as CUDA graphs on CUDA devices.
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -55,7 +53,6 @@ class RunPlan:
     cuda_graphs: bool  # the compiled step replays CUDA graphs, whose outputs must be copied out to outlive a step
     reasons: dict[str, str]
     whole_step: bool = False  # compile the whole step; on CUDA, capture it as one CUDA graph
-    keep_freed_memory: bool = False  # glibc keeps freed memory mapped (vaefast.allocator)
 
     def autocast(self):
         return autocast(self.precision, self.device, cache=not self.whole_step)
@@ -65,8 +62,7 @@ class RunPlan:
         graphs = ", CUDA graphs" if self.cuda_graphs else ""
         if self.whole_step and self.device.type == "cuda":
             graphs = ", the whole step as one CUDA graph"
-        extras = (", master weights" if self.master_weights else "") + graphs + \
-            (", freed memory kept" if self.keep_freed_memory else "")
+        extras = (", master weights" if self.master_weights else "") + graphs
         why = "; ".join(f"{key}: {reason}" for key, reason in self.reasons.items())
         return f"{self.device} {self.precision}, {compiled}{extras} ({why})"
 
@@ -136,25 +132,9 @@ def _master_weights(requested: bool | None, precision: str, device: torch.device
     return on, "auto: bf16 on CPU in one process with the native kernel" if on else "auto: off"
 
 
-def _keep_freed_memory(requested: bool | None, device: torch.device) -> tuple[bool, str]:
-    """Explicit wins where glibc runs it. Otherwise on for CPU runs: each step's activations and gradients are
-    fresh tensors of the same sizes, which glibc serves with new mappings whose every page faults in (zeroed by the
-    kernel) unless freed memory is kept; CUDA tensors come from PyTorch's caching allocator."""
-    if requested is False:
-        return False, "as requested"
-    if not glibc_tunable():
-        return False, "not glibc" if requested else "auto: not glibc"
-    if requested:
-        return True, "as requested"
-    if device.type != "cpu":
-        return False, f"auto: {device.type} tensors use PyTorch's caching allocator"
-    return True, "auto: CPU steps reuse freed pages"
-
-
 def plan_run(*, device: torch.device, precision: str = "auto", compile: bool | None = None,
              compile_mode: str | None = None, master_weights: bool | None = None, distributed: bool = False,
-             total_steps: int = 0, native_master_step: bool = False, recipe: bool = False,
-             keep_freed_memory: bool | None = False) -> RunPlan:
+             total_steps: int = 0, native_master_step: bool = False, recipe: bool = False) -> RunPlan:
     """Resolve the requested settings (None or "auto" meaning: decide here) into a RunPlan."""
     precision, precision_why = _precision(precision, device)
     compiled, compile_why = _compile(compile, device, total_steps)
@@ -167,9 +147,6 @@ def plan_run(*, device: torch.device, precision: str = "auto", compile: bool | N
     reasons = {"precision": precision_why, "compile": compile_why, "master weights": masters_why}
     if compiled:
         reasons["compile mode"] = mode_why
-    keep, keep_why = _keep_freed_memory(keep_freed_memory, device)
-    if keep or keep_freed_memory is not False:
-        reasons["allocator"] = keep_why
     return RunPlan(device=device, precision=precision, compile=compiled, compile_mode=mode, master_weights=masters,
                    cuda_graphs=compiled and device.type == "cuda" and mode in CUDA_GRAPH_MODES, reasons=reasons,
-                   whole_step=whole_step, keep_freed_memory=keep)
+                   whole_step=whole_step)

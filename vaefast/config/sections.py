@@ -219,9 +219,6 @@ class RuntimeConfig(Section, name="runtime", title="runtime"):
     activation_checkpointing: bool = option(False, "recompute encoder and decoder activations in backward (less "
                                             "memory, one more forward)")
     channels_last: bool = option(False, "conv models: NHWC weights and batches, where that measures faster")
-    keep_freed_memory: bool | None = option(
-        None, "glibc keeps freed memory mapped, so each step's fresh tensors reuse pages instead of faulting new ones "
-        "in (default: on for CPU runs)")
     seed: int = option(0, "seed of the initial weights, the data order and the noise")
     dist_backend: Literal["nccl", "gloo"] | None = option(None, "torchrun process-group backend (default: nccl on "
                                                           "CUDA, gloo on CPU)")

@@ -18,23 +18,8 @@ from ..data import ImageDataset, load_dataset, make_loader
 from ..models import build_model
 from ..models.loss_terms import LossTerm
 from ..models.objective import NegativeELBO
-from ..allocator import keep_freed_memory
-from ..plan import RunPlan, plan_run
 from .distributed import DistContext
 from .monitor import Monitor
-from .optim import native_master_step_available
-
-
-def plan(cfg: TrainConfig, device: torch.device, distributed: bool, total_steps: int) -> RunPlan:
-    """The run plan from the runtime options, with its process-wide part applied (the allocator's settings)."""
-    r = cfg.runtime
-    run_plan = plan_run(device=device, precision=r.precision, compile=r.compile, compile_mode=r.compile_mode,
-                        master_weights=r.master_weights, distributed=distributed, total_steps=total_steps,
-                        native_master_step=native_master_step_available(), recipe=cfg.recipe.ldm,
-                        keep_freed_memory=r.keep_freed_memory)
-    if run_plan.keep_freed_memory:
-        keep_freed_memory()
-    return run_plan
 
 
 def load_data(cfg: TrainConfig, dataset: ImageDataset | None, dist: DistContext, device: torch.device):

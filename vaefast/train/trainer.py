@@ -28,7 +28,7 @@ from ..instrument import stage
 from ..models.ema import WeightEMA
 from ..models.loss_terms import LossTerm
 from ..models.objective import ObjectiveOutput
-from ..plan import RunPlan
+from ..plan import RunPlan, plan_run
 from . import build
 from .capture import WholeStep
 from .distributed import DistContext
@@ -36,7 +36,7 @@ from .guard import NaNGuard, SkipDecision, diagnose_non_finite
 from .metrics import StepResult, TrainMetrics
 from .monitor import log_reconstructions
 from .noise import NoiseSeeds
-from .optim import apply_update, make_optimizer
+from .optim import apply_update, make_optimizer, native_master_step_available
 from .preemption import StopRequest
 from .recipe import LDMRecipe
 from .schedules import KLWeight, LearningRate
@@ -63,7 +63,11 @@ class Trainer:
         self.data, self.loader, self.loader_kind, why = build.load_data(cfg, dataset, self.dist, device)
         self.steps_per_epoch = math.ceil(len(self.loader) / cfg.optim.grad_accum)
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
-        self.plan: RunPlan = build.plan(cfg, device, self.dist.enabled, self.total_steps)
+        r = cfg.runtime
+        self.plan: RunPlan = plan_run(
+            device=device, precision=r.precision, compile=r.compile, compile_mode=r.compile_mode,
+            master_weights=r.master_weights, distributed=self.dist.enabled, total_steps=self.total_steps,
+            native_master_step=native_master_step_available(), recipe=cfg.recipe.ldm)
         build.announce(f"{self.data.describe()}; loader {self.loader_kind} ({why}); {self.dist.describe()}; "
                        f"plan: {self.plan.describe()}", self.dist, cfg)
         self.model = build.make_model(cfg, self.data.image_shape, model, device)
@@ -74,7 +78,7 @@ class Trainer:
                                         weight_decay=cfg.optim.weight_decay, device=device,
                                         master_weights=self.plan.master_weights,
                                         extra_params=(self.recipe.logvar,) if self.recipe else ())
-        torch.manual_seed(cfg.runtime.seed + self.dist.rank)
+        torch.manual_seed(r.seed + self.dist.rank)
         self.objective = build.make_objective(cfg, self.model, loss_terms, self.dist, device, self.recipe)
         self._wire(device, None if state is None else state["step"])
         if state is not None:

@@ -8,8 +8,7 @@ jemalloc or tcmalloc through LD_PRELOAD; this sets glibc's own knobs in-process 
 ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` environment variables.
 
 It changes the whole process (freed memory up to ``trim_threshold`` stays mapped), so the library never calls it
-on import: the benchmarks apply it to every variant they time, the trainer applies it to CPU runs (its plan says so;
-``--no-keep-freed-memory`` leaves glibc as it is), and a training script of one's own may opt in.
+on import: the benchmarks apply it to every variant they time, and a training script may opt in.
 """
 
 from __future__ import annotations
@@ -24,15 +23,10 @@ _M_MMAP_THRESHOLD = -3
 MAX_MMAP_THRESHOLD = 32 << 20
 
 
-def glibc_tunable() -> bool:
-    """Whether this process's C library is glibc on Linux, whose mallopt knobs keep_freed_memory sets."""
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-
-
 def keep_freed_memory(mmap_threshold: int = MAX_MMAP_THRESHOLD, trim_threshold: int = 1 << 30) -> bool:
     """Serve allocations below ``mmap_threshold`` bytes from the heap and keep up to ``trim_threshold`` bytes of
     freed heap mapped. Returns False (and changes nothing) where the C library is not glibc."""
-    if not glibc_tunable():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     if not 0 < mmap_threshold <= MAX_MMAP_THRESHOLD or trim_threshold < 0:
         raise ValueError(f"mmap_threshold must be in (0, {MAX_MMAP_THRESHOLD}] and trim_threshold >= 0, got "
