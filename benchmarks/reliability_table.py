@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "docs" / "reliability.md"
 TESTS = ["tests/test_checkpoint_integrity.py", "tests/test_kill_fuzz.py", "tests/test_preemption.py",
          "tests/test_fuzz_inputs.py", "tests/test_fuzz_ops.py", "tests/test_sync_free.py", "tests/test_trainer.py",
-         "tests/test_distributed.py"]
+         "tests/test_distributed.py", "tests/test_elastic.py", "tests/test_async_checkpoint.py",
+         "tests/test_resume_auto.py"]
 GUARANTEES = {
     "checkpoint: one flipped byte in the tensor data": "CheckpointError naming the file (SHA-256 over the contents)",
     "checkpoint: one flipped byte anywhere in the file": "CheckpointError, or a byte the loader never reads",
@@ -34,6 +35,17 @@ GUARANTEES = {
     "SIGTERM: checkpoint, exit 75, --resume": "checkpoint at the step boundary; resume bit-identical",
     "a second SIGTERM": "stops at once; every complete checkpoint loads",
     "SIGTERM under torchrun (2 ranks)": "both ranks stop at the same log step; resume continues on 2 ranks",
+    "elastic: SIGKILL of a rank under torchrun --max-restarts, --resume auto":
+        "exits 0; weights and Adam moments bit-identical to an uninterrupted 2-rank run",
+    "elastic: SIGKILL of a rank under torchrun --max-restarts, --resume auto (LDM recipe)":
+        "exits 0; discriminator, its Adam, logvar too bit-identical",
+    "asynchronous checkpoint: full disk during the background write":
+        "the one-line error at the next step boundary; old checkpoint intact",
+    "asynchronous checkpoint: SIGKILL during the background write": "previous checkpoint loads; no partial file",
+    "--resume auto: empty folder, then a good run": "starts fresh, then continues bit for bit",
+    "--resume auto: newest checkpoint corrupt": "resumes from the newest good one",
+    "--resume auto: a folder of another run": "refused, naming the fields that differ",
+    "logs after a kill and resume": "each step logged once, with the values of the run that continues",
     "fuzzed bytes: IDX (plain, gzip)": "a correct array or a DataError naming the file",
     "fuzzed bytes: .npy, .npz": "a correct array or a DataError naming the file",
     "fuzzed bytes: PNG, JPEG": "a correct image or a DataError naming the file",

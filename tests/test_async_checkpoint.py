@@ -43,7 +43,9 @@ def test_the_write_runs_beside_the_loop_and_holds_the_state_of_its_step(tmp_path
     assert torch.equal(load_checkpoint(path)["w"], torch.zeros(1000))  # the copy taken at save(), not later
 
 
-def test_a_full_disk_in_the_background_is_raised_at_the_next_step_boundary(tmp_path, tiny_data, monkeypatch):
+def test_a_full_disk_in_the_background_is_raised_at_the_next_step_boundary(tmp_path, tiny_data, monkeypatch,
+                                                                           reliability):
+    reliability.case("asynchronous checkpoint: full disk during the background write")
     trainer = Trainer(quiet_config(tmp_path / "run", epochs=1, checkpoint_every=2, hidden=[16], latent_dim=4),
                       tiny_data)
     trainer.run(2)  # step 2's checkpoint is written
@@ -63,9 +65,10 @@ def test_a_full_disk_in_the_background_is_raised_at_the_next_step_boundary(tmp_p
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
-def test_a_kill_during_a_background_write_leaves_the_previous_checkpoint(tmp_path):
+def test_a_kill_during_a_background_write_leaves_the_previous_checkpoint(tmp_path, reliability):
     """The process is killed (SIGKILL) from inside the background write, halfway through the file: the previous
     checkpoint loads, and opening the run folder again removes the half-written temporary file."""
+    reliability.case("asynchronous checkpoint: SIGKILL during the background write")
     code = textwrap.dedent(f"""
         import os, signal, torch
         from vaefast import checkpoint

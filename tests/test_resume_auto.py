@@ -23,7 +23,8 @@ def _params(trainer):
     return [p.detach().clone() for p in trainer.model.parameters()]
 
 
-def test_auto_starts_fresh_then_continues_exactly(tmp_path, tiny_data):
+def test_auto_starts_fresh_then_continues_exactly(tmp_path, tiny_data, reliability):
+    reliability.case("--resume auto: empty folder, then a good run")
     out = tmp_path / "run"
     first = Trainer(_cfg(out, max_steps=6, checkpoint_every=3), tiny_data)
     assert first.step == 0  # an empty folder: a new run
@@ -36,7 +37,8 @@ def test_auto_starts_fresh_then_continues_exactly(tmp_path, tiny_data):
     assert all(torch.equal(a, b) for a, b in zip(_params(resumed), _params(straight)))
 
 
-def test_auto_falls_back_to_the_newest_good_checkpoint(tmp_path, tiny_data):
+def test_auto_falls_back_to_the_newest_good_checkpoint(tmp_path, tiny_data, reliability):
+    reliability.case("--resume auto: newest checkpoint corrupt")
     out = tmp_path / "run"
     Trainer(_cfg(out, max_steps=6, checkpoint_every=3), tiny_data).fit()
     newest = sorted(out.glob("ckpt-step*.pt"))[-1]
@@ -44,14 +46,16 @@ def test_auto_falls_back_to_the_newest_good_checkpoint(tmp_path, tiny_data):
     assert Trainer(_cfg(out, max_steps=8), tiny_data).step == 3
 
 
-def test_auto_refuses_a_folder_of_another_run(tmp_path, tiny_data):
+def test_auto_refuses_a_folder_of_another_run(tmp_path, tiny_data, reliability):
+    reliability.case("--resume auto: a folder of another run")
     out = tmp_path / "run"
     Trainer(_cfg(out, max_steps=3), tiny_data).fit()
     with pytest.raises(ValueError, match=r"another model or data \(model.hidden \[32\] there, \[16\] here\)"):
         Trainer(_cfg(out, max_steps=6, hidden=[16]), tiny_data)
 
 
-def test_metrics_after_a_kill_and_resume_hold_each_step_once(tmp_path, tiny_data):
+def test_metrics_after_a_kill_and_resume_hold_each_step_once(tmp_path, tiny_data, reliability):
+    reliability.case("logs after a kill and resume")
     out = tmp_path / "run"
     Trainer(_cfg(out, max_steps=12, checkpoint_every=5, log_every=1), tiny_data).fit()
     (out / "ckpt-step000000012.pt").unlink()  # killed after step 12; the newest checkpoint is step 10's

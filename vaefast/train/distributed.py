@@ -54,7 +54,9 @@ class DistContext:
         if use_cuda:
             torch.cuda.set_device(ctx.local_rank)
         if not dist.is_initialized():
-            dist.init_process_group(ctx.backend, timeout=datetime.timedelta(seconds=timeout_s))
+            timeout = datetime.timedelta(seconds=timeout_s)
+            dist.init_process_group(ctx.backend, timeout=timeout, store=_attempt_store(ctx, timeout),
+                                    rank=ctx.rank, world_size=ctx.world_size)
         return ctx
 
     def device(self, requested: str | None) -> torch.device:
@@ -75,3 +77,18 @@ class DistContext:
     def shutdown(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _attempt_store(ctx: DistContext, timeout: datetime.timedelta) -> dist.Store | None:
+    """The store of this attempt of a torchrun job, or None for init_process_group's own (env://).
+
+    Under torchrun the workers connect to the agent's store, which outlives a restart (--max-restarts), and the keys
+    the last attempt's process group wrote there (each rank's Gloo address) stay: a restarted rank read its dead
+    peer's address and failed with "connection refused", or both waited in ProcessGroupGloo's constructor (4 of 8
+    kills here). Each attempt's keys go under a prefix of its own instead."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ctx.world_size,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"vaefast/attempt_{attempt}", agent)
