@@ -32,6 +32,7 @@ GUARANTEES = {
     "full disk during a log write": "one line naming the run folder, no traceback",
     "SIGKILL at a random moment, then --resume (fp32)": "ends bit-identical to an uninterrupted run",
     "SIGKILL at a random moment, then --resume (bf16)": "ends bit-identical (bf16 with float32 master weights)",
+    "SIGKILL at a random moment, then --resume (ldm)": "ends bit-identical (discriminator, its Adam, logvar too)",
     "SIGTERM: checkpoint, exit 75, --resume": "checkpoint at the step boundary; resume bit-identical",
     "a second SIGTERM": "stops at once; every complete checkpoint loads",
     "SIGTERM under torchrun (2 ranks)": "both ranks stop at the same log step; resume continues on 2 ranks",
