@@ -1,8 +1,9 @@
 """The seeded noise of every instruction-set copy of the native kernels, tested through each copy's own entry.
 
 The library holds one copy of the loops per x86-64 level (baseline; v3 with AVX2 and FMA; v4 with AVX-512). Each
-copy that runs on this CPU is held to the baseline bit for bit, the Philox words (the AVX2 path draws 8 counters at
-a time and hands a group that crosses 2^32 in the low word to the scalar path) and the normals (the transform is
+copy that runs on this CPU is held to the baseline bit for bit, the Philox words (the AVX-512 and AVX2 paths draw
+16 and 8 counters at a time and hand a group that crosses 2^32 in the low word to the narrower path) and the
+normals (the transform is
 compiled with -ffp-contract=off, so no copy fuses a multiply-add the baseline rounds twice), at counters around that
 wrap and far past it; and through the dispatcher of a process whose choice is capped to the baseline.
 """
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.skipif(native.load_error() is not None, reason="the nat
 
 SEEDS = [0, 1, 0x1234_5678_9ABC_DEF0, -1, 2**63 - 1]
 # Counters around the low word's wrap (the 8-wide groups break there), far past it, and in a high word of its own.
-FIRSTS = [0, 3, 2**32 - 13, 2**32 - 8, 2**32 - 1, 2**33 + 5, 2**40 + 2**32 - 7]
-COUNT = 61  # groups of 8 and a remainder
+FIRSTS = [0, 3, 2**32 - 33, 2**32 - 20, 2**32 - 13, 2**32 - 8, 2**32 - 1, 2**33 + 5, 2**40 + 2**32 - 7]
+COUNT = 61  # groups of 16 and 8 and a remainder
 
 
 def _copies() -> list[str]:
