@@ -86,75 +86,81 @@ static VF_ALWAYS_INLINE float normal_from_words(uint32_t w0, uint32_t w1) {
 }
 
 #if defined(__AVX2__)
-// x86 has no 32-bit multiply-high: the even and odd lanes are multiplied apart as 32x32->64 products
-// (vpmuludq) and blended back. Compilers vectorize the scalar form with 64-bit lanes and emulated 64-bit
-// multiplies, several times slower.
-static inline void mul_hi_lo(__m256i constant, __m256i x, __m256i& hi, __m256i& lo) {
-    const __m256i even = _mm256_mul_epu32(constant, x);
-    const __m256i odd = _mm256_mul_epu32(constant, _mm256_srli_epi64(x, 32));
-    lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-}
-
-// Words of 8 consecutive counters (low word first .. first + 7, high word `high`), no carry between them.
-static inline void philox_first_two_x8(PhiloxKey key, uint32_t first, uint32_t high, uint32_t* out0,
-                                       uint32_t* out1) {
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first)),
-                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256i c1 = _mm256_set1_epi32(static_cast<int>(high)), c2 = _mm256_setzero_si256(), c3 = c2;
-    __m256i k0 = _mm256_set1_epi32(static_cast<int>(key.k0)), k1 = _mm256_set1_epi32(static_cast<int>(key.k1));
-    const __m256i round_a = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
-    const __m256i round_b = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-    const __m256i key_a = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u));
-    const __m256i key_b = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
-    for (int round = 0; round < 10; ++round) {
-        __m256i hi_b, lo_b, hi_a, lo_a;
-        mul_hi_lo(round_b, c2, hi_b, lo_b);
-        mul_hi_lo(round_a, c0, hi_a, lo_a);
-        c0 = _mm256_xor_si256(_mm256_xor_si256(hi_b, c1), k0);
-        c2 = _mm256_xor_si256(_mm256_xor_si256(hi_a, c3), k1);
-        c1 = lo_b;
-        c3 = lo_a;
-        k0 = _mm256_add_epi32(k0, key_a);
-        k1 = _mm256_add_epi32(k1, key_b);
+// The lane operations of the vector Philox below, for 8 lanes (AVX2) and 16 (AVX-512). x86 has no 32-bit
+// multiply-high: the even and odd lanes are multiplied apart as 32x32->64 products (vpmuludq) and blended back.
+// Compilers vectorize the scalar form with 64-bit lanes and emulated 64-bit multiplies, several times slower.
+struct Lanes8 {
+    using V = __m256i;
+    static constexpr uint32_t kWidth = 8;
+    static V set1(uint32_t x) { return _mm256_set1_epi32(static_cast<int>(x)); }
+    static V iota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+    static V add(V a, V b) { return _mm256_add_epi32(a, b); }
+    static V bit_xor(V a, V b) { return _mm256_xor_si256(a, b); }
+    static void mul_hi_lo(V constant, V x, V& hi, V& lo) {
+        const V even = _mm256_mul_epu32(constant, x);
+        const V odd = _mm256_mul_epu32(constant, _mm256_srli_epi64(x, 32));
+        lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+        hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out0), c0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out1), c1);
-}
+    static void store(uint32_t* out, V v) { _mm256_storeu_si256(reinterpret_cast<V*>(out), v); }
+};
 #endif
 
 #if defined(__AVX512F__)
-// The AVX-512 form of the two above: 16 counters per group, the same even/odd split with 16-bit lane masks.
-static inline void mul_hi_lo_x16(__m512i constant, __m512i x, __m512i& hi, __m512i& lo) {
-    const __m512i even = _mm512_mul_epu32(constant, x);
-    const __m512i odd = _mm512_mul_epu32(constant, _mm512_srli_epi64(x, 32));
-    lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-    hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-}
+struct Lanes16 {
+    using V = __m512i;
+    static constexpr uint32_t kWidth = 16;
+    static V set1(uint32_t x) { return _mm512_set1_epi32(static_cast<int>(x)); }
+    static V iota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+    static V add(V a, V b) { return _mm512_add_epi32(a, b); }
+    static V bit_xor(V a, V b) { return _mm512_xor_si512(a, b); }
+    static void mul_hi_lo(V constant, V x, V& hi, V& lo) {
+        const V even = _mm512_mul_epu32(constant, x);
+        const V odd = _mm512_mul_epu32(constant, _mm512_srli_epi64(x, 32));
+        lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+        hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    }
+    static void store(uint32_t* out, V v) { _mm512_storeu_si512(out, v); }
+};
+#endif
 
-static inline void philox_first_two_x16(PhiloxKey key, uint32_t first, uint32_t high, uint32_t* out0,
-                                        uint32_t* out1) {
-    __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first)),
-                                  _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    __m512i c1 = _mm512_set1_epi32(static_cast<int>(high)), c2 = _mm512_setzero_si512(), c3 = c2;
-    __m512i k0 = _mm512_set1_epi32(static_cast<int>(key.k0)), k1 = _mm512_set1_epi32(static_cast<int>(key.k1));
-    const __m512i round_a = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
-    const __m512i round_b = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
-    const __m512i key_a = _mm512_set1_epi32(static_cast<int>(0x9E3779B9u));
-    const __m512i key_b = _mm512_set1_epi32(static_cast<int>(0xBB67AE85u));
+#if defined(__AVX2__)
+// Words of L::kWidth consecutive counters (low word first .., high word `high`), no carry between them.
+template <typename L>
+static inline void philox_first_two_lanes(PhiloxKey key, uint32_t first, uint32_t high, uint32_t* out0,
+                                          uint32_t* out1) {
+    using V = typename L::V;
+    V c0 = L::add(L::set1(first), L::iota()), c1 = L::set1(high), c2 = L::set1(0), c3 = c2;
+    V k0 = L::set1(key.k0), k1 = L::set1(key.k1);
+    const V round_a = L::set1(0xD2511F53u), round_b = L::set1(0xCD9E8D57u);
+    const V key_a = L::set1(0x9E3779B9u), key_b = L::set1(0xBB67AE85u);
     for (int round = 0; round < 10; ++round) {
-        __m512i hi_b, lo_b, hi_a, lo_a;
-        mul_hi_lo_x16(round_b, c2, hi_b, lo_b);
-        mul_hi_lo_x16(round_a, c0, hi_a, lo_a);
-        c0 = _mm512_xor_si512(_mm512_xor_si512(hi_b, c1), k0);
-        c2 = _mm512_xor_si512(_mm512_xor_si512(hi_a, c3), k1);
+        V hi_b, lo_b, hi_a, lo_a;
+        L::mul_hi_lo(round_b, c2, hi_b, lo_b);
+        L::mul_hi_lo(round_a, c0, hi_a, lo_a);
+        c0 = L::bit_xor(L::bit_xor(hi_b, c1), k0);
+        c2 = L::bit_xor(L::bit_xor(hi_a, c3), k1);
         c1 = lo_b;
         c3 = lo_a;
-        k0 = _mm512_add_epi32(k0, key_a);
-        k1 = _mm512_add_epi32(k1, key_b);
+        k0 = L::add(k0, key_a);
+        k1 = L::add(k1, key_b);
     }
-    _mm512_storeu_si512(out0, c0);
-    _mm512_storeu_si512(out1, c1);
+    L::store(out0, c0);
+    L::store(out1, c1);
+}
+
+// Counters first + i .. in groups of L::kWidth while they last, from i on; returns where it stopped: at the end, or
+// at a group whose low word would wrap past 2^32 (the high word changes inside it), left to a narrower path.
+template <typename L>
+static inline int64_t philox_groups(PhiloxKey key, int64_t first, int64_t i, int64_t n, uint32_t* out0,
+                                    uint32_t* out1) {
+    for (; i + L::kWidth <= n; i += L::kWidth) {
+        const uint64_t index = static_cast<uint64_t>(first + i);
+        const uint32_t low = static_cast<uint32_t>(index);
+        if (low > 0xFFFFFFFFu - (L::kWidth - 1)) break;
+        philox_first_two_lanes<L>(key, low, static_cast<uint32_t>(index >> 32), out0 + i, out1 + i);
+    }
+    return i;
 }
 #endif
 
@@ -163,20 +169,10 @@ static inline void philox_words(PhiloxKey key, int64_t first, int64_t n, uint32_
                                 uint32_t* __restrict out1) {
     int64_t i = 0;
 #if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16) {
-        const uint64_t index = static_cast<uint64_t>(first + i);
-        const uint32_t low = static_cast<uint32_t>(index);
-        if (low > 0xFFFFFFFFu - 15u) break;  // the high word changes inside this group: finish in groups of 8
-        philox_first_two_x16(key, low, static_cast<uint32_t>(index >> 32), out0 + i, out1 + i);
-    }
+    i = philox_groups<Lanes16>(key, first, i, n, out0, out1);
 #endif
 #if defined(__AVX2__)
-    for (; i + 8 <= n; i += 8) {
-        const uint64_t index = static_cast<uint64_t>(first + i);
-        const uint32_t low = static_cast<uint32_t>(index);
-        if (low > 0xFFFFFFFFu - 7u) break;  // the high word changes inside this group: finish in scalar
-        philox_first_two_x8(key, low, static_cast<uint32_t>(index >> 32), out0 + i, out1 + i);
-    }
+    i = philox_groups<Lanes8>(key, first, i, n, out0, out1);
 #endif
     for (; i < n; ++i) {
         const uint64_t index = static_cast<uint64_t>(first + i);

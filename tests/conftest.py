@@ -85,6 +85,18 @@ def photo_crops(count: int, size: int) -> "np.ndarray":
     return (np.stack(crops[:count]) * 255).round().astype(np.uint8)
 
 
+def state_tensors(state, path=""):
+    """(path, tensor) for every tensor in a nested checkpoint state, e.g. ("/optimizer/state/0/exp_avg", ...)."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            yield from state_tensors(value, f"{path}/{key}")
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            yield from state_tensors(value, f"{path}/{i}")
+    elif isinstance(state, torch.Tensor):
+        yield path, state
+
+
 def quiet_config(out, **overrides):
     """A short run that prints and logs little: batch 64, 2 epochs, eager, metrics every 4 steps."""
     from vaefast.config import TrainConfig

@@ -19,6 +19,8 @@ import time
 import pytest
 import torch
 
+from conftest import state_tensors
+
 from vaefast.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
@@ -43,17 +45,6 @@ def _command(out, seed: int, restarts: int, variant: str, vgg16=None) -> list[st
 def _workers(agent: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(agent)], capture_output=True, text=True).stdout.split()
     return [int(pid) for pid in found]
-
-
-def _float_tensors(state, path=""):
-    if isinstance(state, dict):
-        for key, value in state.items():
-            yield from _float_tensors(value, f"{path}/{key}")
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            yield from _float_tensors(value, f"{path}/{i}")
-    elif isinstance(state, torch.Tensor):
-        yield path, state
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +86,7 @@ def test_a_killed_rank_restarts_the_group_and_the_run_ends_bit_identical(tmp_pat
     assert "resuming" in stderr, "the restarted group resumed from a checkpoint"
     a, b = load_checkpoint(out), reference
     assert a["step"] == b["step"] == FINAL_STEP[variant]
-    ours, theirs = dict(_float_tensors(a)), dict(_float_tensors(b))
+    ours, theirs = dict(state_tensors(a)), dict(state_tensors(b))
     compared = [k for k in theirs if k.startswith(("/model/", "/optimizer/", "/ema/", "/recipe/"))]
     assert any(k.startswith("/optimizer/state/") for k in compared)
     if variant == "plain":

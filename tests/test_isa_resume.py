@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import state_tensors
+
 from vaefast import native
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,17 +51,6 @@ def _train(out: Path, steps: int, precision: str, library: Path, isa: str | None
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
 
 
-def _float_tensors(state, path=""):
-    if isinstance(state, dict):
-        for key, value in state.items():
-            yield from _float_tensors(value, f"{path}/{key}")
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            yield from _float_tensors(value, f"{path}/{i}")
-    elif isinstance(state, torch.Tensor) and state.is_floating_point():
-        yield path, state
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_run_resumed_on_the_baseline_copy_ends_bit_identical(portable_library, tmp_path, precision):
     best = native.copies_that_run()[-1]
@@ -67,8 +58,8 @@ def test_a_run_resumed_on_the_baseline_copy_ends_bit_identical(portable_library,
     _train(tmp_path / "moved", 2, precision, portable_library, best)
     _train(tmp_path / "moved", 4, precision, portable_library, "baseline", resume=True)
     name = "ckpt-step000000004.pt"
-    straight = dict(_float_tensors(torch.load(tmp_path / "straight" / name, weights_only=True)))
-    moved = dict(_float_tensors(torch.load(tmp_path / "moved" / name, weights_only=True)))
+    straight = dict(state_tensors(torch.load(tmp_path / "straight" / name, weights_only=True)))
+    moved = dict(state_tensors(torch.load(tmp_path / "moved" / name, weights_only=True)))
     assert straight.keys() == moved.keys() and any("/model/" in k for k in straight)
     for key, value in straight.items():
         assert torch.equal(value, moved[key]), key
