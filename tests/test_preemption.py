@@ -100,3 +100,26 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step(tmp_path, reliabili
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_checkpoint(out)["step"] == stopped["step"] + 4
+
+
+def test_under_torchrun_the_agents_forward_of_the_signal_is_not_a_second_signal(monkeypatch):
+    """A signal to a torchrun job's process group reaches each worker directly and again from the agent, moments
+    apart: the repeat is ignored within the window, and a signal after it still stops at once. Outside torchrun
+    any repeat stops at once (test above). The handler is called directly: a real second SIGTERM would end pytest."""
+    import vaefast.train.preemption as preemption
+
+    kills = []
+    monkeypatch.setattr(preemption.os, "kill", lambda pid, sig: kills.append(sig))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    request = preemption.StopRequest()
+    request._handle(signal.SIGTERM, None)
+    request._handle(signal.SIGTERM, None)  # the agent's forward
+    assert request.requested and kills == []
+    request._first_at -= preemption.FORWARDED_WINDOW_S + 1  # a signal sent later is a second one
+    request._handle(signal.SIGTERM, None)
+    assert kills == [signal.SIGTERM]
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    alone = preemption.StopRequest()
+    alone._handle(signal.SIGTERM, None)
+    alone._handle(signal.SIGTERM, None)
+    assert kills == [signal.SIGTERM, signal.SIGTERM]

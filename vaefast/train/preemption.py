@@ -6,7 +6,10 @@ script or scheduler can requeue it with ``--resume`` and the run continues bit f
 the previous handlers and re-raises itself, so it acts at once (SIGTERM terminates, SIGINT raises
 KeyboardInterrupt); the last complete checkpoint is never touched by that, since checkpoints are renamed into place
 only once fully written. Under torchrun, which forwards the signal to every worker, the ranks agree on the stop at
-the next log step (one all-reduce of the flag there), so they all write the same step.
+the next log step (one all-reduce of the flag there), so they all write the same step. There a signal sent to the
+job's process group (a scheduler's, or Ctrl-C) reaches each worker twice, directly and forwarded by the agent as it
+stops the group; a repeat within ``FORWARDED_WINDOW_S`` is that same notice, not a second one (taken as a second,
+it killed one rank in the middle of the others' last all-reduce).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import torch
 
 PREEMPTED_EXIT_CODE = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORWARDED_WINDOW_S = 5.0
 
 
 class StopRequest:
@@ -30,6 +35,8 @@ class StopRequest:
         self.signals = signals
         self.requested = False
         self._previous: dict[int, object] = {}
+        self._first_at = 0.0
+        self._under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -55,9 +62,12 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
+            if self._under_torchrun and time.monotonic() - self._first_at < FORWARDED_WINDOW_S:
+                return  # the agent's forward of the signal already received
             self._restore()
             os.kill(os.getpid(), signum)
             return
         self.requested = True
+        self._first_at = time.monotonic()
         print(f"vaefast: {signal.Signals(signum).name} received: stopping with a checkpoint at the next step "
               "boundary; send it again to stop at once", file=sys.stderr, flush=True)
