@@ -1,9 +1,11 @@
-// Adam/AdamW with float32 master weights and a low-precision model copy, in one pass over each tensor. Compiled
-// once per instruction-set level like vae_loss_impl.cpp; vae_loss_dispatch.cpp picks the copy.
+// Adam/AdamW in one pass over each tensor, for float32 models and for low-precision models with float32 master
+// weights. Compiled once per instruction-set level like vae_loss_impl.cpp; vae_loss_dispatch.cpp picks the copy.
 //
 // Under autocast a model keeps float32 weights, casts each to bf16 in every forward and casts each weight
 // gradient back to float32 in every backward. With bf16 model weights and this step, the forward and backward
 // read and write bf16 only, and the casts become the loads and stores of the optimizer pass that runs anyway.
+// For a float32 model the step is torch's fused Adam with the NaN guard's gradient check folded into the same
+// parallel region, and one foreign call for every tensor of the step.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -20,13 +22,40 @@ namespace {
 // Elements per parallel work item: small tensors (biases) run on the calling thread.
 constexpr int64_t kChunk = 16384;
 
+// The step's constants, each computed in double and rounded to float32 as torch's fused Adam computes them.
 struct AdamHyper {
-    float lr, beta1, beta2, eps, weight_decay, step_size, inv_bc2_sqrt;
+    float exp_avg_coef, beta2, exp_avg_sq_coef, eps, weight_decay, decay;
+    float neg_step_size, bias_correction2_sqrt;  // per tensor, from its step count
 };
 
-// The per-tensor record of a multi-tensor Adam call: n, then the master, grad, exp_avg, exp_avg_sq and param
-// addresses (optimizer.h).
-constexpr int64_t kMetaFields = 6;
+// hyper: lr, beta1, beta2, eps, weight_decay (optimizer.h).
+AdamHyper step_constants(const double* hyper) {
+    const double lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2], eps = hyper[3], weight_decay = hyper[4];
+    return AdamHyper{float(1.0 - beta1), float(beta2), float(1.0 - beta2), float(eps), float(weight_decay),
+                     float(1.0 - lr * weight_decay), 0.0f, 1.0f};
+}
+
+// A tensor's bias corrections at step count t (after this step), in double as torch's fused Adam computes them.
+void set_bias_corrections(AdamHyper& h, const double* hyper, double t) {
+    const double lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2];
+    h.neg_step_size = float(-(lr / (1.0 - std::pow(beta1, t))));
+    h.bias_correction2_sqrt = float(std::sqrt(1.0 - std::pow(beta2, t)));
+}
+
+// A multiply-add where torch's fused Adam has one: its explicit fmadd, and the two its compiler contracts (into the
+// weight decay and the second moment; pinned by tests/test_native_adam.py). Fused where the vector unit has an FMA,
+// a multiply then an add where it has not (and everywhere in a VAEFAST_PORTABLE_BITS build). The file is compiled
+// without contraction, so that nothing else is fused.
+inline float multiply_add(float a, float b, float c) {
+#if defined(__FMA__) && !defined(VF_PORTABLE_BITS)
+    return std::fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
+// The per-tensor record of a multi-tensor Adam call (optimizer.h).
+constexpr int64_t kMetaFields = 7;
 
 template <typename T>
 struct TensorRefs {
@@ -36,37 +65,46 @@ struct TensorRefs {
     float* exp_avg;
     float* exp_avg_sq;
     T* param;
+    float* step;
     explicit TensorRefs(const int64_t* m)
         : n(m[0]),
           master(reinterpret_cast<float*>(m[1])),
           grad(reinterpret_cast<const T*>(m[2])),
           exp_avg(reinterpret_cast<float*>(m[3])),
           exp_avg_sq(reinterpret_cast<float*>(m[4])),
-          param(reinterpret_cast<T*>(m[5])) {}
+          param(reinterpret_cast<T*>(m[5])),
+          step(reinterpret_cast<float*>(m[6])) {}
 };
 
-// The arithmetic of torch's fused CPU Adam (aten/src/ATen/native/cpu/FusedAdamKernel.cpp), except that the
-// division by sqrt(bias_correction2) is a multiplication by its inverse, computed once.
-template <typename T, bool DECOUPLED>
-void adam_chunk(int64_t n, float* __restrict master, const T* __restrict grad, float* __restrict exp_avg,
+// torch's fused CPU Adam (aten/src/ATen/native/cpu/FusedAdamKernel.cpp, its vector loop as compiled) operation for
+// operation: a float32 model steps to the bits torch.optim.Adam(fused=True) gives wherever torch's vector loop
+// runs (all but the last size % 16 elements of a tensor, whose scalar loop torch compiles differently).
+// ``weights`` is the float32 master, or with MASTER false the float32 parameter itself (then ``param`` is unused).
+template <typename T, bool DECOUPLED, bool MASTER>
+void adam_chunk(int64_t n, float* __restrict weights, const T* __restrict grad, float* __restrict exp_avg,
                 float* __restrict exp_avg_sq, T* __restrict param, const AdamHyper h) {
+    // exp_avg.lerp_(grad, w) as torch computes it: from exp_avg when the weight is small, else from grad.
+    const bool small_weight = std::abs(h.exp_avg_coef) < 0.5f;
+    const float lerp_coef = small_weight ? h.exp_avg_coef : h.exp_avg_coef - 1.0f;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
         float g = vf::to_float(grad[i]);
-        float p = master[i];
-        if constexpr (DECOUPLED) {
-            p -= h.lr * h.weight_decay * p;
-        } else {
-            g += h.weight_decay * p;
+        float p = weights[i];
+        if (h.weight_decay != 0.0f) {
+            if constexpr (DECOUPLED) {
+                p = p * h.decay;
+            } else {
+                g = multiply_add(p, h.weight_decay, g);
+            }
         }
-        const float m = exp_avg[i] + (1.0f - h.beta1) * (g - exp_avg[i]);
-        const float v = h.beta2 * exp_avg_sq[i] + (1.0f - h.beta2) * g * g;
-        const float denom = std::sqrt(v) * h.inv_bc2_sqrt + h.eps;
-        p -= h.step_size * m / denom;
+        const float m = multiply_add(lerp_coef, g - exp_avg[i], small_weight ? exp_avg[i] : g);
+        const float v = multiply_add(h.exp_avg_sq_coef * g, g, exp_avg_sq[i] * h.beta2);
+        const float denom = std::sqrt(v) / h.bias_correction2_sqrt + h.eps;
+        p = p + h.neg_step_size * m / denom;
         exp_avg[i] = m;
         exp_avg_sq[i] = v;
-        master[i] = p;
-        param[i] = vf::from_float<T>(p);
+        weights[i] = p;
+        if constexpr (MASTER) param[i] = vf::from_float<T>(p);
     }
 }
 
@@ -83,45 +121,80 @@ inline int64_t owner(const std::vector<int64_t>& first, int64_t c) {
     return std::upper_bound(first.begin(), first.end(), c) - first.begin() - 1;
 }
 
-// All tensors of one step in one parallel region: per-tensor calls cost a fork and join and a foreign call each,
-// and small tensors (biases) that ran serially now share the region with the large ones.
-template <typename T>
-void adam_master_step(int64_t count, const int64_t* meta, const float* factors, const AdamHyper& base,
-                      bool decoupled, int num_threads) {
-    const std::vector<int64_t> first = first_chunks(count, meta, kMetaFields);
-    const int64_t total = first[count];
-    auto chunk_fn = decoupled ? adam_chunk<T, true> : adam_chunk<T, false>;
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (total > 1)
-    for (int64_t c = 0; c < total; ++c) {
-        const int64_t i = owner(first, c);
-        const TensorRefs<T> r(meta + kMetaFields * i);
-        const int64_t b = (c - first[i]) * kChunk, len = std::min(kChunk, r.n - b);
-        AdamHyper h = base;
-        h.step_size = factors[2 * i];
-        h.inv_bc2_sqrt = factors[2 * i + 1];
-        chunk_fn(len, r.master + b, r.grad + b, r.exp_avg + b, r.exp_avg_sq + b, r.param + b, h);
-    }
-}
-
 // Non-finite means an all-ones exponent field; checking the bits needs no float compare and no conversion.
 template <typename T>
-bool all_finite(int64_t count, const int64_t* sizes, const void* const* data, int num_threads) {
+bool chunk_finite(const T* data, int64_t n) {
     static_assert(sizeof(T) == 2 || sizeof(T) == 4, "16- or 32-bit floats");
     using Bits = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>;
     constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7F800000u)
                               : std::is_same_v<T, vf::bf16> ? Bits(0x7F80u) : Bits(0x7C00u);
+    const Bits* bits = reinterpret_cast<const Bits*>(data);
+    int bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (int64_t k = 0; k < n; ++k) bad |= (bits[k] & exponent) == exponent;
+    return bad == 0;
+}
+
+// All tensors of one step in one parallel region: per-tensor calls cost a fork and join and a foreign call each,
+// and small tensors (biases) that ran serially now share the region with the large ones. With check_grads the
+// region first checks every gradient; the static schedule gives each thread the same chunks in both loops.
+template <typename T, bool MASTER>
+bool adam_step(int64_t count, const int64_t* meta, const double* hyper, bool decoupled, bool skip, bool check_grads,
+               int num_threads) {
+    const std::vector<int64_t> first = first_chunks(count, meta, kMetaFields);
+    const int64_t total = first[count];
+    auto chunk_fn = decoupled ? adam_chunk<T, true, MASTER> : adam_chunk<T, false, MASTER>;
+    // Each tensor's constants, from its own step count (usually one count for all: computed once).
+    std::vector<AdamHyper> per_tensor(count, step_constants(hyper));
+    for (int64_t i = 0; i < count; ++i) {
+        const float t = *TensorRefs<T>(meta + kMetaFields * i).step + 1.0f;
+        if (i > 0 && t == *TensorRefs<T>(meta + kMetaFields * (i - 1)).step + 1.0f) {
+            per_tensor[i] = per_tensor[i - 1];
+        } else {
+            set_bias_corrections(per_tensor[i], hyper, t);
+        }
+    }
+    int bad = skip ? 1 : 0;
+    // Decided before the region: a thread that read the shared `bad` here could see another thread's reduction
+    // land and skip the loop (and its barrier) that the others wait in.
+    const bool check = check_grads && !skip;
+#pragma omp parallel num_threads(num_threads) if (total > 1)
+    {
+        if (check) {
+#pragma omp for schedule(static) reduction(| : bad)
+            for (int64_t c = 0; c < total; ++c) {
+                const int64_t i = owner(first, c);
+                const TensorRefs<T> r(meta + kMetaFields * i);
+                const int64_t b = (c - first[i]) * kChunk;
+                bad |= !chunk_finite(r.grad + b, std::min(kChunk, r.n - b));
+            }
+        }
+        if (!bad) {  // the same for every thread: read after the check loop's barrier, or never written
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < total; ++c) {
+                const int64_t i = owner(first, c);
+                const TensorRefs<T> r(meta + kMetaFields * i);
+                const int64_t b = (c - first[i]) * kChunk, len = std::min(kChunk, r.n - b);
+                chunk_fn(len, (MASTER ? r.master : reinterpret_cast<float*>(r.param)) + b, r.grad + b,
+                         r.exp_avg + b, r.exp_avg_sq + b, r.param + b, per_tensor[i]);
+            }
+        }
+    }
+    if (bad) return false;
+    for (int64_t i = 0; i < count; ++i) *TensorRefs<T>(meta + kMetaFields * i).step += 1.0f;
+    return true;
+}
+
+template <typename T>
+bool all_finite(int64_t count, const int64_t* sizes, const void* const* data, int num_threads) {
     const std::vector<int64_t> first = first_chunks(count, sizes, 1);
     const int64_t total = first[count];
     int bad = 0;
 #pragma omp parallel for num_threads(num_threads) schedule(static) reduction(| : bad) if (total > 1)
     for (int64_t c = 0; c < total; ++c) {
         const int64_t i = owner(first, c);
-        const Bits* bits = static_cast<const Bits*>(data[i]);
-        const int64_t b = (c - first[i]) * kChunk, e = std::min(sizes[i], b + kChunk);
-        int chunk_bad = 0;
-#pragma omp simd reduction(| : chunk_bad)
-        for (int64_t k = b; k < e; ++k) chunk_bad |= (bits[k] & exponent) == exponent;
-        bad |= chunk_bad;
+        const int64_t b = (c - first[i]) * kChunk;
+        bad |= !chunk_finite(static_cast<const T*>(data[i]) + b, std::min(kChunk, sizes[i] - b));
     }
     return bad == 0;
 }
@@ -140,20 +213,25 @@ extern "C" int VF_EXPORT(vf_all_finite)(int dtype, int64_t count, const int64_t*
     }
 }
 
-extern "C" int VF_EXPORT(vf_adam_master_step)(int dtype, int64_t count, const int64_t* meta, const float* factors,
-                                              float lr, float beta1, float beta2, float eps, float weight_decay,
-                                              int decoupled, int num_threads) {
-    const AdamHyper h{lr, beta1, beta2, eps, weight_decay, 0.0f, 0.0f};
+extern "C" int VF_EXPORT(vf_adam_step)(int dtype, int64_t count, const int64_t* meta, float* found_inf,
+                                       int check_grads, const double* hyper, int decoupled, int num_threads) {
+    const bool skip = found_inf != nullptr && *found_inf != 0.0f, check = check_grads != 0, dec = decoupled != 0;
+    bool applied;
     switch (dtype) {
+        case VF_FLOAT32:
+            applied = adam_step<float, false>(count, meta, hyper, dec, skip, check, num_threads);
+            break;
         case VF_BFLOAT16:
-            adam_master_step<vf::bf16>(count, meta, factors, h, decoupled != 0, num_threads);
-            return VF_OK;
+            applied = adam_step<vf::bf16, true>(count, meta, hyper, dec, skip, check, num_threads);
+            break;
 #if VF_HAVE_FLOAT16
         case VF_FLOAT16:
-            adam_master_step<vf::f16>(count, meta, factors, h, decoupled != 0, num_threads);
-            return VF_OK;
+            applied = adam_step<vf::f16, true>(count, meta, hyper, dec, skip, check, num_threads);
+            break;
 #endif
         default:
             return VF_BAD_DTYPE;
     }
+    if (!applied && found_inf != nullptr) *found_inf = 1.0f;
+    return VF_OK;
 }

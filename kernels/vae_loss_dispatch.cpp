@@ -18,13 +18,12 @@
     extern "C" int vf_bce_fwd_##isa(int, int, int, const void*, const void*, float*, int64_t, int64_t, int);    \
     extern "C" int vf_bce_bwd_##isa(int, int, int, const float*, const void*, const void*, void*, int64_t,     \
                                     int64_t, int);                                                              \
-    extern "C" int vf_adam_master_step_##isa(int, int64_t, const int64_t*, const float*, float, float, float,   \
-                                             float, float, int, int);                                        \
+    extern "C" int vf_adam_step_##isa(int, int64_t, const int64_t*, float*, int, const double*, int, int);       \
     extern "C" int vf_all_finite_##isa(int, int64_t, const int64_t*, const void* const*, int);                  \
     extern "C" int vf_noise_##isa(int64_t, int64_t, int64_t, uint32_t*, uint32_t*, float*);
 
 #define VF_TABLE(isa, name) \
-    {name, vf_latent_fwd_##isa, vf_latent_bwd_##isa, vf_bce_fwd_##isa, vf_bce_bwd_##isa, vf_adam_master_step_##isa, \
+    {name, vf_latent_fwd_##isa, vf_latent_bwd_##isa, vf_bce_fwd_##isa, vf_bce_bwd_##isa, vf_adam_step_##isa,        \
      vf_all_finite_##isa, vf_noise_##isa}
 
 VF_DECLARE(baseline)
@@ -43,7 +42,7 @@ struct KernelTable {
     decltype(&vf_latent_bwd_baseline) latent_bwd;
     decltype(&vf_bce_fwd_baseline) bce_fwd;
     decltype(&vf_bce_bwd_baseline) bce_bwd;
-    decltype(&vf_adam_master_step_baseline) adam_master_step;
+    decltype(&vf_adam_step_baseline) adam_step;
     decltype(&vf_all_finite_baseline) all_finite;
     decltype(&vf_noise_baseline) noise;
 };
@@ -107,7 +106,7 @@ const KernelTable& kernels() {
 
 extern "C" {
 
-int vf_abi_version(void) { return 6; }
+int vf_abi_version(void) { return 7; }
 
 const char* vf_isa(void) { return kernels().isa; }
 
@@ -169,13 +168,12 @@ int vf_bce_bwd(int x_dtype, int t_dtype, int continuous, const float* g, const v
     return kernels().bce_bwd(x_dtype, t_dtype, continuous, g, x, t, dx, B, P, num_threads);
 }
 
-int vf_adam_master_step(int dtype, int64_t count, const int64_t* meta, const float* factors, float lr, float beta1,
-                        float beta2, float eps, float weight_decay, int decoupled, int num_threads) {
+int vf_adam_step(int dtype, int64_t count, const int64_t* meta, float* found_inf, int check_grads,
+                 const double* hyper, int decoupled, int num_threads) {
     if (count < 0) return VF_BAD_SIZE;
     for (int64_t i = 0; i < count; ++i)
-        if (meta[6 * i] < 0) return VF_BAD_SIZE;
-    return kernels().adam_master_step(dtype, count, meta, factors, lr, beta1, beta2, eps, weight_decay, decoupled,
-                                      num_threads);
+        if (meta[7 * i] < 0 || meta[7 * i + 6] == 0) return VF_BAD_SIZE;
+    return kernels().adam_step(dtype, count, meta, found_inf, check_grads, hyper, decoupled, num_threads);
 }
 
 int vf_all_finite(int dtype, int64_t count, const int64_t* sizes, const void* const* data, int num_threads) {

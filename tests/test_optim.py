@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vaefast.train import MasterWeightAdam
-from vaefast.train.optim import make_optimizer
+from vaefast.train.optim import NativeAdam, make_optimizer
 
 SHAPES = [(300, 37), (37,), (5, 4, 3)]
 
@@ -130,7 +130,8 @@ def test_bad_parameters_and_hyperparameters_are_named():
 def test_make_optimizer_choices():
     module = _module()
     plain = make_optimizer("adamw", module, lr=1e-3, weight_decay=0.1, device=torch.device("cpu"))
-    assert isinstance(plain, torch.optim.AdamW) and next(module.parameters()).dtype == torch.float32
+    assert isinstance(plain, NativeAdam) and plain.param_groups[0]["decoupled_weight_decay"]
+    assert next(module.parameters()).dtype == torch.float32
     master = make_optimizer("adamw", module, lr=1e-3, weight_decay=0.1, device=torch.device("cpu"),
                             master_weights=True)
     assert isinstance(master, MasterWeightAdam) and master.param_groups[0]["decoupled_weight_decay"]

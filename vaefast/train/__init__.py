@@ -7,8 +7,8 @@ live outside, so that evaluation uses them without the trainer.
 from ..checkpoint import CheckpointError, Checkpointer, load_checkpoint
 from ..config import TrainConfig
 from .guard import NonFiniteTraining
-from .optim import MasterWeightAdam
+from .optim import MasterWeightAdam, NativeAdam
 from .trainer import Trainer
 
-__all__ = ["CheckpointError", "Checkpointer", "MasterWeightAdam", "NonFiniteTraining", "TrainConfig", "Trainer",
-           "load_checkpoint"]
+__all__ = ["CheckpointError", "Checkpointer", "MasterWeightAdam", "NativeAdam", "NonFiniteTraining", "TrainConfig",
+           "Trainer", "load_checkpoint"]

@@ -123,19 +123,28 @@ def non_finite_report(named_tensors: dict[str, torch.Tensor | None], model: torc
 
 class SkipDecision:
     """Whether a step's update must be skipped, decided on the device as a float flag (1.0: skip; GradScaler's
-    ``found_inf`` convention), from the loss and the gradients, the same on every rank."""
+    ``found_inf`` convention), from the loss and the gradients, the same on every rank.
 
-    def __init__(self, model: torch.nn.Module, optimizer, device: torch.device, *, master_weights: bool,
-                 scaler_enabled: bool, dist):
+    An optimizer with a ``check_gradients`` switch (NativeAdam, MasterWeightAdam) is asked to check the gradients
+    itself, inside its update's own pass, and to set the flag it is given; the decision then holds the loss's half
+    until the optimizer has run. That is the same decision on every rank: the gradients it checks are the
+    all-reduced ones."""
+
+    def __init__(self, model: torch.nn.Module, optimizer, device: torch.device, *, scaler_enabled: bool, dist):
         self.model, self.optimizer, self.device, self.dist = model, optimizer, device, dist
-        self.master_weights, self.scaler_enabled = master_weights, scaler_enabled
+        self.scaler_enabled = scaler_enabled
+        self.optimizer_checks = hasattr(optimizer, "check_gradients") and not scaler_enabled
         self._unit_scale = torch.ones(1, device=device)
 
     def __call__(self, loss_finite: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor:
         skip = (~loss_finite).float().view(1)
         if not self.scaler_enabled:  # with fp16 the scaler itself skips steps whose gradients overflowed
-            grads_bad = (~torch.isfinite(grad_norm)).float() if grad_norm is not None else self.grads_nonfinite()
-            skip = torch.maximum(skip, grads_bad.view(1))
+            if grad_norm is not None:  # clipping computed the norm anyway: a non-finite gradient makes it so
+                skip = torch.maximum(skip, (~torch.isfinite(grad_norm)).float().view(1))
+            elif not self.optimizer_checks:
+                skip = torch.maximum(skip, self.grads_nonfinite().view(1))
+        if self.optimizer_checks:
+            self.optimizer.check_gradients = grad_norm is None
         if self.dist.enabled:
             # All ranks take the same decision, so they never diverge: any rank's NaN skips the step everywhere.
             skip = self.dist.all_reduce_(skip, op=torch.distributed.ReduceOp.MAX)
@@ -143,11 +152,8 @@ class SkipDecision:
 
     def grads_nonfinite(self) -> torch.Tensor:
         """1.0 where a gradient is non-finite: one multi-tensor pass (GradScaler's own kernel, with a scale of 1)
-        instead of a norm per parameter, or with master weights (CPU only) the optimizer's read-only native check of
-        the bf16 gradients. The private torch kernel is pinned by the gradient-only NaN test in
+        instead of a norm per parameter. The private torch kernel is pinned by the gradient-only NaN test in
         tests/test_trainer.py."""
-        if self.master_weights:
-            return torch.full((1,), float(not self.optimizer.grads_finite()), device=self.device)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         found_inf = torch.zeros(1, device=self.device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._unit_scale)

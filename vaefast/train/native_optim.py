@@ -1,36 +1,43 @@
-"""Launchers of the native kernels that ``MasterWeightAdam`` (vaefast.train.optim) steps with."""
+"""Launchers of the native optimizer kernels (``kernels/optimizer.h``) that ``NativeAdam`` and ``MasterWeightAdam``
+(vaefast.train.optim) step with."""
 
 from __future__ import annotations
 
 import ctypes
-import math
 
 import torch
 
 from ..native import check, dtype_code, library, threads
 
+# Per tensor: n, master, grad, exp_avg, exp_avg_sq, param, step count (kernels/optimizer.h).
+META_FIELDS = 7
 
-def adam_master_step(masters, grads, exp_avgs, exp_avg_sqs, params, steps, *, lr: float, beta1: float,
-                     beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
-    """One fused Adam/AdamW step in place over lists of tensors, in one call: float32 ``masters``/``exp_avgs``/
-    ``exp_avg_sqs``, low-precision ``grads`` and ``params`` of one dtype (each param becomes its master rounded to
-    that dtype), ``steps`` the step count of each tensor after this step. The caller passes contiguous CPU tensors
-    whose sizes match per position (``MasterWeightAdam`` checks them)."""
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, step_counters, *, masters=None,
+              found_inf: torch.Tensor | None = None, check_grads: bool = False, lr: float, beta1: float,
+              beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+    """One fused Adam/AdamW step in place over lists of contiguous CPU tensors of matching sizes, in one call.
+
+    ``params`` and ``grads`` share one dtype: float32 (the weights themselves; ``masters`` None), or bfloat16 /
+    float16 with float32 ``masters`` (each param becomes its master rounded). ``step_counters``: one-element
+    float32 tensors, each tensor's step count, which the kernel reads for the bias corrections and increments when
+    the step is applied (torch.optim's state).
+
+    ``found_inf``: GradScaler's one-element float32 CPU flag. Nonzero skips the step; with ``check_grads`` a
+    non-finite gradient sets it to 1 and skips it too."""
     count = len(params)
     if count == 0:
         return
-    meta = (ctypes.c_int64 * (6 * count))()
-    factors = (ctypes.c_float * (2 * count))()
-    corrections = {}
-    for i, (master, grad, exp_avg, exp_avg_sq, param, step) in enumerate(
-            zip(masters, grads, exp_avgs, exp_avg_sqs, params, steps)):
-        meta[6 * i:6 * i + 6] = (param.numel(), master.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(),
-                                 exp_avg_sq.data_ptr(), param.data_ptr())
-        if step not in corrections:
-            corrections[step] = (lr / (1.0 - beta1**step), 1.0 / math.sqrt(1.0 - beta2**step))
-        factors[2 * i:2 * i + 2] = corrections[step]
-    status = library().vf_adam_master_step(dtype_code(params[0]), count, meta, factors, lr, beta1, beta2, eps,
-                                           weight_decay, int(decoupled), threads())
+    meta = (ctypes.c_int64 * (META_FIELDS * count))()
+    for i, (param, grad, exp_avg, exp_avg_sq, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs,
+                                                                      step_counters)):
+        meta[META_FIELDS * i:META_FIELDS * (i + 1)] = (
+            param.numel(), 0 if masters is None else masters[i].data_ptr(), grad.data_ptr(), exp_avg.data_ptr(),
+            exp_avg_sq.data_ptr(), param.data_ptr(), step.data_ptr())
+    hyper = (ctypes.c_double * 5)(lr, beta1, beta2, eps, weight_decay)
+    flag = None if found_inf is None else found_inf.data_ptr()
+    status = library().vf_adam_step(dtype_code(params[0]), count, meta, flag, int(check_grads), hyper,
+                                    int(decoupled), threads())
     check(status, "Adam step")
 
 

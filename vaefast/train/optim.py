@@ -34,17 +34,20 @@ def make_optimizer(name: str, module: nn.Module, *, lr: float, weight_decay: flo
             raise ValueError("master weights cover a module's parameters only")
         return MasterWeightAdam.for_module(module, lr=lr, betas=betas, weight_decay=weight_decay,
                                            decoupled_weight_decay=decoupled)
-    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     fused = device.type in ("cpu", "cuda")
     # capturable: the fused update already keeps its step counts on the device and does not read the flag, but
     # torch refuses to capture step() into a CUDA graph without it (whole-step mode, vaefast.train.capture).
-    return cls([*module.parameters(), *extra_params], lr=lr, betas=betas, weight_decay=weight_decay, fused=fused,
-               foreach=None if fused else True, capturable=fused)
+    params = [*module.parameters(), *extra_params]
+    if fused:
+        return NativeAdam(params, lr=lr, betas=betas, weight_decay=weight_decay, decoupled_weight_decay=decoupled,
+                          capturable=True)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step()`` honours a ``found_inf`` device flag (GradScaler's protocol) by leaving
-    everything untouched: torch's fused Adam/AdamW, and MasterWeightAdam."""
+    everything untouched: torch's fused Adam/AdamW, NativeAdam and MasterWeightAdam."""
     return isinstance(optimizer, MasterWeightAdam) or all(group.get("fused") for group in optimizer.param_groups)
 
 
@@ -60,6 +63,95 @@ def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
     scaler.update()
 
 
+class NativeAdam(torch.optim.Adam):
+    """torch's fused Adam (AdamW with ``decoupled_weight_decay=True``) whose step over float32 CPU parameters is
+    one native call (``kernels/optimizer_impl.cpp``): one parallel region for every tensor of the step, with
+    torch.optim's update rule and its state (``exp_avg``, ``exp_avg_sq``, a float32 ``step`` tensor per
+    parameter), so a state dict moves between this and ``torch.optim.Adam(fused=True)`` either way. Elsewhere (CUDA,
+    other dtypes, amsgrad, maximize, a GradScaler's unscaling) ``torch.optim.Adam.step`` runs.
+
+    ``found_inf`` (GradScaler's protocol, a one-element float flag): nonzero skips the step, leaving parameters,
+    moments and step counts untouched. With ``check_gradients`` the step also skips when a gradient is not finite,
+    and sets ``found_inf`` to 1, as torch's ``_amp_foreach_non_finite_check_and_unscale_`` sets it: the NaN guard's
+    check, folded into the update's own parallel region (each thread checks the chunks it then updates), instead
+    of a separate pass that reads and rewrites every gradient.
+    """
+
+    def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False,
+                 capturable: bool = False, check_gradients: bool = False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True,
+                         capturable=capturable, decoupled_weight_decay=decoupled_weight_decay)
+        self.check_gradients = check_gradients
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is None and self.check_gradients:  # the check needs a flag to set, even a local one
+            found_inf = torch.zeros(())
+        groups = [self._native_tensors(group) for group in self.param_groups]
+        if getattr(self, "grad_scale", None) is not None or any(g is None for g in groups) \
+                or not _host_flag(found_inf):
+            self._torch_step()
+            return loss
+        check = self.check_gradients
+        if check and len(groups) > 1:  # all or nothing across groups: check every gradient before any update
+            check = False
+            if not native_optim.all_finite([g for _, grads, *_ in groups for g in grads]):
+                found_inf.fill_(1.0)
+        for group, (params, grads, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, groups):
+            native_optim.adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, found_inf=found_inf,
+                                   check_grads=check, **_hyper(group))
+        return loss
+
+    def _native_tensors(self, group: dict) -> tuple[list[torch.Tensor], ...] | None:
+        """(params, grads, exp_avgs, exp_avg_sqs, step tensors) of ``group``'s parameters that have gradients, the
+        state created as torch.optim.Adam creates it; None when the group is not for the native kernel."""
+        if group["amsgrad"] or group["maximize"] or group["differentiable"] or not native_master_step_available() \
+                or isinstance(group["betas"][0], torch.Tensor) or isinstance(group["betas"][1], torch.Tensor):
+            return None
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        float32 = torch.float32
+        if not all(p.is_cpu and p.dtype == float32 and g.dtype == float32 and p.is_contiguous() and g.is_contiguous()
+                   and not g.is_sparse for p, g in zip(params, grads)):
+            return None
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
+            if not state:
+                state["step"] = torch.zeros((), dtype=float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        steps = [state["step"] for state in states]
+        if not all(step.is_cpu and step.dtype == float32 for step in steps):
+            return None
+        return params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps
+
+    def _torch_step(self) -> None:
+        if not self.check_gradients:
+            super().step()
+            return
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        given = getattr(self, "found_inf", None)
+        found_inf = given if given is not None else torch.zeros((), device=grads[0].device if grads else "cpu")
+        for device, device_grads in _by_device(grads).items():
+            flag = found_inf if found_inf.device == device else torch.zeros((), device=device)
+            # GradScaler's own multi-tensor check, with a scale of 1 (it rewrites each gradient times 1).
+            torch._amp_foreach_non_finite_check_and_unscale_(device_grads, flag, torch.ones(1, device=device))
+            if flag is not found_inf:
+                found_inf.copy_(torch.maximum(found_inf, flag.to(found_inf.device).view_as(found_inf)))
+        self.found_inf = found_inf
+        try:
+            super().step()
+        finally:
+            if given is None:
+                del self.found_inf
+
+
 def native_master_step_available() -> bool:
     return native.load_error() is None
 
@@ -72,11 +164,11 @@ class MasterWeightAdam(torch.optim.Optimizer):
     converts the module, so that no precision of the initialization is lost. The state (``state_dict``) holds the
     masters, so a run resumed from a checkpoint continues bit for bit. CPU tensors use the native fused kernel;
     elsewhere, or without the kernel, the same update runs through torch.optim's functional Adam on the masters
-    followed by a copy into the parameters.
+    followed by a copy into the parameters. ``found_inf`` and ``check_gradients`` work as in ``NativeAdam``.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False):
+                 weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False, check_gradients: bool = False):
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
         if not all(0.0 <= b < 1.0 for b in betas):
@@ -84,6 +176,7 @@ class MasterWeightAdam(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
+        self.check_gradients = check_gradients
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -123,33 +216,46 @@ class MasterWeightAdam(torch.optim.Optimizer):
                 loss = closure()
         if self._skip():
             return loss
+        found_inf = getattr(self, "found_inf", None)
+        calls, fallback = [], []  # (group, its native parameters of one dtype); (group, a parameter for torch)
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            hyper = dict(lr=_host_value(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-                         weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"])
             native: dict[torch.dtype, list[torch.Tensor]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 self._check(p)
-                if self._native(p):
+                if self._native(p) and _host_flag(found_inf):
                     if self.state[p]["master"].shape != p.shape:  # the kernel writes numel() elements of both
                         raise ValueError(f"parameter of shape {tuple(p.shape)} no longer matches its master weight "
                                          f"{tuple(self.state[p]['master'].shape)}: was it replaced after the "
                                          "optimizer was built?")
                     native.setdefault(p.dtype, []).append(p)
                 else:
-                    self._torch_step(p, self.state[p], hyper)
+                    fallback.append((group, p))
             # One native call per dtype for the whole group: per-tensor calls cost ~5-8 us each in Python and
             # foreign-call overhead, as much as the update of a 300k-element tensor.
-            for params in native.values():
-                states = [self.state[p] for p in params]
-                for state in states:
-                    state["step"] = int(state["step"]) + 1
-                native_optim.adam_master_step(
-                    [s["master"] for s in states], [p.grad.contiguous() for p in params],
-                    [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], params,
-                    [s["step"] for s in states], **hyper)
+            calls += [(group, params) for params in native.values()]
+        # The check folds into the kernel when one call updates everything; else all gradients are checked first.
+        folded = self.check_gradients and len(calls) == 1 and not fallback
+        if self.check_gradients and not folded and not self.grads_finite():
+            if found_inf is not None:
+                found_inf.fill_(1.0)
+            return loss
+        if folded and found_inf is None:
+            found_inf = torch.zeros(())
+        for group, p in fallback:
+            self._torch_step(p, self.state[p], _hyper(group))
+        for group, params in calls:
+            states = [self.state[p] for p in params]
+            # The kernel counts float32 step tensors; this optimizer keeps Python ints, so it lends it copies.
+            counts = list(torch.tensor([float(state["step"]) for state in states], dtype=torch.float32))
+            native_optim.adam_step(params, [p.grad.contiguous() for p in params], [s["exp_avg"] for s in states],
+                                   [s["exp_avg_sq"] for s in states], counts, masters=[s["master"] for s in states],
+                                   found_inf=found_inf if folded else None, check_grads=folded, **_hyper(group))
+            if folded and _host_value(found_inf) != 0:
+                return loss
+            for state in states:
+                state["step"] = int(state["step"]) + 1
         return loss
 
     def _skip(self) -> bool:
@@ -218,6 +324,26 @@ class MasterWeightAdam(torch.optim.Optimizer):
         masters = self.masters()
         by_name = {name: masters[id(p)] for name, p in module.named_parameters() if id(p) in masters}
         return {name: by_name.get(name, value) for name, value in module.state_dict().items()}
+
+
+def _hyper(group: dict) -> dict:
+    """The hyperparameters of ``group`` as the update functions take them (a tensor lr read from host memory)."""
+    beta1, beta2 = group["betas"]
+    return dict(lr=_host_value(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
+                weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"])
+
+
+def _host_flag(flag: torch.Tensor | None) -> bool:
+    """Whether ``flag`` (a found_inf) is absent or a one-element float32 CPU tensor the native kernel can write."""
+    return flag is None or (flag.device.type == "cpu" and flag.dtype == torch.float32 and flag.numel() == 1
+                            and flag.is_contiguous())
+
+
+def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
+    groups: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return groups
 
 
 def _host_value(value: float | torch.Tensor) -> float:

@@ -83,8 +83,7 @@ class LDMRecipe:
             self.optimizer = make_optimizer(o.optimizer, disc, lr=r.disc_lr or o.lr, weight_decay=o.weight_decay,
                                             device=device, betas=o.betas)
             self.schedule = LearningRate(self.optimizer, o.lr_schedule, total_steps, device=device)
-            self.skip_decision = SkipDecision(disc, self.optimizer, device, master_weights=False, scaler_enabled=False,
-                                              dist=dist)
+            self.skip_decision = SkipDecision(disc, self.optimizer, device, scaler_enabled=False, dist=dist)
             # One DDP forward for both images (their BatchNorm statistics stay separate, as in LDM).
             pair = DiscriminatorPair(disc)
             self.pair = DDP(pair, device_ids=[device.index] if device.type == "cuda" else None) if dist.enabled \

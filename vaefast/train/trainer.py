@@ -95,7 +95,7 @@ class Trainer:
         self.metrics = TrainMetrics(self.monitor, self.dist, device, cfg.logging.log_every,
                                     term_names=objective.metric_names)
         self.guard = NaNGuard(cfg.optim.max_bad_steps, device, companions=[self.recipe.guard] if self.recipe else [])
-        self.skip_decision = SkipDecision(objective, self.optimizer, device, master_weights=self.master_weights,
+        self.skip_decision = SkipDecision(objective, self.optimizer, device,
                                           scaler_enabled=self.scaler.is_enabled(), dist=self.dist)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.stopped = self.preempted = False  # stopped: max_steps reached or a signal; preempted: by a signal

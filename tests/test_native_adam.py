@@ -1,0 +1,204 @@
+"""NativeAdam: torch's fused Adam/AdamW as one native call per step, bit for bit, with the NaN guard's gradient
+check folded into it; and the same folded check in MasterWeightAdam."""
+
+import copy
+
+import pytest
+import torch
+
+from vaefast import native
+from vaefast.train import MasterWeightAdam
+from vaefast.train.optim import NativeAdam, make_optimizer
+
+pytestmark = pytest.mark.skipif(native.load_error() is not None, reason=str(native.load_error()))
+
+# Odd sizes too: the native chunks split tensors differently, and torch's vector loop leaves scalar tails.
+SHAPES = [(300, 37), (37,), (5, 4, 3), (40000,), (1,)]
+
+
+def _params(seed=0, shapes=SHAPES, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter((torch.randn(*s, generator=g) * 0.1).to(dtype)) for s in shapes]
+
+
+def _set_grads(params, step):
+    g = torch.Generator().manual_seed(1000 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+
+
+def _state(opt, params):
+    return [(p.detach().clone(), *(opt.state[p][k].clone() for k in ("exp_avg", "exp_avg_sq", "step")))
+            for p in params]
+
+
+def _assert_identical(a, b):
+    for left, right in zip(a, b):
+        for x, y in zip(left, right):
+            assert torch.equal(x, y), (x - y).abs().max()
+
+
+def _assert_torch_bits(ours, theirs):
+    """Bit for bit where torch's vector loop ran: every element but the last size % 16 of each tensor (torch's
+    scalar remainder contracts its multiply-adds differently, an ulp apart at most)."""
+    for left, right in zip(ours, theirs):
+        for x, y in zip(left, right):
+            if x.dim() == 0:
+                assert torch.equal(x, y)
+                continue
+            x, y = x.reshape(-1), y.reshape(-1)
+            vector = x.numel() - x.numel() % 16
+            assert torch.equal(x[:vector], y[:vector]), (x[:vector] - y[:vector]).abs().max()
+            torch.testing.assert_close(x[vector:], y[vector:], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("decoupled, weight_decay", [(False, 0.0), (False, 0.01), (True, 0.0), (True, 0.1)])
+def test_bit_identical_to_torch_fused_adam(decoupled, weight_decay):
+    """Parameters, moments and step counts equal torch.optim.Adam(fused=True)'s bit for bit (its vector loop) over
+    20 steps of two parameter groups, with a tensor learning rate that changes every step (as vaefast's LR schedule
+    sets it)."""
+    ours, theirs = _params(), _params()
+    kwargs = dict(lr=torch.tensor(1e-2), betas=(0.9, 0.99), weight_decay=weight_decay,
+                  decoupled_weight_decay=decoupled)
+    opt = NativeAdam([{"params": ours[:2]}, {"params": ours[2:], "eps": 1e-6}], **kwargs)
+    ref = torch.optim.Adam([{"params": theirs[:2]}, {"params": theirs[2:], "eps": 1e-6}], fused=True, **kwargs)
+    for step in range(20):
+        for o in (opt, ref):
+            for group in o.param_groups:
+                group["lr"].fill_(1e-2 * (1 - step / 30))
+        _set_grads(ours, step)
+        _set_grads(theirs, step)
+        opt.step()
+        ref.step()
+    _assert_torch_bits(_state(opt, ours), _state(ref, theirs))
+    assert float(opt.state[ours[0]]["step"]) == 20
+
+
+def test_state_dict_moves_between_native_and_torch():
+    """A NativeAdam state loads into torch's fused Adam and back, and both continue to the same bits."""
+    a, b = _params(), _params()
+    opt_a = NativeAdam(a, lr=1e-2)
+    for step in range(5):
+        _set_grads(a, step)
+        opt_a.step()
+    for pa, pb in zip(a, b):
+        pb.data.copy_(pa.data)
+    opt_b = torch.optim.Adam(b, lr=1e-2, fused=True)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as a checkpoint holds it
+    for step in range(5, 10):
+        _set_grads(a, step)
+        _set_grads(b, step)
+        opt_a.step()
+        opt_b.step()
+    _assert_torch_bits(_state(opt_a, a), _state(opt_b, b))
+    opt_c = NativeAdam(b, lr=1e-2)
+    opt_c.load_state_dict(copy.deepcopy(opt_b.state_dict()))
+    _set_grads(b, 10)
+    opt_c.step()
+    assert float(opt_c.state[b[0]]["step"]) == 11
+
+
+@pytest.mark.parametrize("where", [(0, 0), (0, -1), (3, 12345), (4, 0)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_check_gradients_skips_the_whole_step(where, bad):
+    """One non-finite gradient element anywhere (first, last, inside a large tensor, a one-element tensor) skips
+    the update of every tensor, sets found_inf, and leaves step counts alone; a finite step then applies."""
+    params = _params()
+    opt = NativeAdam(params, lr=1e-2, check_gradients=True)
+    _set_grads(params, 0)
+    opt.step()
+    before = _state(opt, params)
+    _set_grads(params, 1)
+    tensor, index = where
+    params[tensor].grad.view(-1)[index] = bad
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert float(opt.found_inf) == 1.0
+    _assert_identical(_state(opt, params), before)
+    params[tensor].grad.view(-1)[index] = 0.0
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert float(opt.found_inf) == 0.0 and float(opt.state[params[0]]["step"]) == 2
+    assert not torch.equal(params[0].detach(), before[0][0])
+
+
+def test_found_inf_skips_without_reading_gradients():
+    """A set flag skips the step (GradScaler's protocol); without check_gradients a NaN gradient is applied, as
+    torch's Adam applies it."""
+    params = _params()
+    opt = NativeAdam(params, lr=1e-2)
+    _set_grads(params, 0)
+    before = [p.detach().clone() for p in params]
+    opt.found_inf = torch.ones(())
+    opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+    assert float(opt.state[params[0]]["step"]) == 0 and not opt.state[params[0]]["exp_avg"].any()
+    opt.found_inf = torch.zeros(())
+    params[0].grad[0, 0] = float("nan")
+    opt.step()
+    assert torch.isnan(params[0][0, 0]) and float(opt.found_inf) == 0.0
+
+
+def test_check_across_groups_is_all_or_nothing():
+    """With two parameter groups a bad gradient in the second leaves the first untouched too."""
+    params = _params()
+    opt = NativeAdam([{"params": params[:2]}, {"params": params[2:], "lr": 1e-3}], lr=1e-2, check_gradients=True)
+    _set_grads(params, 0)
+    params[-1].grad[0] = float("nan")
+    before = [p.detach().clone() for p in params]
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert float(opt.found_inf) == 1.0
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+
+
+def test_torch_path_keeps_the_check():
+    """Parameters the kernel does not take (float64 here) step through torch.optim.Adam, and check_gradients still
+    skips a non-finite step there."""
+    ours, theirs = _params(dtype=torch.float64), _params(dtype=torch.float64)
+    opt = NativeAdam(ours, lr=1e-2, check_gradients=True)
+    ref = torch.optim.Adam(theirs, lr=1e-2, fused=True)
+    for step in range(3):
+        _set_grads(ours, step)
+        _set_grads(theirs, step)
+        opt.found_inf = torch.zeros(())
+        opt.step()
+        ref.step()
+    _assert_identical(_state(opt, ours), _state(ref, theirs))
+    _set_grads(ours, 3)
+    ours[1].grad[3] = float("inf")
+    before = _state(opt, ours)
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert float(opt.found_inf) == 1.0
+    _assert_identical(_state(opt, ours), before)
+
+
+def test_master_weight_adam_folds_the_check():
+    """MasterWeightAdam with check_gradients: a non-finite bf16 gradient skips the step in the same native call,
+    leaving masters, moments, bf16 weights and its step counts untouched."""
+    module = torch.nn.ParameterList(_params(shapes=[(300, 37), (37,)]))
+    opt = MasterWeightAdam.for_module(module, lr=1e-2, check_gradients=True)
+    _set_grads(list(module), 0)
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert float(opt.found_inf) == 0.0 and opt.state[module[0]]["step"] == 1
+    snapshot = {k: opt.state[module[0]][k].clone() for k in ("master", "exp_avg", "exp_avg_sq")}
+    weight = module[0].detach().clone()
+    _set_grads(list(module), 1)
+    module[1].grad[-1] = float("nan")
+    opt.step()
+    assert float(opt.found_inf) == 1.0 and opt.state[module[0]]["step"] == 1
+    assert torch.equal(module[0].detach(), weight)
+    assert all(torch.equal(opt.state[module[0]][k], v) for k, v in snapshot.items())
+
+
+def test_make_optimizer_builds_native_adam_with_torch_state():
+    module = torch.nn.Linear(4, 3)
+    opt = make_optimizer("adamw", module, lr=1e-3, weight_decay=0.1, device=torch.device("cpu"))
+    assert isinstance(opt, NativeAdam) and opt.param_groups[0]["decoupled_weight_decay"]
+    assert opt.defaults["fused"] and opt.defaults["capturable"]
+    module(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    assert set(opt.state[module.weight]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert opt.state[module.weight]["step"].dtype == torch.float32
