@@ -86,10 +86,7 @@ class NativeAdam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         found_inf = getattr(self, "found_inf", None)
         if found_inf is None and self.check_gradients:  # the check needs a flag to set, even a local one
             found_inf = torch.zeros(())
@@ -210,10 +207,7 @@ class MasterWeightAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         if self._skip():
             return loss
         found_inf = getattr(self, "found_inf", None)
@@ -324,6 +318,14 @@ class MasterWeightAdam(torch.optim.Optimizer):
         masters = self.masters()
         by_name = {name: masters[id(p)] for name, p in module.named_parameters() if id(p) in masters}
         return {name: by_name.get(name, value) for name, value in module.state_dict().items()}
+
+
+def _closure_loss(closure):
+    """torch.optim's closure protocol: the closure re-evaluates the model, with gradients on, and returns the loss."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _hyper(group: dict) -> dict:
