@@ -17,7 +17,7 @@ extern "C" {
 // the bias corrections from each tensor's step count, ...) are computed in double and rounded to float, as torch's
 // fused Adam computes them, and the update is torch's vector loop operation for operation: a float32 model steps
 // to the bits torch.optim.Adam(fused=True) gives, except in the last size % 16 elements of a tensor (torch's scalar
-// loop, an ulp apart at most).
+// loop, which rounds differently by an ulp).
 // found_inf (may be null) is GradScaler's skip flag: nonzero on entry skips the step; with check_grads, a
 // non-finite gradient anywhere sets it to 1 and skips the step too, leaving every buffer untouched. The check
 // reads each thread's own chunks just before it updates them, so the gradients are read from cache the second

@@ -40,7 +40,7 @@ def _assert_identical(a, b):
 
 def _assert_torch_bits(ours, theirs):
     """Bit for bit where torch's vector loop ran: every element but the last size % 16 of each tensor (torch's
-    scalar remainder contracts its multiply-adds differently, an ulp apart at most)."""
+    scalar remainder contracts its multiply-adds differently: an ulp per step)."""
     for left, right in zip(ours, theirs):
         for x, y in zip(left, right):
             if x.dim() == 0:
