@@ -134,7 +134,6 @@ class SkipDecision:
         self.model, self.optimizer, self.device, self.dist = model, optimizer, device, dist
         self.scaler_enabled = scaler_enabled
         self.optimizer_checks = hasattr(optimizer, "check_gradients") and not scaler_enabled
-        self._unit_scale = torch.ones(1, device=device)
 
     def __call__(self, loss_finite: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor:
         skip = (~loss_finite).float().view(1)
@@ -151,10 +150,28 @@ class SkipDecision:
         return skip.view(())
 
     def grads_nonfinite(self) -> torch.Tensor:
-        """1.0 where a gradient is non-finite: one multi-tensor pass (GradScaler's own kernel, with a scale of 1)
-        instead of a norm per parameter. The private torch kernel is pinned by the gradient-only NaN test in
-        tests/test_trainer.py."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        """1.0 where a gradient is non-finite (``flag_nonfinite``)."""
         found_inf = torch.zeros(1, device=self.device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._unit_scale)
+        flag_nonfinite([p.grad for p in self.model.parameters() if p.grad is not None], found_inf)
         return found_inf
+
+
+_UNIT_SCALES: dict[torch.device, torch.Tensor] = {}
+
+
+def flag_nonfinite(grads: list[torch.Tensor], found_inf: torch.Tensor) -> None:
+    """Set the one-element float ``found_inf`` to 1 if any of ``grads`` holds a NaN or Inf, on the device and without
+    a host read: GradScaler's own multi-tensor check with a scale of 1 (it also rewrites each gradient times 1), one
+    pass per device. The private torch kernel is pinned by the gradient-only NaN tests (tests/test_trainer.py,
+    tests/test_native_adam.py)."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for g in grads:
+        by_device.setdefault(g.device, []).append(g)
+    for device, device_grads in by_device.items():
+        unit = _UNIT_SCALES.get(device)
+        if unit is None:  # made once per device: not a fill kernel per step
+            unit = _UNIT_SCALES[device] = torch.ones(1, device=device)
+        flag = found_inf if found_inf.device == device else torch.zeros_like(found_inf, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(device_grads, flag, unit)
+        if flag is not found_inf:
+            found_inf.copy_(torch.maximum(found_inf, flag.to(found_inf.device)))

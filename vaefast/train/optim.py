@@ -18,6 +18,7 @@ from torch.optim.adamw import adamw as adamw_update
 
 from .. import native
 from . import native_optim
+from .guard import flag_nonfinite
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -135,12 +136,7 @@ class NativeAdam(torch.optim.Adam):
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
         given = getattr(self, "found_inf", None)
         found_inf = given if given is not None else torch.zeros((), device=grads[0].device if grads else "cpu")
-        for device, device_grads in _by_device(grads).items():
-            flag = found_inf if found_inf.device == device else torch.zeros((), device=device)
-            # GradScaler's own multi-tensor check, with a scale of 1 (it rewrites each gradient times 1).
-            torch._amp_foreach_non_finite_check_and_unscale_(device_grads, flag, torch.ones(1, device=device))
-            if flag is not found_inf:
-                found_inf.copy_(torch.maximum(found_inf, flag.to(found_inf.device).view_as(found_inf)))
+        flag_nonfinite(grads, found_inf)
         self.found_inf = found_inf
         try:
             super().step()
@@ -339,13 +335,6 @@ def _host_flag(flag: torch.Tensor | None) -> bool:
     """Whether ``flag`` (a found_inf) is absent or a one-element float32 CPU tensor the native kernel can write."""
     return flag is None or (flag.device.type == "cpu" and flag.dtype == torch.float32 and flag.numel() == 1
                             and flag.is_contiguous())
-
-
-def _by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
-    groups: dict[torch.device, list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault(t.device, []).append(t)
-    return groups
 
 
 def _host_value(value: float | torch.Tensor) -> float:
