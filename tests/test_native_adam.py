@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from vaefast import native
 from vaefast.train import MasterWeightAdam
@@ -202,3 +203,38 @@ def test_make_optimizer_builds_native_adam_with_torch_state():
     opt.step()
     assert set(opt.state[module.weight]) == {"step", "exp_avg", "exp_avg_sq"}
     assert opt.state[module.weight]["step"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("cls", [NativeAdam, MasterWeightAdam])
+def test_step_hooks_and_profiler_ranges_see_what_torch_optim_gives_them(cls):
+    """The step skips torch.optim's wrapper only while it has nothing to do (vaefast.train.quiet_optim): hooks,
+    global hooks and a profiler still see every step, and zero_grad keeps torch's set_to_none=False behaviour."""
+    params = _params()
+    if cls is MasterWeightAdam:
+        params = [torch.nn.Parameter(p.detach().to(torch.bfloat16)) for p in params]
+    opt = cls(params, lr=1e-3)
+    calls = []
+    handles = [opt.register_step_pre_hook(lambda *a: calls.append("pre")),
+               opt.register_step_post_hook(lambda *a: calls.append("post")),
+               register_optimizer_step_pre_hook(lambda *a: calls.append("global pre")),
+               register_optimizer_step_post_hook(lambda *a: calls.append("global post"))]
+    try:
+        _set_grads(params, 0)
+        opt.step()
+        assert calls == ["global pre", "pre", "post", "global post"]
+    finally:
+        for handle in handles:
+            handle.remove()
+    calls.clear()
+    _set_grads(params, 1)
+    opt.step()
+    assert calls == [] and int(opt.state[params[0]]["step"]) == 2  # the quiet path still updates
+    with torch.profiler.profile() as prof:
+        opt.step()
+        opt.zero_grad()
+    names = {e.key for e in prof.key_averages()}
+    assert {f"Optimizer.step#{cls.__name__}.step", f"Optimizer.zero_grad#{cls.__name__}.zero_grad"} <= names
+    assert all(p.grad is None for p in params)
+    _set_grads(params, 2)
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in params)

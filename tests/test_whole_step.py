@@ -81,10 +81,10 @@ def _train(trainer, batches, poison=(), seed=None):
     results = []
     for i, batch in enumerate(batches):
         group = [b * float("nan") if i in poison else b for b in batch]
-        result = trainer.train_step(group)
-        results.append(torch.stack([result.nll, result.kl, result.applied.float()]).clone())
+        results.append(trainer.train_step(group))
         trainer.step += 1
-    return results
+    # Read only now: each step's result is the caller's to keep, a captured graph's replays included.
+    return [torch.stack([result.nll, result.kl, result.applied.float()]) for result in results]
 
 
 def _groups(trainer, steps):

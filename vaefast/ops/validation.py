@@ -87,6 +87,8 @@ def seed_tensor(seed, device: torch.device) -> torch.Tensor:
             raise ValueError(f"device mismatch: seed is on {seed.device} but mu is on {device}")
         if seed.requires_grad:
             raise ValueError("seed must not require grad")
+        if seed.dtype == torch.int64 and seed.dim() == 1:
+            return seed  # already the kernel's key (the trainer's): no view and no cast to dispatch
         return seed.reshape(1).to(torch.int64)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be a Python int or an int64 tensor, got {type(seed).__name__}")

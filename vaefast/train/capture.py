@@ -67,7 +67,7 @@ class WholeStep:
             buffer.copy_(x, non_blocking=True)
         if self.graph is not None:
             self.graph.replay()
-            return self.outputs
+            return _copies(self.outputs)
         if self.calls <= self.warmup_steps:
             return self._warm_up()
         return self._capture()
@@ -84,7 +84,7 @@ class WholeStep:
 
     def _capture(self):
         """Record the step into a graph (recording runs nothing), then replay it once for this step's update. The
-        outputs are the graph's own tensors, overwritten by each replay: callers consume them before the next."""
+        graph's output tensors are overwritten by each replay: callers get copies, which they may keep."""
         graph = self.graphs.CUDAGraph()
         # thread_local: a loader's threads (pinning the next batches) may call CUDA while this thread captures;
         # only this thread's calls must be capture-safe. The backward's device thread enqueues onto the captured
@@ -93,4 +93,9 @@ class WholeStep:
             outputs = self.compiled(self.static)
         self.graph, self.outputs = graph, outputs
         graph.replay()
-        return outputs
+        return _copies(outputs)
+
+
+def _copies(outputs):
+    """The step's outputs (a tuple of tensors and Nones, e.g. a StepResult) with each tensor copied."""
+    return type(outputs)(*(t.clone() if isinstance(t, torch.Tensor) else t for t in outputs))

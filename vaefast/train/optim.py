@@ -19,6 +19,7 @@ from torch.optim.adamw import adamw as adamw_update
 from .. import native
 from . import native_optim
 from .guard import flag_nonfinite
+from .quiet_optim import quiet_step, zero_grad
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -85,7 +86,7 @@ class NativeAdam(torch.optim.Adam):
                          capturable=capturable, decoupled_weight_decay=decoupled_weight_decay)
         self.check_gradients = check_gradients
 
-    @torch.no_grad()
+    @quiet_step
     def step(self, closure=None):
         loss = _closure_loss(closure)
         found_inf = getattr(self, "found_inf", None)
@@ -106,29 +107,40 @@ class NativeAdam(torch.optim.Adam):
                                    check_grads=check, **_hyper(group))
         return loss
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        zero_grad(self, set_to_none, super().zero_grad)
+
     def _native_tensors(self, group: dict) -> tuple[list[torch.Tensor], ...] | None:
         """(params, grads, exp_avgs, exp_avg_sqs, step tensors) of ``group``'s parameters that have gradients, the
         state created as torch.optim.Adam creates it; None when the group is not for the native kernel."""
         if group["amsgrad"] or group["maximize"] or group["differentiable"] or not native_master_step_available() \
                 or isinstance(group["betas"][0], torch.Tensor) or isinstance(group["betas"][1], torch.Tensor):
             return None
-        params = [p for p in group["params"] if p.grad is not None]
-        grads = [p.grad for p in params]
-        float32 = torch.float32
-        if not all(p.is_cpu and p.dtype == float32 and g.dtype == float32 and p.is_contiguous() and g.is_contiguous()
-                   and not g.is_sparse for p, g in zip(params, grads)):
-            return None
-        states = [self.state[p] for p in params]
-        for p, state in zip(params, states):
+        float32, strided = torch.float32, torch.strided
+        tensors = params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        for p in group["params"]:  # one pass, no generators: this runs every step
+            grad = p.grad
+            if grad is None:
+                continue
+            if not (p.is_cpu and p.dtype == float32 and grad.dtype == float32 and grad.layout == strided
+                    and p.is_contiguous() and grad.is_contiguous()):
+                return None
+            state = self.state[p]
             if not state:
                 state["step"] = torch.zeros((), dtype=float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        steps = [state["step"] for state in states]
-        if not all(step.is_cpu and step.dtype == float32 for step in steps):
-            return None
-        return params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], steps
+            step = state["step"]
+            if not (step.is_cpu and step.dtype == float32):
+                return None
+            params.append(p)
+            grads.append(grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(step)
+        return tensors
 
+    @torch.no_grad()
     def _torch_step(self) -> None:
         if not self.check_gradients:
             super().step()
@@ -201,6 +213,7 @@ class MasterWeightAdam(torch.optim.Optimizer):
         if p.grad is not None and p.grad.dtype != p.dtype:
             raise TypeError(f"gradient dtype {p.grad.dtype} differs from its parameter's {p.dtype}")
 
+    @quiet_step
     @torch.no_grad()
     def step(self, closure=None):
         loss = _closure_loss(closure)
@@ -247,6 +260,9 @@ class MasterWeightAdam(torch.optim.Optimizer):
             for state in states:
                 state["step"] = int(state["step"]) + 1
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        zero_grad(self, set_to_none, super().zero_grad)
 
     def _skip(self) -> bool:
         """Whether the trainer's ``found_inf`` flag asks to skip this step. The native kernel is driven from the

@@ -28,7 +28,7 @@ from ..models.ldm_loss import LPIPSWithDiscriminator
 from ..models.objective import ObjectiveOutput
 from ..models.patchgan import PatchGAN
 from .distributed import DistContext
-from .guard import NaNGuard, SkipDecision
+from .guard import NaNGuard, SkipDecision, nonfinite_flag
 from .optim import make_optimizer
 from .schedules import LearningRate
 from .sync_norm import synchronize_batch_norm
@@ -89,7 +89,7 @@ class LDMRecipe:
             self.pair = DDP(pair, device_ids=[device.index] if device.type == "cuda" else None) if dist.enabled \
                 else pair
         self.guard = NaNGuard(cfg.optim.max_bad_steps, device)
-        self._finite = None
+        self._bad = None
 
     @property
     def logvar(self) -> nn.Parameter:
@@ -101,7 +101,7 @@ class LDMRecipe:
     def zero_grad(self) -> None:
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
-        self._finite = None
+        self._bad = None
 
     def backward(self, out: RecipeForward, kl_weight: torch.Tensor, scale: torch.Tensor, step: int) -> ObjectiveOutput:
         """One micro-batch: the generator's backward, then the discriminator's. Returns what the trainer's metrics
@@ -112,8 +112,8 @@ class LDMRecipe:
         if self.pair is not None:
             logs.update(c.discriminator_backward(out.images, out.reconstruction, step=step, per_image_scale=scale,
                                                  discriminate=self.pair))
-            finite = torch.isfinite(logs["disc_loss"])
-            self._finite = finite if self._finite is None else self._finite & finite
+            bad = nonfinite_flag(logs["disc_loss"])
+            self._bad = bad if self._bad is None else torch.maximum(self._bad, bad)
         zero = torch.zeros((), device=self.device)
         values = torch.stack([logs.get(name, zero).float() for name in self.LOG_NAMES]) * batch
         return ObjectiveOutput(logs["total"], logs["nll"] * batch, logs["kl"] * batch, out.kl_per_dim.detach(), values)
@@ -129,9 +129,9 @@ class LDMRecipe:
     def update(self, step: int) -> None:
         """After the autoencoder's update: the discriminator's, skipped on the device when its loss or a gradient is
         not finite (on every rank alike); before ``disc_start`` nothing ran and nothing changes."""
-        if self.optimizer is None or not self.criterion.uses_discriminator(step) or self._finite is None:
+        if self.optimizer is None or not self.criterion.uses_discriminator(step) or self._bad is None:
             return
-        skip = self.skip_decision(self._finite, None)
+        skip = self.skip_decision(self._bad, None)
         self.optimizer.found_inf = skip
         self.optimizer.step()
         self.schedule.advance()

@@ -32,7 +32,7 @@ from ..plan import RunPlan, plan_run
 from . import build
 from .capture import WholeStep
 from .distributed import DistContext
-from .guard import NaNGuard, SkipDecision, diagnose_non_finite
+from .guard import NaNGuard, SkipDecision, diagnose_non_finite, nonfinite_flag
 from .metrics import StepResult, TrainMetrics
 from .monitor import log_reconstructions
 from .noise import NoiseSeeds
@@ -135,8 +135,8 @@ class Trainer:
 
         The loss is the sum over the global batch divided by its all-reduced size, so ranks with short or empty
         last batches, and accumulation, give the single-process gradient. Nothing here reads a device value on the
-        host (tests/test_sync_free.py counts it). It does not advance ``step``: ``run`` does. Under whole-step the
-        result's tensors belong to the captured graph: read them before the next step.
+        host (tests/test_sync_free.py counts it). It does not advance ``step``: ``run`` does. The result's tensors
+        are the caller's to keep (under whole-step, copies of the captured graph's outputs).
         """
         if isinstance(micro_batches, torch.Tensor):
             micro_batches = [micro_batches]
@@ -153,10 +153,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.recipe is not None:
             self.recipe.zero_grad()
-        finite = sums = None
+        bad = sums = None
         for i, x in enumerate(micro_batches):
             out = self._micro_step(x, kl_w, scale, term_w, sync=i == len(micro_batches) - 1)
-            finite = torch.isfinite(out.loss) if finite is None else finite & torch.isfinite(out.loss)
+            flag = nonfinite_flag(out.loss)
+            bad = flag if bad is None else torch.maximum(bad, flag)
             part = [out.nll, out.kl, out.kl_per_dim, out.term_sums]
             if self.plan.cuda_graphs:  # replays reuse their output buffers: copy out what outlives the step
                 part = [t if t is None else t.clone() for t in part]
@@ -164,7 +165,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad
         grad_norm = clip_grad_norm_(self.skip_decision.model.parameters(), clip, foreach=True) if clip else None
-        skip = self.skip_decision(finite, grad_norm)
+        skip = self.skip_decision(bad, grad_norm)
         with stage("optimizer"):
             self._update_weights(skip)
             self.lr_schedule.advance()  # the schedules follow the step count, skipped steps too
