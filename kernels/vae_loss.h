@@ -57,10 +57,11 @@ int vf_noise_of_copy(const char* isa, int64_t seed, int64_t first, int64_t n, ui
 int vf_bce_fwd(int x_dtype, int t_dtype, int continuous, const void* x, const void* t, float* recon, int64_t B,
                int64_t P, int num_threads);
 
-// Pixel side, backward: dx[b, j] = g[b] * (sigmoid(x[b, j]) - t[b, j]), dx of x_dtype. g: [B] float32; with
-// continuous, minus d log C / dx as well.
-int vf_bce_bwd(int x_dtype, int t_dtype, int continuous, const float* g, const void* x, const void* t, void* dx,
-               int64_t B, int64_t P, int num_threads);
+// Pixel side, backward: dx[b, j] = g[b * g_stride] * (sigmoid(x[b, j]) - t[b, j]), dx of x_dtype. g: float32,
+// g_stride 0 for one value broadcast over the batch (the gradient of recon.sum()); with continuous, minus
+// d log C / dx as well.
+int vf_bce_bwd(int x_dtype, int t_dtype, int continuous, const float* g, int64_t g_stride, const void* x,
+               const void* t, void* dx, int64_t B, int64_t P, int num_threads);
 
 #ifdef __cplusplus
 }

@@ -16,8 +16,8 @@
                                        const void*, const void*, const int64_t*, void*, void*, int64_t,        \
                                        int64_t, int64_t, int64_t, float, float, int64_t, int);                  \
     extern "C" int vf_bce_fwd_##isa(int, int, int, const void*, const void*, float*, int64_t, int64_t, int);    \
-    extern "C" int vf_bce_bwd_##isa(int, int, int, const float*, const void*, const void*, void*, int64_t,     \
-                                    int64_t, int);                                                              \
+    extern "C" int vf_bce_bwd_##isa(int, int, int, const float*, int64_t, const void*, const void*, void*,      \
+                                    int64_t, int64_t, int);                                                     \
     extern "C" int vf_adam_step_##isa(int, int64_t, const int64_t*, float*, int, const double*, int, int);       \
     extern "C" int vf_all_finite_##isa(int, int64_t, const int64_t*, const void* const*, int);                  \
     extern "C" int vf_noise_##isa(int64_t, int64_t, int64_t, uint32_t*, uint32_t*, float*);
@@ -106,7 +106,7 @@ const KernelTable& kernels() {
 
 extern "C" {
 
-int vf_abi_version(void) { return 7; }
+int vf_abi_version(void) { return 8; }
 
 const char* vf_isa(void) { return kernels().isa; }
 
@@ -162,10 +162,10 @@ int vf_bce_fwd(int x_dtype, int t_dtype, int continuous, const void* x, const vo
     return kernels().bce_fwd(x_dtype, t_dtype, continuous, x, t, recon, B, P, num_threads);
 }
 
-int vf_bce_bwd(int x_dtype, int t_dtype, int continuous, const float* g, const void* x, const void* t, void* dx,
-               int64_t B, int64_t P, int num_threads) {
-    if (B < 0 || P < 0) return VF_BAD_SIZE;
-    return kernels().bce_bwd(x_dtype, t_dtype, continuous, g, x, t, dx, B, P, num_threads);
+int vf_bce_bwd(int x_dtype, int t_dtype, int continuous, const float* g, int64_t g_stride, const void* x,
+               const void* t, void* dx, int64_t B, int64_t P, int num_threads) {
+    if (B < 0 || P < 0 || g_stride < 0) return VF_BAD_SIZE;
+    return kernels().bce_bwd(x_dtype, t_dtype, continuous, g, g_stride, x, t, dx, B, P, num_threads);
 }
 
 int vf_adam_step(int dtype, int64_t count, const int64_t* meta, float* found_inf, int check_grads,

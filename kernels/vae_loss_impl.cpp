@@ -381,14 +381,15 @@ void bce_bwd_row(float g, const T* __restrict x, const U* __restrict target, T* 
 }
 
 template <typename T, typename U, bool CONTINUOUS>
-void bce_bwd(const float* g, const T* x, const U* target, T* dx, int64_t B, int64_t P, int num_threads) {
+void bce_bwd(const float* g, int64_t g_stride, const T* x, const U* target, T* dx, int64_t B, int64_t P,
+             int num_threads) {
     const Tiling t(B, P);
     const bool parallel = t.parallel();
 #pragma omp parallel for num_threads(num_threads) schedule(static) if (parallel)
     for (int64_t tile = 0; tile < t.tiles(); ++tile) {
         const int64_t c0 = t.col_begin(tile), n = t.chunk_len(tile);
         for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r)
-            bce_bwd_row<T, U, CONTINUOUS>(g[r], x + r * P + c0, target + r * P + c0, dx + r * P + c0, n);
+            bce_bwd_row<T, U, CONTINUOUS>(g[r * g_stride], x + r * P + c0, target + r * P + c0, dx + r * P + c0, n);
     }
 }
 
@@ -449,15 +450,16 @@ int VF_EXPORT(vf_bce_fwd)(int x_dtype, int t_dtype, int continuous, const void* 
     return x_ok && t_ok ? VF_OK : VF_BAD_DTYPE;
 }
 
-int VF_EXPORT(vf_bce_bwd)(int x_dtype, int t_dtype, int continuous, const float* g, const void* x, const void* t,
-                          void* dx, int64_t B, int64_t P, int num_threads) {
+int VF_EXPORT(vf_bce_bwd)(int x_dtype, int t_dtype, int continuous, const float* g, int64_t g_stride, const void* x,
+                          const void* t, void* dx, int64_t B, int64_t P, int num_threads) {
     bool t_ok = false;
     bool x_ok = with_dtype(x_dtype, [&](auto* x_tag) {
         using T = std::remove_pointer_t<decltype(x_tag)>;
         t_ok = with_dtype(t_dtype, [&](auto* t_tag) {
             using U = std::remove_pointer_t<decltype(t_tag)>;
             (continuous ? bce_bwd<T, U, true> : bce_bwd<T, U, false>)(
-                g, static_cast<const T*>(x), static_cast<const U*>(t), static_cast<T*>(dx), B, P, num_threads);
+                g, g_stride, static_cast<const T*>(x), static_cast<const U*>(t), static_cast<T*>(dx), B, P,
+                num_threads);
         });
     });
     return x_ok && t_ok ? VF_OK : VF_BAD_DTYPE;

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 LIBRARY_ENV = "VAEFAST_NATIVE_LIBRARY"
 _LIB_NAMES = {"linux": "libvaefast_kernels.so", "darwin": "libvaefast_kernels.dylib", "win32": "vaefast_kernels.dll"}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -41,7 +41,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         "vf_latent_fwd": [i32, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i64, i32],
         "vf_latent_bwd": [i32, vp, vp, i64, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i64, i32],
         "vf_bce_fwd": [i32, i32, i32, vp, vp, vp, i64, i64, i32],
-        "vf_bce_bwd": [i32, i32, i32, vp, vp, vp, vp, i64, i64, i32],
+        "vf_bce_bwd": [i32, i32, i32, vp, i64, vp, vp, vp, i64, i64, i32],
         "vf_adam_step": [i32, i64, vp, vp, i32, vp, i32, i32],
         "vf_all_finite": [i32, i64, vp, vp, i32],
         "vf_philox_words": [i64, i64, i64, vp],

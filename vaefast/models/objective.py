@@ -128,6 +128,7 @@ class NegativeELBO(nn.Module):
             # A key drawn on the device from torch's generator, so that log q can regenerate the noise exactly.
             noise_seed = torch.randint(0, 2**62, (1,), device=x.device)
         nll, out = self.terms(x, noise_seed)
+        kl_sum = out.kl.sum()  # the metric, and the ELBO's KL term without free bits: summed once
         if self.objective == "iwae":
             noise = seeded_normal(torch.as_tensor(noise_seed, device=x.device), out.z.shape, device=x.device)
             log_w = importance_log_weights(nll, out.z, out.mu, out.logvar, self.model.clamp, kl_weight=kl_w,
@@ -138,7 +139,8 @@ class NegativeELBO(nn.Module):
             nll_sum = nll.mean(0).sum()
         else:
             nll_sum = nll.mean(0).sum() if self.samples > 1 else nll.sum()
-            total = nll_sum + kl_w * kl_objective(out.kl, out.kl_per_dim, x.shape[0], self.free_bits)
+            kl = kl_objective(out.kl, out.kl_per_dim, x.shape[0], self.free_bits) if self.free_bits > 0 else kl_sum
+            total = nll_sum + kl_w * kl
         term_sums = None
         if len(self.loss_terms):
             with stage("extra loss terms"):
@@ -147,5 +149,5 @@ class NegativeELBO(nn.Module):
                                          for term in self.loss_terms])
                 total = total + (term_weights * term_sums).sum()
                 term_sums = term_sums.detach().float()
-        return ObjectiveOutput(total * scale, nll_sum.detach(), out.kl.sum().detach(), out.kl_per_dim.detach(),
+        return ObjectiveOutput(total * scale, nll_sum.detach(), kl_sum.detach(), out.kl_per_dim.detach(),
                                term_sums)

@@ -84,10 +84,12 @@ def bce_forward(logits, target, continuous: bool = False):
 
 def bce_backward(g, logits, target, continuous: bool = False):
     B, P = logits.shape[0], math.prod(logits.shape[1:])
-    logits, target, g = logits.contiguous(), target.contiguous(), g.contiguous()
+    logits, target = logits.contiguous(), target.contiguous()
+    # g is [B]; the gradient of recon.sum() arrives as one value expanded over it: read with stride 0, not copied.
+    g_stride = g.stride(0) if B > 1 else 1
     dx = torch.empty_like(logits)
     status = library().vf_bce_bwd(
-        _dtype_code(logits), _dtype_code(target), int(continuous), g.data_ptr(), logits.data_ptr(),
+        _dtype_code(logits), _dtype_code(target), int(continuous), g.data_ptr(), g_stride, logits.data_ptr(),
         target.data_ptr(), dx.data_ptr(), B, P, _threads(),
     )
     _check(status, "BCE backward")

@@ -40,7 +40,9 @@ class NaNGuard:
         self._factor = torch.empty(3, device=self.device)
         self._streak, self._longest = self.counters[1:2], self.counters[2:]
         cuda = self.device.type == "cuda"
-        self._host = torch.zeros(3, pin_memory=cuda)
+        # On CPU the counters are host memory already: no copy. The numpy view reads them with no dispatcher call.
+        self._host = self.counters if self.device.type == "cpu" else torch.zeros(3, pin_memory=cuda)
+        self._host_values = self._host.numpy()
         self._copied = torch.cuda.Event() if cuda else None
         self._diagnose = None
         self.companions: list[NaNGuard] = companions or []  # guards of other updates of the step, checked with it
@@ -73,7 +75,8 @@ class NaNGuard:
         """The host half: start the counters' copy to host memory (outside any captured graph: it records an event)
         and act on the last copy that has landed."""
         self._diagnose = diagnose
-        self._host.copy_(self.counters, non_blocking=True)
+        if self._host is not self.counters:
+            self._host.copy_(self.counters, non_blocking=True)
         if self._copied is not None:
             self._copied.record()
         self._look()
@@ -89,8 +92,7 @@ class NaNGuard:
     def _look(self) -> None:
         if self._copied is not None and not self._copied.query():
             return  # not landed yet: a later record or check looks
-        # A numpy view of host memory: no device read and no dispatcher call.
-        longest = int(self._host.numpy()[2])
+        longest = int(self._host_values[2])  # host memory: no device read
         if longest >= self.max_consecutive:
             raise NonFiniteTraining(
                 f"{longest} consecutive steps had a non-finite loss or gradient; training stopped. "
@@ -136,19 +138,20 @@ class SkipDecision:
         self.optimizer_checks = hasattr(optimizer, "check_gradients") and not scaler_enabled
 
     def __call__(self, loss_nonfinite: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor:
-        """``loss_nonfinite``: the losses' ``nonfinite_flag`` (their maximum over the micro-batches)."""
-        skip = loss_nonfinite.view(1)
+        """``loss_nonfinite``: the losses' ``nonfinite_flag`` (their maximum over the micro-batches). Returns the
+        flag as a 0-dim float tensor, which an optimizer that checks the gradients itself may still set."""
+        skip = loss_nonfinite if loss_nonfinite.dim() == 0 else loss_nonfinite.view(())  # DDP's losses are [1]
         if not self.scaler_enabled:  # with fp16 the scaler itself skips steps whose gradients overflowed
             if grad_norm is not None:  # clipping computed the norm anyway: a non-finite gradient makes it so
-                skip = torch.maximum(skip, nonfinite_flag(grad_norm).view(1))
+                skip = torch.maximum(skip, nonfinite_flag(grad_norm).view(()))
             elif not self.optimizer_checks:
-                skip = torch.maximum(skip, self.grads_nonfinite().view(1))
+                skip = torch.maximum(skip, self.grads_nonfinite().view(()))
         if self.optimizer_checks:
             self.optimizer.check_gradients = grad_norm is None
         if self.dist.enabled:
             # All ranks take the same decision, so they never diverge: any rank's NaN skips the step everywhere.
-            skip = self.dist.all_reduce_(skip, op=torch.distributed.ReduceOp.MAX)
-        return skip.view(())
+            skip = self.dist.all_reduce_(skip.view(1), op=torch.distributed.ReduceOp.MAX).view(())
+        return skip
 
     def grads_nonfinite(self) -> torch.Tensor:
         """1.0 where a gradient is non-finite (``flag_nonfinite``)."""

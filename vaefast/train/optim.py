@@ -359,5 +359,5 @@ def _host_value(value: float | torch.Tensor) -> float:
     if not isinstance(value, torch.Tensor):
         return value
     if value.device.type == "cpu":
-        return float(value.detach().numpy().reshape(()))
+        return float((value.detach() if value.requires_grad else value).numpy().reshape(()))
     return float(value)
