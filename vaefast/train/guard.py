@@ -162,12 +162,13 @@ class SkipDecision:
 
 def nonfinite_flag(value: torch.Tensor) -> torch.Tensor:
     """1.0 where the one-element ``value`` (a loss, a norm) is NaN or infinite, else 0.0: a float32 tensor of its
-    shape, on its device, never read on the host. ``v - v`` is exactly 0 for every finite v and NaN otherwise, so
-    this takes two ops where ``torch.isfinite`` (four on CPU), a negation and a cast take six."""
+    shape, on its device, never read on the host. ``v - v`` is exactly 0 for every finite v and NaN otherwise, and
+    NaN becomes 1: two ops (no comparison, whose bool result a float flag would need converted), where
+    ``torch.isfinite`` (four ops on CPU), a negation and a cast take six."""
     v = value.detach()
     if v.dtype != torch.float32:
         v = v.float()
-    return (v - v).ne_(0)
+    return (v - v).nan_to_num_(nan=1.0)
 
 
 _UNIT_SCALES: dict[torch.device, torch.Tensor] = {}

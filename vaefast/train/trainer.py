@@ -175,7 +175,7 @@ class Trainer:
                 self.recipe.update(self.step)
         self.guard.count(skip)
         self.kl_schedule.advance()
-        return StepResult(*sums, applied=skip == 0)
+        return StepResult(*sums, applied=skip.logical_not())  # a 0.0 flag: applied
 
     def _micro_step(self, x: torch.Tensor, kl_w, scale, term_w, sync: bool) -> ObjectiveOutput:
         """One micro-batch's forward and backward; DDP all-reduces gradients on ``sync`` only (the step's last)."""
