@@ -113,3 +113,26 @@ def test_the_compute_roofline_times_every_layer_of_a_step_at_its_shapes():
     kinds = [row["layer"].split("(")[0] for row in result["layers"]]
     assert kinds == ["Conv2d", "Conv2d", "Conv2d", "Conv2d", "ConvTranspose2d", "ConvTranspose2d"]
     assert result["layers"][-1]["input"] == [8, 8, 14, 14] and result["images_per_s"] > 0
+
+
+def test_bench_step_ab_interleaves_two_checkouts_in_one_process(tmp_path):
+    """The A/B of two package checkouts, here the checkout against a copy of itself: both trainers ran, the ratio
+    is a median of per-round ratios, and the fractions share one roofline."""
+    import sys
+    from pathlib import Path
+
+    import vaefast
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_step_ab
+
+    payload = bench_step_ab.main(["--before", str(Path(vaefast.__file__).parent), "--rounds", "3", "--steps", "2",
+                                  "--results", str(tmp_path), "--no-readme"])
+    result = payload["result"]
+    assert (tmp_path / "bench_step_ab.json").is_file() and "vaefast_before" in sys.modules
+    assert sys.modules["vaefast_before"].__file__ != vaefast.__file__
+    for side in ("before", "after"):
+        assert result[side]["ms_per_step"] > 0
+        assert result[side]["fraction_of_compute_roofline"] == pytest.approx(
+            result["roofline_ms_per_step"] / result[side]["ms_per_step"])
+    assert 0.2 < result["ratio_after_over_before"] < 5

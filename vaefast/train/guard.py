@@ -114,7 +114,8 @@ def non_finite_report(named_tensors: dict[str, torch.Tensor | None], model: torc
     """Which tensors and which parameters' gradients hold NaN or Inf (slow path: only after bad steps)."""
     bad = [name for name, t in named_tensors.items() if t is not None and not torch.isfinite(t).all()]
     bad_params = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
-    bad_grads = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    bad_grads = [name for name, p in model.named_parameters()
+                 if p.grad is not None and not torch.isfinite(p.grad).all()]
     parts = [f"non-finite tensors: {', '.join(bad) or 'none'}"]
     if bad_grads:
         parts.append(f"non-finite gradients: {', '.join(bad_grads[:8])}{' ...' if len(bad_grads) > 8 else ''}")

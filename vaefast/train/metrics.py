@@ -1,9 +1,9 @@
 """Training metrics that stay on the device between log steps.
 
 Each step's (nll, kl) sums are kept and its per-dim KL is added to a device tensor; the host reads them,
-all-reduced, only every ``log_every`` steps and at epoch ends. The clock counts the whole loop (data loading and logging included) but
-not what the trainer excludes with ``restart_clock`` (checkpoint writes, evaluation), nor the first
-``warmup_steps`` steps, where compilation and first-touch allocation happen.
+all-reduced, only every ``log_every`` steps and at epoch ends. The clock counts the whole loop (data loading and
+logging included) but not what the trainer excludes with ``restart_clock`` (checkpoint writes, evaluation), nor the
+first ``warmup_steps`` steps, where compilation and first-touch allocation happen.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ class TrainMetrics:
         if not self.is_log_step(step):
             return
         extra, progress = context()
-        totals = torch.cat([self._pending_sums(), self._images([(applied, count) for *_, applied, count in self.pending])])
+        images = self._images([(applied, count) for *_, applied, count in self.pending])
+        totals = torch.cat([self._pending_sums(), images])
         nll, kl, *term_sums, n = self.dist.all_reduce_(totals).tolist()
         self.pending = []
         n = max(n, 1.0)

@@ -17,12 +17,9 @@ from torch.optim import optimizer as torch_optimizer
 
 
 def quiet_step(step):
-    """``step`` wrapped as torch.optim wraps every optimizer's step (``Optimizer.profile_hook_step``: a profiler
-    range named after the optimizer, and the step pre- and post-hooks), except that the wrapper runs only while it
-    has something to do: a profiler is on or a hook is registered. Otherwise ``step`` runs directly, skipping an
-    idle profiler range's enter and exit, two dispatcher calls that cost the CPU step more than their few
-    microseconds alone (docs/performance.md, issue #28). Marked ``hooked``, so torch.optim does not wrap it again;
-    tests/test_native_adam.py pins the hooks and the profiler range."""
+    """``step`` wrapped as torch.optim wraps every optimizer's step (``Optimizer.profile_hook_step``: the profiler
+    range and the step pre- and post-hooks) while a profiler is on or a hook is registered, and called directly
+    otherwise. Marked ``hooked``, so that torch.optim does not wrap it again."""
     hooked = torch.optim.Optimizer.profile_hook_step(step)
 
     @functools.wraps(step)

@@ -156,8 +156,7 @@ class Trainer:
         bad = sums = None
         for i, x in enumerate(micro_batches):
             out = self._micro_step(x, kl_w, scale, term_w, sync=i == len(micro_batches) - 1)
-            flag = nonfinite_flag(out.loss)
-            bad = flag if bad is None else torch.maximum(bad, flag)
+            bad = nonfinite_flag(out.loss) if bad is None else torch.maximum(bad, nonfinite_flag(out.loss))
             part = [out.nll, out.kl, out.kl_per_dim, out.term_sums]
             if self.plan.cuda_graphs:  # replays reuse their output buffers: copy out what outlives the step
                 part = [t if t is None else t.clone() for t in part]
