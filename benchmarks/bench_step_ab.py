@@ -2,8 +2,11 @@
 on the embedded Fashion-MNIST, each checkout's own Trainer, timed in short chunks interleaved in random order.
 
     mkdir /tmp/before && git archive <rev> vaefast | tar -x -C /tmp/before   # the older package's sources
-    cp "$(python -c 'import vaefast.native as n; print(n.library()._name)')" /tmp/before/vaefast/  # if its ABI matches
     python benchmarks/bench_step_ab.py --before /tmp/before/vaefast
+
+A folder without its own native library gets a copy of this checkout's, which the older package accepts only if
+their ABI versions match; otherwise put a library built from <rev> into the folder (cmake, as bench_native_ab.py's
+docstring shows). A comparison where one side would fall back to the PyTorch reference loss stops with the reason.
 
 A change worth a few percent of a step is below the noise of timings taken in separate processes: the shared
 cores' speed moves by tens of percent within minutes (docs/performance.md, issue #28). Here both trainers live in
@@ -31,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, update_readme_section, write_result  # noqa: E402
 
+from vaefast import native  # noqa: E402
 from vaefast.data import load_dataset  # noqa: E402
 from vaefast.perf.roofline import step_compute_roofline  # noqa: E402
 
@@ -44,8 +48,15 @@ def import_before(folder: Path):
         raise SystemExit(f"--before {folder}: not a package folder (no __init__.py)")
     root = Path(tempfile.mkdtemp(prefix="vaefast-ab-"))
     shutil.copytree(folder, root / BEFORE_NAME)
+    library = Path(native.library()._name) if native.load_error() is None else None
+    if library is not None and not (root / BEFORE_NAME / library.name).exists():
+        shutil.copy2(library, root / BEFORE_NAME / library.name)
     sys.path.insert(0, str(root))
-    return importlib.import_module(BEFORE_NAME)
+    package = importlib.import_module(BEFORE_NAME)
+    reason = importlib.import_module(f"{BEFORE_NAME}.native").load_error()
+    if library is not None and reason is not None:  # its steps would run the reference loss: not an A/B of steps
+        raise SystemExit(f"--before {folder}: its native library does not load: {reason}")
+    return package
 
 
 def trainer_of(package: str, full, batch: int, warmup: int):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 STAGES = ["data", "encoder", "reparam/KL", "decoder", "recon loss", "backward", "optimizer"]
 
@@ -122,6 +123,7 @@ def test_bench_step_ab_interleaves_two_checkouts_in_one_process(tmp_path):
     from pathlib import Path
 
     import vaefast
+    import vaefast.native
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_step_ab
@@ -131,6 +133,13 @@ def test_bench_step_ab_interleaves_two_checkouts_in_one_process(tmp_path):
     result = payload["result"]
     assert (tmp_path / "bench_step_ab.json").is_file() and "vaefast_before" in sys.modules
     assert sys.modules["vaefast_before"].__file__ != vaefast.__file__
+    before = sys.modules["vaefast_before"]
+    assert (before.native.load_error() is None) == (vaefast.native.load_error() is None)
+    if vaefast.native.load_error() is None:  # both sides timed the native loss, the copy through ops of its own
+        cpu = torch.device("cpu")
+        assert before.ops.dispatch.select("auto", cpu, torch.float32).name == "native"
+        assert hasattr(torch.ops.vaefast_before, "latent_fwd_native")
+        assert before.ops.library.OP_NAMESPACE == "vaefast_before" and vaefast.ops.library.OP_NAMESPACE == "vaefast"
     for side in ("before", "after"):
         assert result[side]["ms_per_step"] > 0
         assert result[side]["fraction_of_compute_roofline"] == pytest.approx(

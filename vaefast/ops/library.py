@@ -4,6 +4,10 @@ A backend module supplies four launchers (latent forward/backward, BCE forward/b
 turns them into ``vaefast::<side>_<backend>`` custom ops with fake (meta) and autograd registrations. The ops
 are opaque to torch.compile, so a compiled function that calls them has no graph break, and the backward is
 itself a custom op: autograd never traces into a kernel launch.
+
+The namespace is the package's name: a second copy imported under another name (benchmarks/bench_step_ab.py imports
+an older checkout as ``vaefast_before``) registers ops of its own. Redefining this package's ops from the copy left
+torch.compile calling the other copy's launchers, and a later compile in the same process crashed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Callable
 import torch
 
 from .validation import sample_shape
+
+OP_NAMESPACE = __name__.split(".")[0]
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ def register_backend(name: str, latent_forward, latent_backward, bce_forward, bc
 
     ``torch.compiler.is_compiling()`` chooses between them; the tests run both.
     """
-    lib = f"vaefast::{{}}_{name}"
+    lib = f"{OP_NAMESPACE}::{{}}_{name}"
 
     @torch.library.custom_op(lib.format("latent_fwd"), mutates_args=())
     def latent_fwd(
