@@ -153,6 +153,25 @@ def test_every_loader_sees_every_train_image_once_per_epoch(png_folder, kind):
             assert batches[0].dtype == torch.float32 and 0.0 <= float(batches[0].min()) <= float(batches[0].max()) <= 1.0
 
 
+def test_memory_loader_keeps_large_datasets_as_uint8_with_the_same_batches(monkeypatch):
+    """Above FLOAT_CACHE_BYTES the in-memory loader keeps the uint8 bytes (a quarter of the memory) and converts
+    each batch after its gather: the batches must be those of the pre-scaled float32 copy, bit for bit."""
+    import vaefast.data.memory as memory
+
+    images = torch.randint(0, 256, (300, 1, 6, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cached = memory.InMemoryLoader(images, 64, seed=3, flip=True)
+    monkeypatch.setattr(memory, "FLOAT_CACHE_BYTES", images.numel() * 4 - 1)
+    kept = memory.InMemoryLoader(images, 64, seed=3, flip=True)
+    assert cached.images.dtype == torch.float32 and kept.images.dtype == torch.uint8
+    for epoch in range(2):
+        cached.set_epoch(epoch)
+        kept.set_epoch(epoch)
+        pairs = list(zip(cached.batches(1), kept.batches(1), strict=True))
+        assert len(pairs) == len(cached) - 1
+        for a, b in pairs:
+            assert b.dtype == torch.float32 and torch.equal(a, b)
+
+
 def test_dali_is_required_by_ci():
     if "dali" in os.environ.get("VAEFAST_REQUIRE_BACKENDS", "").split(","):
         assert dali_unavailable_reason() is None, dali_unavailable_reason()
