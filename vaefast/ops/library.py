@@ -6,8 +6,8 @@ are opaque to torch.compile, so a compiled function that calls them has no graph
 itself a custom op: autograd never traces into a kernel launch.
 
 The namespace is the package's name: a second copy imported under another name (benchmarks/bench_step_ab.py imports
-an older checkout as ``vaefast_before``) registers ops of its own. Redefining this package's ops from the copy left
-torch.compile calling the other copy's launchers, and a later compile in the same process crashed.
+an older checkout as ``vaefast_before``) registers ops of its own. Under one namespace the copy redefined this
+package's ops, and a later torch.compile in the same process crashed (torch 2.13, a clean-clone CI run).
 """
 
 from __future__ import annotations
