@@ -119,7 +119,6 @@ def test_the_compute_roofline_times_every_layer_of_a_step_at_its_shapes():
 def test_bench_step_ab_interleaves_two_checkouts_in_one_process(tmp_path):
     """The A/B of two package checkouts, here the checkout against a copy of itself: both trainers ran, the ratio
     is a median of per-round ratios, and the fractions share one roofline."""
-    import sys
     from pathlib import Path
 
     import vaefast
