@@ -6,6 +6,11 @@ Fashion-MNIST at batch 128 and 1024, in fp32 and the run plan's precision.
 Each case of each round runs in a fresh process, as `vaefast train` does: timed one after another in one process,
 the MLP at batch 128 measured a tenth lower after the conv cases had run (the allocator's and caches' history).
 
+Each timed chunk is also labelled with where the two cores were: the threads' cache-line round trip
+(vaefast.perf.machine.thread_handoff_ns), measured before the chunk and after its roofline, is under
+SHARED_CACHE_NS both times when the cores shared a last-level cache, and over it both times when the host had put
+them on two chiplets. The table gives the median fraction of each kind of chunk beside the median of all.
+
     python benchmarks/bench_roofline.py            # all eight cases, 3 rounds each, interleaved
     python benchmarks/bench_roofline.py --quick    # one round, fewer steps (results/quick/)
 """
@@ -30,6 +35,26 @@ MODELS = {"mlp 784-400-20": {"kind": "mlp", "hidden": [400], "latent_dim": 20},
 # Timed steps per --steps: the MLP's steps are short, and each of step_timing's chunks (followed by its roofline)
 # needs a few tenths of a second of them for its fraction to settle.
 STEP_FACTOR = {"mlp 784-400-20": 5, "conv 32-64, latent 4x7x7": 1}
+# Two cores sharing a last-level cache hand a cache line back and forth in around a hundred nanoseconds; across
+# chiplets or sockets it takes several hundred.
+SHARED_CACHE_NS = 200.0
+
+
+def placement_fractions(timings: list[dict]) -> dict:
+    """Median fraction of the chunks timed while the two cores shared a cache, and of those timed while they were
+    apart, with the number of each; a chunk whose two handoff measurements disagree (the host moved a core during
+    it) counts in neither."""
+    kinds: dict[str, list[float]] = {"shared": [], "apart": []}
+    for timing in timings:
+        for fraction, (before, after) in zip(timing["chunk_fractions"], timing["chunk_handoff_ns"]):
+            if before is None or after is None:
+                continue
+            if max(before, after) < SHARED_CACHE_NS:
+                kinds["shared"].append(fraction)
+            elif min(before, after) >= SHARED_CACHE_NS:
+                kinds["apart"].append(fraction)
+    return {kind: {"fraction_median": statistics.median(f) if f else None, "chunks": len(f)}
+            for kind, f in kinds.items()}
 
 
 def time_case(name: str, batch: int, precision: str, steps: int) -> dict:
@@ -40,6 +65,12 @@ def time_case(name: str, batch: int, precision: str, steps: int) -> dict:
                          steps=steps * STEP_FACTOR[name])
     timing.pop("roofline")
     return timing
+
+
+def _placement_cell(kind: dict) -> str:
+    if kind["fraction_median"] is None:
+        return "- (0)"
+    return f"{100 * kind['fraction_median']:.0f}% ({kind['chunks']})"
 
 
 def main(argv=None) -> None:
@@ -73,14 +104,18 @@ def main(argv=None) -> None:
                      "images_per_s": statistics.median(t["images_per_s"] for t in timings),
                      "roofline_images_per_s": statistics.median(t["compute_roofline_images_per_s"] for t in timings),
                      "fraction_median": statistics.median(fractions), "fraction_min": min(fractions),
-                     "fraction_max": max(fractions), "rounds": timings})
+                     "fraction_max": max(fractions), "by_placement": placement_fractions(timings),
+                     "rounds": timings})
     payload = {"machine": machine_info("cpu"), "rows": rows, "process": "one fresh process per case and round",
                "command": "python benchmarks/bench_roofline.py" + (" --quick" if args.quick else "")}
-    table = ["| model | batch | precision | trainer images/s | roofline images/s | fraction (min-max) |",
-             "|---|---|---|---|---|---|"]
+    table = ["| model | batch | precision | trainer images/s | roofline images/s | fraction (min-max) | "
+             "cores sharing a cache: fraction (chunks) | cores apart: fraction (chunks) |",
+             "|---|---|---|---|---|---|---|---|"]
     table += [f"| {r['model']} | {r['batch_size']} | {r['precision']} | {r['images_per_s']:,.0f} | "
               f"{r['roofline_images_per_s']:,.0f} | {100 * r['fraction_median']:.0f}% "
-              f"({100 * r['fraction_min']:.0f}-{100 * r['fraction_max']:.0f}%) |" for r in rows]
+              f"({100 * r['fraction_min']:.0f}-{100 * r['fraction_max']:.0f}%) | "
+              f"{_placement_cell(r['by_placement']['shared'])} | {_placement_cell(r['by_placement']['apart'])} |"
+              for r in rows]
     print("\n".join(table))
     print(f"wrote {write_result('bench_roofline', payload, quick=args.quick)}")
     if not args.quick:

@@ -77,12 +77,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--steps", type=int, default=30, help="steps per timed chunk")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup", type=int,
+                        help="steps each trainer runs before the timed rounds (default: 5 chunks, at most 50); "
+                             "about 1000 reach the state of a longer run, where dead units' Adam moments decay "
+                             "into the subnormal range")
+    parser.add_argument("--label", help="suffix of the results' name and docs section (bench_step_ab-LABEL)")
     parser.add_argument("--results", help="folder for the JSON (default benchmarks/results)")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
     import_before(Path(args.before).resolve())
     full = load_dataset(None)
-    warmup = min(50, 5 * args.steps)
+    warmup = min(50, 5 * args.steps) if args.warmup is None else args.warmup
     trainers = {"before": trainer_of(BEFORE_NAME, full, args.batch, warmup),
                 "after": trainer_of("vaefast", full, args.batch, warmup)}
     x = next(iter(trainers["after"].loader.batches()))
@@ -104,8 +109,10 @@ def main(argv=None) -> dict:
     result["ratio_quartiles"] = statistics.quantiles(ratios, n=4)
     result["roofline_ms_per_step"] = roof
     command = "python benchmarks/bench_step_ab.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    payload = {"benchmark": "bench_step_ab", "command": command.strip(), "model": "mlp 784-400-20",
+    name = "bench_step_ab" + (f"-{args.label}" if args.label else "")
+    payload = {"benchmark": name, "command": command.strip(), "model": "mlp 784-400-20",
                "batch": args.batch, "precision": "fp32", "rounds": args.rounds, "steps_per_chunk": args.steps,
+               "warmup_steps": warmup,
                "machine": machine_info(torch.device("cpu")), "result": result}
     q1, _, q3 = result["ratio_quartiles"]
     text = "\n".join([
@@ -113,11 +120,11 @@ def main(argv=None) -> dict:
         *(f"| {side} | {result[side]['ms_per_step']:.3f} | {result[side]['fraction_of_compute_roofline']:.1%} |"
           for side in trainers),
         f"| after / before | {result['ratio_after_over_before']:.3f} (quartiles {q1:.3f}-{q3:.3f}) | |"])
-    path = write_result("bench_step_ab", payload, folder=args.results)
+    path = write_result(name, payload, folder=args.results)
     print(text)
     print(f"\nwrote {path}")
     if not args.no_readme:
-        update_readme_section("bench_step_ab", payload, text)
+        update_readme_section(name, payload, text)
     return payload
 
 

@@ -22,8 +22,12 @@ extern "C" {
 // non-finite gradient anywhere sets it to 1 and skips the step too, leaving every buffer untouched. The check
 // reads each thread's own chunks just before it updates them, so the gradients are read from cache the second
 // time.
+// flush_subnormals (x86-64; elsewhere ignored), used only when eps is a normal float: the update reads subnormal
+// inputs as zero and writes zero for subnormal results, on every thread of its region, which then restores its
+// previous floating-point mode. torch's update keeps subnormals, at the cost of microcode assists; a moment below
+// FLT_MIN moves no weight larger than 2e-31 * lr / eps (then lr * m / eps is below half its ulp).
 int vf_adam_step(int dtype, int64_t count, const int64_t* meta, float* found_inf, int check_grads,
-                 const double* hyper, int decoupled, int num_threads);
+                 const double* hyper, int decoupled, int flush_subnormals, int num_threads);
 
 // 1 if every element of the `count` buffers data[i] (sizes[i] elements of `dtype` each) is finite, else 0: the
 // NaN/Inf guard's check of the gradients before a step, read-only (torch's multi-tensor check also rewrites them,

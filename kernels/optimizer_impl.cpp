@@ -7,10 +7,18 @@
 // For a float32 model the step is torch's fused Adam with the NaN guard's gradient check folded into the same
 // parallel region, and one foreign call for every tensor of the step.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define VF_CAN_FLUSH_SUBNORMALS 1
+#else
+#define VF_CAN_FLUSH_SUBNORMALS 0
+#endif
 
 #include "dtypes.h"
 #include "isa_suffix.h"
@@ -53,6 +61,35 @@ inline float multiply_add(float a, float b, float c) {
     return a * b + c;
 #endif
 }
+
+// While alive, this thread's float unit reads subnormal inputs as zero and writes zero for subnormal results (x86
+// MXCSR's DAZ and FTZ bits), and restores its previous mode on exit. Once a unit stops receiving gradient (a dead
+// ReLU), its first moment decays by beta1 per step into the subnormal range and stays there for over a hundred
+// steps; the update's arithmetic on subnormals takes microcode assists. Each thread of a parallel region has its
+// own mode register, so each sets its own.
+class SubnormalsFlushed {
+public:
+    explicit SubnormalsFlushed(bool on) : on_(on && VF_CAN_FLUSH_SUBNORMALS) {
+#if VF_CAN_FLUSH_SUBNORMALS
+        if (on_) {
+            saved_ = _mm_getcsr();
+            _mm_setcsr(saved_ | kDenormalsAreZero | kFlushToZero);
+        }
+#endif
+    }
+    ~SubnormalsFlushed() {
+#if VF_CAN_FLUSH_SUBNORMALS
+        if (on_) _mm_setcsr(saved_);
+#endif
+    }
+    SubnormalsFlushed(const SubnormalsFlushed&) = delete;
+    SubnormalsFlushed& operator=(const SubnormalsFlushed&) = delete;
+
+private:
+    static constexpr unsigned kDenormalsAreZero = 0x0040, kFlushToZero = 0x8000;
+    bool on_;
+    unsigned saved_ = 0;
+};
 
 // The per-tensor record of a multi-tensor Adam call (optimizer.h).
 constexpr int64_t kMetaFields = 7;
@@ -140,7 +177,7 @@ bool chunk_finite(const T* data, int64_t n) {
 // region first checks every gradient; the static schedule gives each thread the same chunks in both loops.
 template <typename T, bool MASTER>
 bool adam_step(int64_t count, const int64_t* meta, const double* hyper, bool decoupled, bool skip, bool check_grads,
-               int num_threads) {
+               bool flush_subnormals, int num_threads) {
     const std::vector<int64_t> first = first_chunks(count, meta, kMetaFields);
     const int64_t total = first[count];
     auto chunk_fn = decoupled ? adam_chunk<T, true, MASTER> : adam_chunk<T, false, MASTER>;
@@ -158,8 +195,12 @@ bool adam_step(int64_t count, const int64_t* meta, const double* hyper, bool dec
     // Decided before the region: a thread that read the shared `bad` here could see another thread's reduction
     // land and skip the loop (and its barrier) that the others wait in.
     const bool check = check_grads && !skip;
+    // Only with an eps that is itself a normal number: then every denominator stays >= eps > 0, and a moment
+    // flushed to zero makes a zero update, not 0 / 0.
+    const bool flush = flush_subnormals && hyper[3] >= FLT_MIN;
 #pragma omp parallel num_threads(num_threads) if (total > 1)
     {
+        const SubnormalsFlushed mode(flush);
         if (check) {
 #pragma omp for schedule(static) reduction(| : bad)
             for (int64_t c = 0; c < total; ++c) {
@@ -214,19 +255,21 @@ extern "C" int VF_EXPORT(vf_all_finite)(int dtype, int64_t count, const int64_t*
 }
 
 extern "C" int VF_EXPORT(vf_adam_step)(int dtype, int64_t count, const int64_t* meta, float* found_inf,
-                                       int check_grads, const double* hyper, int decoupled, int num_threads) {
-    const bool skip = found_inf != nullptr && *found_inf != 0.0f, check = check_grads != 0, dec = decoupled != 0;
+                                       int check_grads, const double* hyper, int decoupled, int flush_subnormals,
+                                       int num_threads) {
+    const bool skip = found_inf != nullptr && *found_inf != 0.0f, check = check_grads != 0, dec = decoupled != 0,
+               flush = flush_subnormals != 0;
     bool applied;
     switch (dtype) {
         case VF_FLOAT32:
-            applied = adam_step<float, false>(count, meta, hyper, dec, skip, check, num_threads);
+            applied = adam_step<float, false>(count, meta, hyper, dec, skip, check, flush, num_threads);
             break;
         case VF_BFLOAT16:
-            applied = adam_step<vf::bf16, true>(count, meta, hyper, dec, skip, check, num_threads);
+            applied = adam_step<vf::bf16, true>(count, meta, hyper, dec, skip, check, flush, num_threads);
             break;
 #if VF_HAVE_FLOAT16
         case VF_FLOAT16:
-            applied = adam_step<vf::f16, true>(count, meta, hyper, dec, skip, check, num_threads);
+            applied = adam_step<vf::f16, true>(count, meta, hyper, dec, skip, check, flush, num_threads);
             break;
 #endif
         default:

@@ -18,7 +18,7 @@
     extern "C" int vf_bce_fwd_##isa(int, int, int, const void*, const void*, float*, int64_t, int64_t, int);    \
     extern "C" int vf_bce_bwd_##isa(int, int, int, const float*, int64_t, const void*, const void*, void*,      \
                                     int64_t, int64_t, int);                                                     \
-    extern "C" int vf_adam_step_##isa(int, int64_t, const int64_t*, float*, int, const double*, int, int);       \
+    extern "C" int vf_adam_step_##isa(int, int64_t, const int64_t*, float*, int, const double*, int, int, int);  \
     extern "C" int vf_all_finite_##isa(int, int64_t, const int64_t*, const void* const*, int);                  \
     extern "C" int vf_noise_##isa(int64_t, int64_t, int64_t, uint32_t*, uint32_t*, float*);
 
@@ -106,7 +106,7 @@ const KernelTable& kernels() {
 
 extern "C" {
 
-int vf_abi_version(void) { return 8; }
+int vf_abi_version(void) { return 9; }
 
 const char* vf_isa(void) { return kernels().isa; }
 
@@ -169,11 +169,12 @@ int vf_bce_bwd(int x_dtype, int t_dtype, int continuous, const float* g, int64_t
 }
 
 int vf_adam_step(int dtype, int64_t count, const int64_t* meta, float* found_inf, int check_grads,
-                 const double* hyper, int decoupled, int num_threads) {
+                 const double* hyper, int decoupled, int flush_subnormals, int num_threads) {
     if (count < 0) return VF_BAD_SIZE;
     for (int64_t i = 0; i < count; ++i)
         if (meta[7 * i] < 0 || meta[7 * i + 6] == 0) return VF_BAD_SIZE;
-    return kernels().adam_step(dtype, count, meta, found_inf, check_grads, hyper, decoupled, num_threads);
+    return kernels().adam_step(dtype, count, meta, found_inf, check_grads, hyper, decoupled, flush_subnormals,
+                               num_threads);
 }
 
 int vf_all_finite(int dtype, int64_t count, const int64_t* sizes, const void* const* data, int num_threads) {

@@ -238,3 +238,63 @@ def test_step_hooks_and_profiler_ranges_see_what_torch_optim_gives_them(cls):
     _set_grads(params, 2)
     opt.zero_grad(set_to_none=False)
     assert all(p.grad is not None and not p.grad.any() for p in params)
+
+
+def _with_subnormal_moments(flush: bool, eps: float = 1e-8):
+    """(ours, torch's) state after two steps from identical states in which a quarter of the first moments are
+    subnormal and their gradients zero, as a dead unit's moments become (they decay by beta1 per step)."""
+    ours, theirs = _params(), _params()
+    opt = NativeAdam(ours, lr=1e-3, eps=eps, flush_subnormals=flush)
+    ref = torch.optim.Adam(theirs, lr=1e-3, eps=eps, fused=True)
+    _set_grads(ours, 0)
+    _set_grads(theirs, 0)
+    opt.step()
+    ref.step()
+    g = torch.Generator().manual_seed(7)
+    for step in (1, 2):
+        _set_grads(ours, step)
+        _set_grads(theirs, step)
+        for a, b in zip(ours, theirs):
+            dead = torch.rand(a.shape, generator=g) < 0.25
+            for p, o in ((a, opt), (b, ref)):
+                p.grad[dead] = 0.0
+                o.state[p]["exp_avg"][dead] = 3e-39
+        opt.step()
+        ref.step()
+    return _state(opt, ours), _state(ref, theirs)
+
+
+def _subnormal(t):
+    return (t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)
+
+
+@pytest.mark.skipif(not native.flushes_subnormals(), reason="the flush is x86-64's MXCSR mode")
+def test_flush_subnormals_zeroes_only_subnormal_moments():
+    """Flushed: the moments torch leaves subnormal are zero, every other bit of the state is torch's (the weights
+    too: a subnormal moment's update is below half their ulp)."""
+    ours, theirs = _with_subnormal_moments(flush=True)
+    flushed = 0
+    for (p, m, v, step), (tp, tm, tv, tstep) in zip(ours, theirs):
+        sub = _subnormal(tm)
+        flushed += int(sub.sum())
+        assert not _subnormal(m).any() and (m[sub] == 0).all()
+        _assert_torch_bits([(p, m, v, step)], [(tp, torch.where(sub, tm.new_zeros(()), tm), tv, tstep)])
+    assert flushed > 10000
+
+
+@pytest.mark.parametrize("flush, eps", [(False, 1e-8), (True, 0.0)])
+def test_subnormal_moments_keep_torch_bits_without_the_flush(flush, eps):
+    """flush_subnormals=False, or an eps of 0 (a flushed moment over a flushed denominator would be 0 / 0): the
+    subnormal moments are torch's, bit for bit."""
+    ours, theirs = _with_subnormal_moments(flush=flush, eps=eps)
+    assert sum(int(_subnormal(m).sum()) for _, m, _, _ in theirs) > 10000
+    _assert_torch_bits(ours, theirs)
+
+
+def test_flushing_step_restores_the_threads_floating_point_mode():
+    """After a flushing step, subnormal arithmetic is exact again on the caller's thread and on the OpenMP threads
+    that torch's own kernels run on."""
+    _with_subnormal_moments(flush=True)
+    tiny = torch.full((1 << 20,), 3e-39)
+    assert (tiny * 0.5 != 0).all()
+    assert torch.tensor(3e-39).item() != 0.0 and float(torch.tensor(3e-39) * 0.5) != 0.0

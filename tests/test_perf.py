@@ -5,9 +5,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+from vaefast import native as vaefast_native
 
 STAGES = ["data", "encoder", "reparam/KL", "decoder", "recon loss", "backward", "optimizer"]
 
@@ -119,8 +122,6 @@ def test_the_compute_roofline_times_every_layer_of_a_step_at_its_shapes():
 def test_bench_step_ab_interleaves_two_checkouts_in_one_process(tmp_path):
     """The A/B of two package checkouts, here the checkout against a copy of itself: both trainers ran, the ratio
     is a median of per-round ratios, and the fractions share one roofline."""
-    from pathlib import Path
-
     import vaefast
     import vaefast.native
 
@@ -128,9 +129,10 @@ def test_bench_step_ab_interleaves_two_checkouts_in_one_process(tmp_path):
     import bench_step_ab
 
     payload = bench_step_ab.main(["--before", str(Path(vaefast.__file__).parent), "--rounds", "3", "--steps", "2",
-                                  "--results", str(tmp_path), "--no-readme"])
+                                  "--warmup", "3", "--label", "late", "--results", str(tmp_path), "--no-readme"])
     result = payload["result"]
-    assert (tmp_path / "bench_step_ab.json").is_file() and "vaefast_before" in sys.modules
+    assert payload["benchmark"] == "bench_step_ab-late" and payload["warmup_steps"] == 3
+    assert (tmp_path / "bench_step_ab-late.json").is_file() and "vaefast_before" in sys.modules
     assert sys.modules["vaefast_before"].__file__ != vaefast.__file__
     before = sys.modules["vaefast_before"]
     assert (before.native.load_error() is None) == (vaefast.native.load_error() is None)
@@ -144,3 +146,38 @@ def test_bench_step_ab_interleaves_two_checkouts_in_one_process(tmp_path):
         assert result[side]["fraction_of_compute_roofline"] == pytest.approx(
             result["roofline_ms_per_step"] / result[side]["ms_per_step"])
     assert 0.2 < result["ratio_after_over_before"] < 5
+
+
+@pytest.mark.skipif(vaefast_native.load_error() is not None or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs the native library and two CPUs")
+def test_thread_handoff_is_a_round_trip_time_and_step_timing_records_it_per_chunk():
+    """The probe answers nanoseconds (not an error code), and step_timing labels each chunk with a measurement
+    before it and one after its roofline."""
+    from vaefast.data import ImageDataset, load_dataset
+    from vaefast.perf.bench import step_timing
+    from vaefast.perf.machine import thread_handoff_ns
+
+    assert vaefast_native.library().vf_thread_handoff_ns(0) == -1.0
+    ns = thread_handoff_ns(round_trips=500, repeats=3)
+    assert 1.0 < ns < 1e7
+    full = load_dataset(None)
+    timing = step_timing(ImageDataset("embedded", full.train[:512], full.test[:64]), precision="fp32",
+                         batch_size=32, steps=4, warmup=1, chunks=2)
+    assert len(timing["chunk_handoff_ns"]) == len(timing["chunk_fractions"]) == 2
+    assert all(1.0 < ns < 1e7 for pair in timing["chunk_handoff_ns"] for ns in pair)
+
+
+def test_bench_roofline_splits_chunks_by_where_the_cores_were():
+    """Chunks whose two handoff measurements agree count for their placement; one that straddles a move counts in
+    neither."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_roofline
+
+    near, far = bench_roofline.SHARED_CACHE_NS / 2, bench_roofline.SHARED_CACHE_NS * 2
+    timings = [{"chunk_fractions": [0.6, 0.5, 0.4, 0.3], "chunk_handoff_ns": [(near, near), (near, far),
+                                                                               (far, far), (None, None)]},
+               {"chunk_fractions": [0.56], "chunk_handoff_ns": [(near, near)]}]
+    kinds = bench_roofline.placement_fractions(timings)
+    assert kinds["shared"] == {"fraction_median": pytest.approx(0.58), "chunks": 2}
+    assert kinds["apart"] == {"fraction_median": pytest.approx(0.4), "chunks": 1}
+    assert bench_roofline.placement_fractions([])["shared"] == {"fraction_median": None, "chunks": 0}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import sys
 from functools import lru_cache
 from importlib.util import find_spec
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 LIBRARY_ENV = "VAEFAST_NATIVE_LIBRARY"
 _LIB_NAMES = {"linux": "libvaefast_kernels.so", "darwin": "libvaefast_kernels.dylib", "win32": "vaefast_kernels.dll"}
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -42,7 +43,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         "vf_latent_bwd": [i32, vp, vp, i64, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, f32, f32, i64, i32],
         "vf_bce_fwd": [i32, i32, i32, vp, vp, vp, i64, i64, i32],
         "vf_bce_bwd": [i32, i32, i32, vp, i64, vp, vp, vp, i64, i64, i32],
-        "vf_adam_step": [i32, i64, vp, vp, i32, vp, i32, i32],
+        "vf_adam_step": [i32, i64, vp, vp, i32, vp, i32, i32, i32],
         "vf_all_finite": [i32, i64, vp, vp, i32],
         "vf_philox_words": [i64, i64, i64, vp],
         "vf_seeded_normal": [i64, i64, i64, vp],
@@ -56,6 +57,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.vf_copy_runs.restype = i32
     lib.vf_noise_of_copy.argtypes = [ctypes.c_char_p, i64, i64, i64, vp, vp, vp]
     lib.vf_noise_of_copy.restype = i32
+    lib.vf_thread_handoff_ns.argtypes = [i64]
+    lib.vf_thread_handoff_ns.restype = ctypes.c_double
 
 
 @lru_cache(maxsize=None)
@@ -105,6 +108,12 @@ ISA_COPIES = ("baseline", "x86-64-v3", "x86-64-v4")
 def copies_that_run() -> list[str]:
     """The instruction-set copies of the kernels built into the library that this CPU runs, baseline first."""
     return [name for name in ISA_COPIES if library().vf_copy_runs(name.encode())]
+
+
+def flushes_subnormals() -> bool:
+    """Whether the native Adam step's ``flush_subnormals`` takes effect on this machine: it sets x86-64's MXCSR
+    mode (kernels/optimizer_impl.cpp); elsewhere the update keeps subnormals, as torch's does."""
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def dtype_code(t: torch.Tensor) -> int:

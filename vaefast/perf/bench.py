@@ -15,7 +15,7 @@ from ..config import TrainConfig
 from ..train import Trainer
 from ..train.metrics import WARMUP_STEPS
 from .loss_bench import CASES, QUICK_CASES, run_case
-from .machine import machine_info
+from .machine import machine_info, thread_handoff_ns
 from .roofline import step_compute_roofline
 
 
@@ -39,7 +39,9 @@ def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: 
     (vaefast.perf.roofline) in this process: ``fraction_of_compute_roofline`` is the median over the chunks of the
     chunk's images/s over the roofline measured right after it. The shared cores' speed moves by tens of percent
     within a minute; one roofline measured once after all the steps put the fraction anywhere from 0.44 to 0.64 for
-    the same build.
+    the same build. ``chunk_handoff_ns`` holds, per chunk, the threads' cache-line round trip
+    (vaefast.perf.machine.thread_handoff_ns) measured before the chunk and after its roofline: it tells the chunks
+    run while the two cores shared a cache from those run while the host had them apart.
 
     ``host_ms_per_step`` is the time the Python loop took per step to enqueue the timed steps, before waiting for
     the device: on a GPU, close to ``ms_per_step`` when the host is the bottleneck and below it when the GPU is;
@@ -56,8 +58,9 @@ def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: 
         torch.float32
     per_chunk = [steps // chunks + (1 if i < steps % chunks else 0) for i in range(chunks)]
     images = seconds = enqueued = 0.0
-    fractions, rooflines = [], []
+    fractions, rooflines, handoffs = [], [], []
     for chunk_steps in (n for n in per_chunk if n):
+        handoff_before = thread_handoff_ns() if trainer.device.type == "cpu" else None
         counted = trainer.metrics.train_images  # every step past the trainer's own warm-up (short batches included)
         t0 = time.perf_counter()
         trainer.run(chunk_steps)
@@ -68,6 +71,7 @@ def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: 
         roofline = step_compute_roofline(trainer.model, x, autocast=trainer.plan.autocast(), dtype=dtype)
         fractions.append(chunk_images / chunk_seconds / roofline["images_per_s"])
         rooflines.append(roofline)
+        handoffs.append((handoff_before, thread_handoff_ns() if handoff_before is not None else None))
         images, seconds = images + chunk_images, seconds + chunk_seconds
     trainer.close()
     images_per_s = images / seconds
@@ -77,7 +81,7 @@ def step_timing(dataset: ImageDataset, *, model: dict | None = None, precision: 
             "plan": trainer.plan.describe(),
             "compute_roofline_images_per_s": statistics.median(r["images_per_s"] for r in rooflines),
             "fraction_of_compute_roofline": statistics.median(fractions), "chunk_fractions": fractions,
-            "roofline": roofline}
+            "chunk_handoff_ns": handoffs, "roofline": roofline}
 
 
 def training_throughput(precision: str, steps: int, batch_size: int = 128, device: str | None = None) -> dict:

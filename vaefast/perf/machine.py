@@ -28,6 +28,23 @@ def _version(module: str) -> str | None:
         return None
 
 
+def thread_handoff_ns(round_trips: int = 5000, repeats: int = 5) -> float | None:
+    """Nanoseconds per round trip of a cache line between two threads of the native kernels' OpenMP pool, the median
+    of ``repeats`` runs (kernels/thread_handoff.h); None without the native library or a second CPU.
+
+    Every multi-threaded op hands data between its threads, so this moves a CPU training step's speed: on a
+    virtual machine whose two cores the host moves between sharing one last-level cache and sitting on two
+    chiplets, the same build's step time moved by half while its matrix products, timed alone, barely moved
+    (docs/performance.md, issue #28)."""
+    from .. import native
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if native.load_error() is not None or cpus < 2:
+        return None
+    runs = sorted(native.library().vf_thread_handoff_ns(round_trips) for _ in range(repeats))
+    return None if runs[0] < 0 else runs[len(runs) // 2]
+
+
 def machine_info(device: torch.device | str = "cpu") -> dict:
     from importlib.metadata import version
 
@@ -46,5 +63,6 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         "vaefast": version("vaefast"),
         "native_isa": native.isa() if native.load_error() is None else None,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "thread_handoff_ns": thread_handoff_ns(),  # where the host had the cores when the result was taken
     }
     return info

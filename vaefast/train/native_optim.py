@@ -14,8 +14,8 @@ META_FIELDS = 7
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, step_counters, *, masters=None,
-              found_inf: torch.Tensor | None = None, check_grads: bool = False, lr: float, beta1: float,
-              beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+              found_inf: torch.Tensor | None = None, check_grads: bool = False, flush_subnormals: bool = False,
+              lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
     """One fused Adam/AdamW step in place over lists of contiguous CPU tensors of matching sizes, in one call.
 
     ``params`` and ``grads`` share one dtype: float32 (the weights themselves; ``masters`` None), or bfloat16 /
@@ -24,7 +24,10 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, step_counters, *, masters=No
     the step is applied (torch.optim's state).
 
     ``found_inf``: GradScaler's one-element float32 CPU flag. Nonzero skips the step; with ``check_grads`` a
-    non-finite gradient sets it to 1 and skips it too."""
+    non-finite gradient sets it to 1 and skips it too.
+
+    ``flush_subnormals`` (x86-64, and only with an eps of at least float32's smallest normal): the update treats
+    subnormal inputs and results as zero, where torch keeps them (kernels/optimizer.h)."""
     count = len(params)
     if count == 0:
         return
@@ -37,7 +40,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, step_counters, *, masters=No
     hyper = (ctypes.c_double * 5)(lr, beta1, beta2, eps, weight_decay)
     flag = None if found_inf is None else found_inf.data_ptr()
     status = library().vf_adam_step(dtype_code(params[0]), count, meta, flag, int(check_grads), hyper,
-                                    int(decoupled), threads())
+                                    int(decoupled), int(flush_subnormals), threads())
     check(status, "Adam step")
 
 

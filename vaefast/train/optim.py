@@ -77,14 +77,23 @@ class NativeAdam(torch.optim.Adam):
     and sets ``found_inf`` to 1, as torch's ``_amp_foreach_non_finite_check_and_unscale_`` sets it: the NaN guard's
     check, folded into the update's own parallel region (each thread checks the chunks it then updates), instead
     of a separate pass that reads and rewrites every gradient.
+
+    ``flush_subnormals`` (the native x86-64 path, with ``eps`` of at least float32's smallest normal number): the
+    update reads subnormal values as zero and writes zero for subnormal results, where torch keeps them. When a unit
+    stops receiving gradient (a dead ReLU) its first moment decays by ``beta1`` per step into the subnormal range,
+    where the update's arithmetic takes microcode assists: in the MLP's training a quarter of the moments sat there,
+    and the update ran 1.5x slower (docs/performance.md). A flushed moment changes no weight larger than
+    ``2e-31 * lr / eps`` (the update would be below half its ulp); with False, the bits are torch's in that range
+    too.
     """
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False,
-                 capturable: bool = False, check_gradients: bool = False):
+                 capturable: bool = False, check_gradients: bool = False, flush_subnormals: bool = True):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True,
                          capturable=capturable, decoupled_weight_decay=decoupled_weight_decay)
         self.check_gradients = check_gradients
+        self.flush_subnormals = flush_subnormals
 
     @quiet_step
     def step(self, closure=None):
@@ -104,7 +113,7 @@ class NativeAdam(torch.optim.Adam):
                 found_inf.fill_(1.0)
         for group, (params, grads, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, groups):
             native_optim.adam_step(params, grads, exp_avgs, exp_avg_sqs, steps, found_inf=found_inf,
-                                   check_grads=check, **_hyper(group))
+                                   check_grads=check, flush_subnormals=self.flush_subnormals, **_hyper(group))
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -169,11 +178,13 @@ class MasterWeightAdam(torch.optim.Optimizer):
     converts the module, so that no precision of the initialization is lost. The state (``state_dict``) holds the
     masters, so a run resumed from a checkpoint continues bit for bit. CPU tensors use the native fused kernel;
     elsewhere, or without the kernel, the same update runs through torch.optim's functional Adam on the masters
-    followed by a copy into the parameters. ``found_inf`` and ``check_gradients`` work as in ``NativeAdam``.
+    followed by a copy into the parameters. ``found_inf``, ``check_gradients`` and ``flush_subnormals`` work as in
+    ``NativeAdam``.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False, check_gradients: bool = False):
+                 weight_decay: float = 0.0, *, decoupled_weight_decay: bool = False, check_gradients: bool = False,
+                 flush_subnormals: bool = True):
         if not lr >= 0.0 or not eps >= 0.0 or not weight_decay >= 0.0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
         if not all(0.0 <= b < 1.0 for b in betas):
@@ -182,6 +193,7 @@ class MasterWeightAdam(torch.optim.Optimizer):
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
         self.check_gradients = check_gradients
+        self.flush_subnormals = flush_subnormals
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -254,7 +266,8 @@ class MasterWeightAdam(torch.optim.Optimizer):
             counts = list(torch.tensor([float(state["step"]) for state in states], dtype=torch.float32))
             native_optim.adam_step(params, [p.grad.contiguous() for p in params], [s["exp_avg"] for s in states],
                                    [s["exp_avg_sq"] for s in states], counts, masters=[s["master"] for s in states],
-                                   found_inf=found_inf if folded else None, check_grads=folded, **_hyper(group))
+                                   found_inf=found_inf if folded else None, check_grads=folded,
+                                   flush_subnormals=self.flush_subnormals, **_hyper(group))
             if folded and _host_value(found_inf) != 0:
                 return loss
             for state in states:
