@@ -8,9 +8,10 @@ extern "C" {
 #endif
 
 // Nanoseconds per round trip of a cache line between two OpenMP threads that take turns writing it, averaged over
-// `round_trips`; -1 where the pool cannot run two threads. Every parallel op hands its inputs and outputs from
-// thread to thread like this: two cores that share a last-level cache do it in tens of nanoseconds, two cores on
-// different chiplets (which a virtual machine's cores can become between one minute and the next) in hundreds.
+// `round_trips`; -1 where the pool cannot run two threads, or where the round trips take over 200 ms in all (two
+// threads sharing one core). Every parallel op hands its inputs and outputs from thread to thread like this: two
+// cores that share a last-level cache do it in tens of nanoseconds, two cores on different chiplets (which a
+// virtual machine's cores can become between one minute and the next) in hundreds.
 double vf_thread_handoff_ns(int64_t round_trips);
 
 #ifdef __cplusplus

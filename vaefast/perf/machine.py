@@ -30,7 +30,8 @@ def _version(module: str) -> str | None:
 
 def thread_handoff_ns(round_trips: int = 5000, repeats: int = 5) -> float | None:
     """Nanoseconds per round trip of a cache line between two threads of the native kernels' OpenMP pool, the median
-    of ``repeats`` runs (kernels/thread_handoff.h); None without the native library or a second CPU.
+    of ``repeats`` runs (kernels/thread_handoff.h); None without the native library or a second CPU, or when the
+    two threads turn out to share one core.
 
     Every multi-threaded op hands data between its threads, so this moves a CPU training step's speed: on a
     virtual machine whose two cores the host moves between sharing one last-level cache and sitting on two
@@ -41,8 +42,12 @@ def thread_handoff_ns(round_trips: int = 5000, repeats: int = 5) -> float | None
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if native.load_error() is not None or cpus < 2:
         return None
-    runs = sorted(native.library().vf_thread_handoff_ns(round_trips) for _ in range(repeats))
-    return None if runs[0] < 0 else runs[len(runs) // 2]
+    runs = []
+    for _ in range(repeats):
+        runs.append(native.library().vf_thread_handoff_ns(round_trips))
+        if runs[-1] < 0:  # no second thread, or the two share a core: the kernel gave up
+            return None
+    return sorted(runs)[len(runs) // 2]
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict:
