@@ -20,6 +20,10 @@
 #define VF_CAN_FLUSH_SUBNORMALS 0
 #endif
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "dtypes.h"
 #include "isa_suffix.h"
 #include "optimizer.h"
@@ -153,6 +157,33 @@ std::vector<int64_t> first_chunks(int64_t count, const int64_t* sizes, int64_t s
     return first;
 }
 
+// This thread's share of a multi-tensor pass: the same fraction of every tensor (thread k of n takes chunks
+// [n_i * k / n, n_i * (k + 1) / n) of tensor i), in both of the step's loops. Thread k's core is then mostly the
+// one whose matrix products just read those weight rows and wrote those gradient rows (giving thread k the other
+// share instead measured slower than either); one contiguous run of chunks across all tensors (the plain static
+// schedule) had one thread update whole tensors that both cores had touched, and each such cache line moved
+// between the cores, at a chiplet crossing's cost where the host has put them apart (docs/performance.md).
+class OwnShare {
+public:
+    OwnShare() {
+#ifdef _OPENMP
+        threads_ = omp_get_num_threads();
+        me_ = omp_get_thread_num();
+#endif
+    }
+    template <typename Fn>
+    void each_chunk(const std::vector<int64_t>& first, Fn&& fn) const {
+        for (size_t i = 0; i + 1 < first.size(); ++i) {
+            const int64_t chunks = first[i + 1] - first[i];
+            for (int64_t c = first[i] + chunks * me_ / threads_; c < first[i] + chunks * (me_ + 1) / threads_; ++c)
+                fn(int64_t(i), c);
+        }
+    }
+
+private:
+    int64_t threads_ = 1, me_ = 0;
+};
+
 // Which tensor owns work item c, and where its chunk starts.
 inline int64_t owner(const std::vector<int64_t>& first, int64_t c) {
     return std::upper_bound(first.begin(), first.end(), c) - first.begin() - 1;
@@ -174,7 +205,7 @@ bool chunk_finite(const T* data, int64_t n) {
 
 // All tensors of one step in one parallel region: per-tensor calls cost a fork and join and a foreign call each,
 // and small tensors (biases) that ran serially now share the region with the large ones. With check_grads the
-// region first checks every gradient; the static schedule gives each thread the same chunks in both loops.
+// region first checks every gradient; OwnShare gives each thread the same chunks in both loops.
 template <typename T, bool MASTER>
 bool adam_step(int64_t count, const int64_t* meta, const double* hyper, bool decoupled, bool skip, bool check_grads,
                bool flush_subnormals, int num_threads) {
@@ -201,24 +232,30 @@ bool adam_step(int64_t count, const int64_t* meta, const double* hyper, bool dec
 #pragma omp parallel num_threads(num_threads) if (total > 1)
     {
         const SubnormalsFlushed mode(flush);
+        const OwnShare share;
         if (check) {
-#pragma omp for schedule(static) reduction(| : bad)
-            for (int64_t c = 0; c < total; ++c) {
-                const int64_t i = owner(first, c);
+            bool mine_bad = false;
+            share.each_chunk(first, [&](int64_t i, int64_t c) {
                 const TensorRefs<T> r(meta + kMetaFields * i);
                 const int64_t b = (c - first[i]) * kChunk;
-                bad |= !chunk_finite(r.grad + b, std::min(kChunk, r.n - b));
+                mine_bad |= !chunk_finite(r.grad + b, std::min(kChunk, r.n - b));
+            });
+            if (mine_bad) {
+#pragma omp atomic write
+                bad = 1;
             }
+#pragma omp barrier
         }
-        if (!bad) {  // the same for every thread: read after the check loop's barrier, or never written
-#pragma omp for schedule(static)
-            for (int64_t c = 0; c < total; ++c) {
-                const int64_t i = owner(first, c);
+        int any_bad;
+#pragma omp atomic read
+        any_bad = bad;
+        if (!any_bad) {  // the same for every thread: read after the check loop's barrier, or never written
+            share.each_chunk(first, [&](int64_t i, int64_t c) {
                 const TensorRefs<T> r(meta + kMetaFields * i);
                 const int64_t b = (c - first[i]) * kChunk, len = std::min(kChunk, r.n - b);
                 chunk_fn(len, (MASTER ? r.master : reinterpret_cast<float*>(r.param)) + b, r.grad + b,
                          r.exp_avg + b, r.exp_avg_sq + b, r.param + b, per_tensor[i]);
-            }
+            });
         }
     }
     if (bad) return false;
