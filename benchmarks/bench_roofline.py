@@ -6,10 +6,10 @@ Fashion-MNIST at batch 128 and 1024, in fp32 and the run plan's precision.
 Each case of each round runs in a fresh process, as `vaefast train` does: timed one after another in one process,
 the MLP at batch 128 measured a tenth lower after the conv cases had run (the allocator's and caches' history).
 
-Each timed chunk is also labelled with where the two cores were: the threads' cache-line round trip
-(vaefast.perf.machine.thread_handoff_ns), measured before the chunk and after its roofline, is under
-SHARED_CACHE_NS both times when the cores shared a last-level cache, and over it both times when the host had put
-them on two chiplets. The table gives the median fraction of each kind of chunk beside the median of all.
+Each timed chunk is also labelled with where the two cores were (vaefast.perf.machine.core_placement of the
+threads' cache-line round trip measured before the chunk and after its roofline): sharing a last-level cache, or
+put on two chiplets by the host. The table gives the median fraction of each kind of chunk beside the median of
+all.
 
     python benchmarks/bench_roofline.py            # all eight cases, 3 rounds each, interleaved
     python benchmarks/bench_roofline.py --quick    # one round, fewer steps (results/quick/)
@@ -29,15 +29,13 @@ from common import machine_info, update_readme_section, write_result  # noqa: E4
 
 from vaefast.data import ImageDataset, load_dataset  # noqa: E402
 from vaefast.perf.bench import step_timing  # noqa: E402
+from vaefast.perf.machine import core_placement  # noqa: E402
 
 MODELS = {"mlp 784-400-20": {"kind": "mlp", "hidden": [400], "latent_dim": 20},
           "conv 32-64, latent 4x7x7": {"kind": "conv", "channels": [32, 64], "latent_channels": 4}}
 # Timed steps per --steps: the MLP's steps are short, and each of step_timing's chunks (followed by its roofline)
 # needs a few tenths of a second of them for its fraction to settle.
 STEP_FACTOR = {"mlp 784-400-20": 5, "conv 32-64, latent 4x7x7": 1}
-# Two cores sharing a last-level cache hand a cache line back and forth in around a hundred nanoseconds; across
-# chiplets or sockets it takes several hundred.
-SHARED_CACHE_NS = 200.0
 
 
 def placement_fractions(timings: list[dict]) -> dict:
@@ -46,25 +44,12 @@ def placement_fractions(timings: list[dict]) -> dict:
     it) counts in neither."""
     kinds: dict[str, list[float]] = {"shared": [], "apart": []}
     for timing in timings:
-        for fraction, (before, after) in zip(timing["chunk_fractions"], timing["chunk_handoff_ns"]):
-            if before is None or after is None:
-                continue
-            if max(before, after) < SHARED_CACHE_NS:
-                kinds["shared"].append(fraction)
-            elif min(before, after) >= SHARED_CACHE_NS:
-                kinds["apart"].append(fraction)
+        for fraction, handoffs in zip(timing["chunk_fractions"], timing["chunk_handoff_ns"]):
+            kind = core_placement(*handoffs)
+            if kind is not None:
+                kinds[kind].append(fraction)
     return {kind: {"fraction_median": statistics.median(f) if f else None, "chunks": len(f)}
             for kind, f in kinds.items()}
-
-
-def time_case(name: str, batch: int, precision: str, steps: int) -> dict:
-    """One case in this process: step_timing's answer without the per-layer roofline rows."""
-    full = load_dataset(None)
-    data = ImageDataset("embedded", full.train, full.test[:500])
-    timing = step_timing(data, model=MODELS[name], precision=precision, batch_size=batch,
-                         steps=steps * STEP_FACTOR[name])
-    timing.pop("roofline")
-    return timing
 
 
 def _placement_cell(kind: dict) -> str:

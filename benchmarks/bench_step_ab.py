@@ -12,9 +12,11 @@ A change worth a few percent of a step is below the noise of timings taken in se
 cores' speed moves by tens of percent within minutes (docs/performance.md, issue #28). Here both trainers live in
 one process and alternate every ``--steps`` steps, so a slow minute hits both alike; the figure is the median over
 rounds of the ratio after / before, and each side's fraction of the step's GEMM roofline (vaefast.perf.roofline,
-measured every ten rounds in the same process). The older package is imported under another name
-(``vaefast_before``), which works because the package imports itself only relatively; it loads the native library
-found in its own folder. Results: benchmarks/results/bench_step_ab.json and a table in docs/performance.md.
+measured every ten rounds in the same process), and the same ratio over the rounds timed while the two cores
+shared a cache and over those timed while the host had them apart (vaefast.perf.machine.core_placement). The
+older package is imported under another name (``vaefast_before``), which works because the package imports itself
+only relatively; it loads the native library found in its own folder. Results: benchmarks/results/bench_step_ab.json
+and a table in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from common import machine_info, update_readme_section, write_result  # noqa: E4
 
 from vaefast import native  # noqa: E402
 from vaefast.data import load_dataset  # noqa: E402
+from vaefast.perf.machine import core_placement, thread_handoff_ns  # noqa: E402
 from vaefast.perf.roofline import step_compute_roofline  # noqa: E402
 
 MODEL = {"kind": "mlp", "hidden": [400], "latent_dim": 20}
@@ -71,6 +74,16 @@ def trainer_of(package: str, full, batch: int, warmup: int):
     return trainer
 
 
+PLACEMENT_LABELS = {"shared": "sharing a cache", "apart": "apart"}
+
+
+def _placement_row(label: str, row: dict) -> str:
+    if not row["rounds"]:
+        return f"| {label} | 0 | - | - | - |"
+    return (f"| {label} | {row['rounds']} | {row['before_ms_per_step']:.3f} | {row['after_ms_per_step']:.3f} | "
+            f"{row['ratio_after_over_before']:.3f} |")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="the older vaefast package folder")
@@ -93,11 +106,14 @@ def main(argv=None) -> dict:
     x = next(iter(trainers["after"].loader.batches()))
     ms = {side: [] for side in trainers}
     roofline_ms = []
+    placements = []
     for r in range(args.rounds):
+        handoff_before = thread_handoff_ns(2000, 3)
         for side in random.sample(list(trainers), len(trainers)):
             t0 = time.perf_counter()
             trainers[side].run(args.steps)
             ms[side].append((time.perf_counter() - t0) / args.steps * 1e3)
+        placements.append(core_placement(handoff_before, thread_handoff_ns(2000, 3)))
         if r % 10 == 0:
             roofline = step_compute_roofline(trainers["after"].model, x)
             roofline_ms.append(args.batch / roofline["images_per_s"] * 1e3)
@@ -107,6 +123,15 @@ def main(argv=None) -> dict:
               for side, v in ms.items()}
     result["ratio_after_over_before"] = statistics.median(ratios)
     result["ratio_quartiles"] = statistics.quantiles(ratios, n=4)
+    # The same comparison over the rounds timed while the two cores shared a cache, and while they were apart.
+    result["by_placement"] = {}
+    for kind in ("shared", "apart"):
+        rounds = [i for i, p in enumerate(placements) if p == kind]
+        result["by_placement"][kind] = {
+            "rounds": len(rounds),
+            "ratio_after_over_before": statistics.median(ratios[i] for i in rounds) if rounds else None,
+            **{f"{side}_ms_per_step": statistics.median(ms[side][i] for i in rounds) if rounds else None
+               for side in trainers}}
     result["roofline_ms_per_step"] = roof
     command = "python benchmarks/bench_step_ab.py " + " ".join(argv if argv is not None else sys.argv[1:])
     name = "bench_step_ab" + (f"-{args.label}" if args.label else "")
@@ -119,7 +144,10 @@ def main(argv=None) -> dict:
         "| side | ms/step (median) | fraction of the GEMM roofline |", "|---|---|---|",
         *(f"| {side} | {result[side]['ms_per_step']:.3f} | {result[side]['fraction_of_compute_roofline']:.1%} |"
           for side in trainers),
-        f"| after / before | {result['ratio_after_over_before']:.3f} (quartiles {q1:.3f}-{q3:.3f}) | |"])
+        f"| after / before | {result['ratio_after_over_before']:.3f} (quartiles {q1:.3f}-{q3:.3f}) | |",
+        "", "| rounds timed while the cores were | rounds | before ms | after ms | after / before |",
+        "|---|---|---|---|---|",
+        *(_placement_row(label, result["by_placement"][kind]) for kind, label in PLACEMENT_LABELS.items())])
     path = write_result(name, payload, folder=args.results)
     print(text)
     print(f"\nwrote {path}")

@@ -141,6 +141,10 @@ def test_bench_step_ab_interleaves_two_checkouts_in_one_process(tmp_path):
         assert before.ops.dispatch.select("auto", cpu, torch.float32).name == "native"
         assert hasattr(torch.ops.vaefast_before, "latent_fwd_native")
         assert before.ops.library.OP_NAMESPACE == "vaefast_before" and vaefast.ops.library.OP_NAMESPACE == "vaefast"
+    placed = result["by_placement"]
+    assert placed["shared"]["rounds"] + placed["apart"]["rounds"] <= 3
+    for row in placed.values():
+        assert (row["ratio_after_over_before"] is None) == (row["rounds"] == 0)
     for side in ("before", "after"):
         assert result[side]["ms_per_step"] > 0
         assert result[side]["fraction_of_compute_roofline"] == pytest.approx(
@@ -174,7 +178,9 @@ def test_bench_roofline_splits_chunks_by_where_the_cores_were():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_roofline
 
-    near, far = bench_roofline.SHARED_CACHE_NS / 2, bench_roofline.SHARED_CACHE_NS * 2
+    from vaefast.perf.machine import SHARED_CACHE_NS
+
+    near, far = SHARED_CACHE_NS / 2, SHARED_CACHE_NS * 2
     timings = [{"chunk_fractions": [0.6, 0.5, 0.4, 0.3], "chunk_handoff_ns": [(near, near), (near, far),
                                                                                (far, far), (None, None)]},
                {"chunk_fractions": [0.56], "chunk_handoff_ns": [(near, near)]}]

@@ -50,6 +50,23 @@ def thread_handoff_ns(round_trips: int = 5000, repeats: int = 5) -> float | None
     return sorted(runs)[len(runs) // 2]
 
 
+# Two cores sharing a last-level cache hand a cache line back and forth in around a hundred nanoseconds; across
+# chiplets or sockets it takes several hundred.
+SHARED_CACHE_NS = 200.0
+
+
+def core_placement(before_ns: float | None, after_ns: float | None) -> str | None:
+    """"shared" when both handoff measurements around a timed stretch say the two cores shared a cache, "apart"
+    when both say they did not; None when they disagree (the host moved a core during it) or one is missing."""
+    if before_ns is None or after_ns is None:
+        return None
+    if max(before_ns, after_ns) < SHARED_CACHE_NS:
+        return "shared"
+    if min(before_ns, after_ns) >= SHARED_CACHE_NS:
+        return "apart"
+    return None
+
+
 def machine_info(device: torch.device | str = "cpu") -> dict:
     from importlib.metadata import version
 
