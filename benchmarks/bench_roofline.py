@@ -38,6 +38,16 @@ MODELS = {"mlp 784-400-20": {"kind": "mlp", "hidden": [400], "latent_dim": 20},
 STEP_FACTOR = {"mlp 784-400-20": 5, "conv 32-64, latent 4x7x7": 1}
 
 
+def time_case(name: str, batch: int, precision: str, steps: int) -> dict:
+    """One case in this process: step_timing's answer without the per-layer roofline rows."""
+    full = load_dataset(None)
+    data = ImageDataset("embedded", full.train, full.test[:500])
+    timing = step_timing(data, model=MODELS[name], precision=precision, batch_size=batch,
+                         steps=steps * STEP_FACTOR[name])
+    timing.pop("roofline")
+    return timing
+
+
 def placement_fractions(timings: list[dict]) -> dict:
     """Median fraction of the chunks timed while the two cores shared a cache, and of those timed while they were
     apart, with the number of each; a chunk whose two handoff measurements disagree (the host moved a core during

@@ -188,3 +188,6 @@ def test_bench_roofline_splits_chunks_by_where_the_cores_were():
     assert kinds["shared"] == {"fraction_median": pytest.approx(0.58), "chunks": 2}
     assert kinds["apart"] == {"fraction_median": pytest.approx(0.4), "chunks": 1}
     assert bench_roofline.placement_fractions([])["shared"] == {"fraction_median": None, "chunks": 0}
+    timing = bench_roofline.time_case("mlp 784-400-20", 32, "fp32", steps=1)  # what each fresh process runs
+    assert len(timing["chunk_fractions"]) == len(timing["chunk_handoff_ns"]) == 5 and "roofline" not in timing
+    assert 0 < timing["fraction_of_compute_roofline"] < 5
