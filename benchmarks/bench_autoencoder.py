@@ -247,7 +247,8 @@ def main():
     p.add_argument("--name", default=None, help="results file and docs/performance.md section (default: per device)")
     p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
                    help="default: every variant except the bf16 reference on a CPU without native bf16")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 8 steps at 16x16, results/quick/")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 1 round of 8 steps at 16x16, no separate memory runs on CPU, results/quick/")
     p.add_argument("--results", default=None, help="write the JSON here instead of benchmarks/results/")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
@@ -278,7 +279,7 @@ def main():
                   f"{result['psnr']:.2f}", flush=True)
     memory = {}
     for variant in variants:
-        if device.type == "cuda":
+        if device.type == "cuda" or args.quick:  # quick: the rounds' own readings, not a fresh process's
             memory[variant] = {k: statistics.median(r[k] for r in runs[variant])
                                for k in ("peak_memory_mb", "training_memory_mb")}
         else:

@@ -38,8 +38,10 @@ def check(out: Path | None, quick: bool = False) -> list[dict]:
 
     rows = []
     for name in kernel_specs("*fp32"):
-        for block in (BLOCKS[1], BLOCKS[-1]) if quick else BLOCKS:
-            for warps in (4, 8) if quick else WARPS:
+        # quick (the CPU smoke run): the largest block at 4 warps, the config likeliest to spill; tests compile
+        # every kernel at the launchers' own config (tests/test_triton_inspect.py).
+        for block in (BLOCKS[-1],) if quick else BLOCKS:
+            for warps in (4,) if quick else WARPS:
                 if block // (32 * warps) < 1:
                     continue
                 for arch in (90,) if quick else (80, 90):

@@ -98,11 +98,13 @@ def state_tensors(state, path=""):
 
 
 def quiet_config(out, **overrides):
-    """A short run that prints and logs little: batch 64, 2 epochs, eager, metrics every 4 steps."""
+    """A short run that prints and logs little: batch 64, 2 epochs, eager, metrics every 4 steps, in float32 (not
+    `auto`, which picks bf16 on CPUs with bf16 hardware: a test of bf16 asks for it)."""
     from vaefast.config import TrainConfig
 
     return TrainConfig.from_options(**{"out": str(out), "batch_size": 64, "epochs": 2, "progress": False,
-                                       "tensorboard": False, "compile": False, "log_every": 4, **overrides})
+                                       "tensorboard": False, "compile": False, "log_every": 4, "precision": "fp32",
+                                       **overrides})
 
 
 # ------------------------------------------------------------------------------------------------ reliability

@@ -1,7 +1,8 @@
 """A training process for the DDP tests, launched by torchrun (or plainly, as the single-process reference).
 
-argv[1] is a JSON object: n_images, batch_size, epochs, out, and optionally zero_noise (deterministic z = mu, so
-that runs with different world sizes are comparable), fail_at_step + fail_how ("raise" or "kill") + fail_rank,
+argv[1] is a JSON object, or {"runs": [object, ...]} run in turn in one process group: n_images, batch_size, epochs,
+out, and optionally zero_noise (deterministic z = mu, so that runs with different world sizes are comparable),
+fail_at_step + fail_how ("raise" or "kill") + fail_rank,
 nan_at_step (rank 1's batch turns to NaN at that step), checkpoint_every, grad_accum, max_steps, resume,
 count_reads (run that many steps counting host reads of device values, written to out/reads-rank{R}.json), recipe
 (options of the LDM recipe, e.g. {"recipe": "ldm", "lpips_weights": ...}: the saved parameters then also hold the
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from numerics import reduction_lengths
+
 import vaefast.models.vae as vae_module
 from vaefast.data import ImageDataset, load_dataset
 from vaefast.train import TrainConfig, Trainer
@@ -31,14 +34,24 @@ def trained_state(trainer) -> torch.Tensor:
 
 
 def main():
+    """One run, or with {"runs": [args, ...]} several in turn in one process group (each pays no start-up)."""
     args = json.loads(sys.argv[1])
-    if args.get("zero_noise"):
-        fused = vae_module.reparameterize_kl
+    runs = args.get("runs", [args])
+    dist = DistContext.from_env("cpu", None, runs[0].get("timeout", 60))
+    fused = vae_module.reparameterize_kl
+    for run_args in runs:
+        vae_module.reparameterize_kl = _without_noise(fused) if run_args.get("zero_noise") else fused
+        run(run_args, dist)
+    dist.shutdown()
 
-        def without_noise(mu, logvar, eps=None, *, seed=None, **kwargs):
-            return fused(mu, logvar, torch.zeros_like(mu), **kwargs)
 
-        vae_module.reparameterize_kl = without_noise
+def _without_noise(fused):
+    def without_noise(mu, logvar, eps=None, *, seed=None, **kwargs):
+        return fused(mu, logvar, torch.zeros_like(mu), **kwargs)
+    return without_noise
+
+
+def run(args: dict, dist: DistContext) -> None:
     full = load_dataset(None)
     n = args["n_images"]
     data = ImageDataset("subset", full.train[:n].clone(), full.test[:64].clone())
@@ -49,7 +62,6 @@ def main():
                       compile=args.get("compile", False), precision=args.get("precision", "fp32"),
                       **args.get("recipe", {}))
     cfg.model.hidden, cfg.model.latent_dim = [32], 4
-    dist = DistContext.from_env("cpu", None, args.get("timeout", 60))
     trainer = Trainer(cfg, data, dist=dist)
     initial = trained_state(trainer)
     nan_at = args.get("nan_at_step")
@@ -82,7 +94,6 @@ def main():
             trainer.run(args["count_reads"], on_step=lambda step: counts.append(mode.count))
         (Path(args["out"]) / f"reads-rank{dist.rank}.json").write_text(json.dumps(counts))
         trainer.close()
-        dist.shutdown()
         return
     if args.get("first_step_grads"):
         trainer.run(1)
@@ -90,16 +101,18 @@ def main():
         if trainer.recipe is not None:
             trained += [*trainer.recipe.criterion.parameters()]
         grads = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in trained]
-        torch.save(grads, Path(args["out"]) / f"grads-rank{dist.rank}.pt")
+        # The sums the gradients went through (tests/numerics.py): every layer's fan-in, and the loss's sum over the
+        # global batch's pixels (which logvar's gradient and every weight gradient reduce over).
+        lengths = reduction_lengths(trainer.model, *([trainer.recipe.criterion] if trainer.recipe else []))
+        lengths.append(args["batch_size"] * dist.world_size * data.train[0].numel())
+        torch.save({"grads": grads, "reduction_lengths": lengths}, Path(args["out"]) / f"grads-rank{dist.rank}.pt")
         trainer.close()
-        dist.shutdown()
         return
     summary = trainer.fit()
     params = trained_state(trainer)
     torch.save({"params": params, "initial": initial, "steps": summary.steps, "skipped": summary.skipped_steps},
                Path(args["out"]) / f"params-rank{dist.rank}.pt")
     trainer.close()
-    dist.shutdown()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def test_from_diffusers_trains_a_tiny_autoencoder_kl(tmp_path, tiny_data):
     torch.testing.assert_close(trainer.model.likelihood.mean(out.decoded), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # four CLI processes, each importing diffusers
 def test_cli_trains_evaluates_resumes_and_exports_a_config_json(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(TINY))
@@ -139,6 +140,7 @@ def test_an_image_size_the_model_cannot_reconstruct_is_refused_before_training(t
     assert build_model(ModelConfig(kind=f"diffusers:{config}"), (1, 16, 16)).latent_shape == (4, 8, 8)
 
 
+@pytest.mark.slow
 def test_cli_trains_the_ldm_recipe_on_photographs_and_reports_lpips(tmp_path, random_vgg16):
     """`vaefast train --model diffusers:... --recipe ldm` on real RGB crops, then eval (PSNR, SSIM, LPIPS) and the
     inspect grids."""

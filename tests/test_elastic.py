@@ -26,15 +26,15 @@ from vaefast.checkpoint import list_checkpoints, load_checkpoint
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "VAEFAST_NUM_THREADS": "1"}
 ENV.pop("TRITON_INTERPRET", None)
-# Long enough that the kill lands mid-run: the plain MLP's steps are short, the recipe's (LPIPS, a discriminator)
-# long.
+# Long enough that the kill lands mid-run. The recipe runs without LPIPS, which is frozen and holds no state to
+# resume (the discriminator, its optimizer, logvar and the synchronized BatchNorm are what a restart must restore).
 FINAL_STEP = {"plain": 300, "ldm": 30}
 SEEDS = list(range(int(os.environ.get("VAEFAST_ELASTIC_SEEDS") or "5")))
 
 
-def _command(out, seed: int, restarts: int, variant: str, vgg16=None) -> list[str]:
-    extra = ["--recipe", "ldm", "--lpips-weights", str(vgg16), "--disc-start", "10", "--checkpoint-every", "3"] \
-        if variant == "ldm" else ["--checkpoint-every", "5", "--ema", "0.99"]
+def _command(out, seed: int, restarts: int, variant: str) -> list[str]:
+    extra = ["--recipe", "ldm", "--perceptual", "none", "--disc-layers", "2", "--disc-start", "10",
+             "--checkpoint-every", "3"] if variant == "ldm" else ["--checkpoint-every", "5", "--ema", "0.99"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             f"--max-restarts={restarts}", "-m", "vaefast", "train", "--resume", "auto", "--out", str(out),
             "--hidden", "32", "--latent-dim", "4", "--batch-size", "16", "--epochs", "20", "--max-steps",
@@ -48,14 +48,14 @@ def _workers(agent: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, random_vgg16):
+def uninterrupted(tmp_path_factory):
     """The uninterrupted two-rank run of each variant, once: the kills differ by seed, the training does not."""
     runs = {}
 
     def run(variant: str) -> dict:
         if variant not in runs:
             out = tmp_path_factory.mktemp(f"uninterrupted-{variant}")
-            done = subprocess.run(_command(out, 0, 0, variant, random_vgg16[0]), capture_output=True, text=True,
+            done = subprocess.run(_command(out, 0, 0, variant), capture_output=True, text=True,
                                   env=ENV, timeout=300)
             assert done.returncode == 0, done.stderr[-3000:]
             runs[variant] = load_checkpoint(out)
@@ -65,12 +65,12 @@ def uninterrupted(tmp_path_factory, random_vgg16):
 
 @pytest.mark.parametrize("variant,seed", [("plain", seed) for seed in SEEDS] + [("ldm", 0), ("ldm", 1)])
 def test_a_killed_rank_restarts_the_group_and_the_run_ends_bit_identical(tmp_path, variant, seed, reliability,
-                                                                       random_vgg16, uninterrupted):
+                                                                       uninterrupted):
     """A SIGKILL of a random rank at a random moment (the seed picks both)."""
     rng = random.Random(seed)
     reference = uninterrupted(variant)
     out = tmp_path / "elastic"
-    agent = subprocess.Popen(_command(out, 0, 2, variant, random_vgg16[0]), stdout=subprocess.DEVNULL,
+    agent = subprocess.Popen(_command(out, 0, 2, variant), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and agent.poll() is None and not list_checkpoints(out):

@@ -24,6 +24,7 @@ from conftest import state_tensors
 from vaefast import native
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # builds the library once more, then trains in four processes
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def portable_library(tmp_path_factory) -> Path:
     return next(build.glob("libvaefast_kernels.*"))
 
 
-def _train(out: Path, steps: int, precision: str, library: Path, isa: str | None, resume: bool = False):
+def _train(out: Path, steps: int, precision: str, library: Path, isa: str | None, resume: Path | None = None):
     env = {**os.environ, "VAEFAST_NATIVE_LIBRARY": str(library), "OMP_NUM_THREADS": "2"}
     env.pop("VAEFAST_NATIVE_ISA", None)
     if isa:
@@ -47,7 +48,7 @@ def _train(out: Path, steps: int, precision: str, library: Path, isa: str | None
     cmd = [sys.executable, "-m", "vaefast", "train", "--max-steps", str(steps), "--checkpoint-every", "2",
            "--batch-size", "128", "--precision", precision, "--backend", "native", "--out", str(out)]
     if resume:
-        cmd += ["--resume", str(out)]
+        cmd += ["--resume", str(resume)]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
 
 
@@ -55,8 +56,10 @@ def _train(out: Path, steps: int, precision: str, library: Path, isa: str | None
 def test_a_run_resumed_on_the_baseline_copy_ends_bit_identical(portable_library, tmp_path, precision):
     best = native.copies_that_run()[-1]
     _train(tmp_path / "straight", 4, precision, portable_library, best)
-    _train(tmp_path / "moved", 2, precision, portable_library, best)
-    _train(tmp_path / "moved", 4, precision, portable_library, "baseline", resume=True)
+    # The straight run's step-2 checkpoint is where a run stopped at step 2 would be: resumed from it on the
+    # baseline copy, in a folder of its own.
+    _train(tmp_path / "moved", 4, precision, portable_library, "baseline",
+           resume=tmp_path / "straight" / "ckpt-step000000002.pt")
     name = "ckpt-step000000004.pt"
     straight = dict(state_tensors(torch.load(tmp_path / "straight" / name, weights_only=True)))
     moved = dict(state_tensors(torch.load(tmp_path / "moved" / name, weights_only=True)))

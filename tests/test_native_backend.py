@@ -201,3 +201,18 @@ def test_halves_of_a_packed_encoder_output_are_read_in_place(native, shape):
         res[backend] = [z, kl, dmu, dlogvar]
     for name, a, b in zip(("z", "kl", "dmu", "dlogvar"), res[native], res["torch"]):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_an_unknown_isa_cap_is_refused_with_the_names_it_takes(monkeypatch):
+    """The library reads a name it does not know as no cap at all: a typo would test the best copy silently."""
+    from vaefast import native
+
+    monkeypatch.setenv("VAEFAST_NATIVE_ISA", "avx512")
+    native._load.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="VAEFAST_NATIVE_ISA must be one of baseline, x86-64-v3, x86-64-v4, "
+                                             "got 'avx512'"):
+            native.load_error()
+    finally:
+        monkeypatch.undo()  # the suite's own cap, if it runs under one, before the library is looked up again
+        native._load.cache_clear()

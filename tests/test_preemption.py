@@ -79,6 +79,7 @@ def test_a_second_signal_stops_at_once(tmp_path, reliability):
     assert os.path.isdir(out)
 
 
+@pytest.mark.slow
 def test_sigterm_under_torchrun_stops_every_rank_at_one_step(tmp_path, reliability):
     """torchrun forwards the signal to its workers; they agree on the stop at the next log step (an all-reduce of
     the flag), rank 0 writes that step's checkpoint, and a resume on 2 ranks carries on from it."""

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # compiles 48 kernels with ptxas
 
 
 @pytest.fixture(scope="module")

@@ -67,8 +67,16 @@ def _cpu_flags() -> set[str]:
     pytest.skip("/proc/cpuinfo lists no flags")
 
 
-def test_native_bf16_probe_agrees_with_the_cpu_flags():
+def test_native_bf16_probe_agrees_with_the_cpu_flags(monkeypatch):
     """`--precision auto` picks bf16 on CPUs with AVX512-BF16 or AMX through private `torch.cpu._is_*` probes; if a
-    torch release renamed them, auto would fall back to fp32 without a word. The kernel's own flags decide here."""
+    torch release renamed them, auto would fall back to fp32 without a word. The kernel's own flags decide here;
+    VAEFAST_NATIVE_BF16 overrides the probe both ways and refuses anything but 0 and 1."""
     flags = _cpu_flags()
+    monkeypatch.delenv("VAEFAST_NATIVE_BF16", raising=False)
     assert native_bf16(torch.device("cpu")) == bool({"avx512_bf16", "amx_tile"} & flags)
+    for forced, expected in (("0", False), ("1", True)):
+        monkeypatch.setenv("VAEFAST_NATIVE_BF16", forced)
+        assert native_bf16(torch.device("cpu")) is expected
+    monkeypatch.setenv("VAEFAST_NATIVE_BF16", "yes")
+    with pytest.raises(ValueError, match="VAEFAST_NATIVE_BF16 must be 0 or 1, got 'yes'"):
+        native_bf16(torch.device("cpu"))

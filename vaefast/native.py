@@ -61,8 +61,15 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.vf_thread_handoff_ns.restype = ctypes.c_double
 
 
+ISA_ENV = "VAEFAST_NATIVE_ISA"  # caps the dispatcher's choice of copy (tests/test_isa_noise.py, docs/testing.md)
+ISA_COPIES = ("baseline", "x86-64-v3", "x86-64-v4")
+
+
 @lru_cache(maxsize=None)
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    cap = os.environ.get(ISA_ENV, "")
+    if cap and cap not in ISA_COPIES:  # the library would read an unknown name as no cap at all
+        raise ValueError(f"{ISA_ENV} must be one of {', '.join(ISA_COPIES)}, got {cap!r}")
     tried = []
     for path in _candidate_paths():
         if not path.is_file():
@@ -100,9 +107,6 @@ def library() -> ctypes.CDLL:
 def isa() -> str:
     """The instruction-set level of the kernel copy in use, e.g. 'x86-64-v4'."""
     return library().vf_isa().decode()
-
-
-ISA_COPIES = ("baseline", "x86-64-v3", "x86-64-v4")
 
 
 def copies_that_run() -> list[str]:

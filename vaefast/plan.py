@@ -5,6 +5,7 @@ once, with its reason, in a small frozen object that the trainer, eval and the C
 from __future__ import annotations
 
 import dataclasses
+import os
 from contextlib import nullcontext
 
 import torch
@@ -19,8 +20,18 @@ WHOLE_STEP = "whole-step"
 COMPILE_MIN_STEPS = 2_000
 
 
+# "0" or "1": what `--precision auto` takes this machine to have (bf16 hardware or not), to run here what auto
+# chooses on another kind of CPU (the test suite runs both ways, docs/testing.md).
+NATIVE_BF16_ENV = "VAEFAST_NATIVE_BF16"
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively here, so that bf16 autocast is a speed-up rather than an emulation."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{NATIVE_BF16_ENV} must be 0 or 1, got {forced!r}")
+        return forced == "1"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
