@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from numerics import assert_close_scaled, bce_magnitudes, latent_magnitudes
 
@@ -55,8 +55,12 @@ def _plant(t, values, generator):
 # Drawn by both property tests: the input dtype, strided views, and the seed of the tensors' values.
 COMMON = dict(dtype=st.sampled_from(DTYPES), noncontiguous=st.sampled_from(["no", "elements", "rows"]),
               seed=st.integers(0, 2**31 - 1))
+# 30 examples per property test and backend, or the profile's count where it asks for more (HYPOTHESIS_PROFILE=
+# thorough, tests/conftest.py): the suite's time does not hang on which profile is loaded.
+EXAMPLES = settings(max_examples=max(30, settings().max_examples), deadline=None)
 
 
+@EXAMPLES
 @given(
     shape=latent_shapes(),
     clamp=st.sampled_from(CLAMPS),
@@ -105,6 +109,7 @@ def test_reparameterize_kl_matches_reference(fused_target, shape, dtype, clamp, 
     assert_close_scaled(grads[fused_backend][1], grads["torch"][1], mag["dlogvar"], dtype, "d logvar")
 
 
+@EXAMPLES
 @given(
     shape=pixel_shapes(),
     target_dtype=st.sampled_from([None, torch.float32]),
