@@ -66,8 +66,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "reliability.json"
         env = {**os.environ, "VAEFAST_RELIABILITY_JSON": str(results)}
-        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS], cwd=ROOT,
-                             env=env)
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
+                              *TESTS], cwd=ROOT, env=env)  # both tiers: the kill and elastic fuzzing are slow
         scenarios = json.loads(results.read_text()) if results.exists() else {}
     if not scenarios:
         print("reliability_table: no scenario was recorded", file=sys.stderr)

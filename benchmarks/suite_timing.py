@@ -57,7 +57,8 @@ def table(tiers: dict[str, dict], machine: dict, command: str, date: str) -> str
              "| tier | tests run | skipped | pytest's time |", "|---|---|---|---|"]
     for name, tier in tiers.items():
         run = tier["tests"] - tier["skipped"]
-        lines.append(f"| {name} | {run} | {tier['skipped']} | {tier['seconds']:.0f} s ({tier['seconds'] / 60:.1f} min) |")
+        seconds = tier["seconds"]
+        lines.append(f"| {name} | {run} | {tier['skipped']} | {seconds:.0f} s ({seconds / 60:.1f} min) |")
     lines += ["", "| file | tier | tests | seconds |", "|---|---|---|---|"]
     rows = [(f, name, e) for name, tier in tiers.items() for f, e in tier["files"].items()]
     for f, name, e in sorted(rows, key=lambda r: -r[2]["seconds"]):

@@ -2,11 +2,6 @@ import os
 
 # The Triton kernels run on CPU tensors through the interpreter, which must be chosen before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
-# A native-kernel cap stands for a CPU of that level (docs/testing.md): torch's own kernels, chosen before torch is
-# imported, run at the same level there, so that a comparison with torch's fused Adam (FMA or not) holds there too.
-_ATEN_LEVEL = {"baseline": "default", "x86-64-v3": "avx2"}.get(os.environ.get("VAEFAST_NATIVE_ISA", ""))
-if _ATEN_LEVEL:
-    os.environ.setdefault("ATEN_CPU_CAPABILITY", _ATEN_LEVEL)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

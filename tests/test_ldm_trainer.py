@@ -25,7 +25,8 @@ from vaefast.train.noise import NoiseSeeds
 def _reduction_lengths(trainer, batch_size: int) -> list[int]:
     """The sums a recipe step's gradients go through: every layer's fan-in (autoencoder, LPIPS, discriminator) and
     the loss's sum over the batch's pixels."""
-    return reduction_lengths(trainer.model, trainer.recipe.criterion) + [batch_size * math.prod(trainer.data.image_shape)]
+    pixels = batch_size * math.prod(trainer.data.image_shape)
+    return reduction_lengths(trainer.model, trainer.recipe.criterion) + [pixels]
 
 
 def recipe_config(tmp_path, vgg, **overrides):

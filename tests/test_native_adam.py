@@ -39,9 +39,23 @@ def _assert_identical(a, b):
             assert torch.equal(x, y), (x - y).abs().max()
 
 
-def _assert_torch_bits(ours, theirs):
+def _same_multiply_adds() -> bool:
+    """Whether the native copy in use and torch's own CPU kernels both fuse multiply-adds (x86-64-v3 and up, AVX2
+    and up) or both do not: on any real CPU they do alike; a VAEFAST_NATIVE_ISA=baseline cap on a machine where
+    torch runs its AVX2/AVX-512 kernels (docs/testing.md) rounds each multiply-add once more."""
+    native_fma = native.isa() != "baseline"
+    return native_fma == (torch.backends.cpu.get_cpu_capability() != "DEFAULT")
+
+
+def _assert_torch_bits(ours, theirs, steps=20):
     """Bit for bit where torch's vector loop ran: every element but the last size % 16 of each tensor (torch's
-    scalar remainder contracts its multiply-adds differently: an ulp per step)."""
+    scalar remainder contracts its multiply-adds differently: an ulp per step). Where only one side fuses its
+    multiply-adds, within an ulp of the value per step instead."""
+    if not _same_multiply_adds():
+        for left, right in zip(ours, theirs):
+            for x, y in zip(left, right):
+                assert x.dim() == 0 and torch.equal(x, y) or (x - y).abs().max() <= steps * 2**-23 * y.abs().max()
+        return
     for left, right in zip(ours, theirs):
         for x, y in zip(left, right):
             if x.dim() == 0:
