@@ -56,7 +56,7 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-# Four runs (twelve kills) per CI venv, three uninterrupted references: the two fp32 runs share theirs.
+# Four runs (twelve kills), three uninterrupted references: the two fp32 runs share theirs.
 @pytest.mark.parametrize("seed, precision", [(0, "fp32"), (1, "bf16"), (2, "fp32"), (3, "ldm")])
 def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision, reliability, uninterrupted):
     rng = random.Random(seed)  # where the kills land
