@@ -212,3 +212,6 @@ def test_compiled_autoencoder_forward_leaves_the_eager_gradients(tmp_path, tiny_
     lengths = _reduction_lengths(trainer, 8)
     for compiled_grad, eager_grad in zip(*grads[::-1]):
         assert_reordered_close(compiled_grad, eager_grad, lengths, f"gradient {tuple(eager_grad.shape)}")
+    largest = max(range(len(grads[0])), key=lambda i: grads[0][i].numel() * bool(grads[0][i].abs().max() > 0))
+    assert mutation_is_caught(lambda a, b: assert_reordered_close(a, b, lengths, "mutated"), grads[1][largest],
+                              grads[0][largest])
