@@ -14,12 +14,10 @@ import argparse
 import collections
 import datetime
 import json
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 DOC = ROOT / "docs" / "testing.md"
 BEGIN, END = "<!-- suite-timing:begin -->", "<!-- suite-timing:end -->"
@@ -43,7 +41,7 @@ def read_tier(path: Path) -> dict:
     for case in suite.iter("testcase"):
         name = case.get("classname", "").split(".")[-1] + ".py"
         entry = files[f"tests/{name}"]
-        entry["seconds"] += float(case.get("time", 0.0))
+        entry["seconds"] = round(entry["seconds"] + float(case.get("time", 0.0)), 3)
         entry["tests"] += 0 if case.find("skipped") is not None else 1
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     return {"seconds": float(suite.get("time", 0.0)), **counts,
@@ -76,7 +74,7 @@ def main(argv=None) -> dict:
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--no-docs", action="store_true")
     args = p.parse_args(argv)
-    from common import machine_info
+    from vaefast.perf.machine import machine_info
 
     tiers = {"default": read_tier(Path(args.default))}
     if args.slow:
