@@ -115,11 +115,11 @@ def test_patch_keeps_values_and_gradients_and_unpatch_restores():
     patch()
     try:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-        assert DiagonalGaussianDistribution.sample.__module__ == "vaefast.integrations.diffusers"
+        assert DiagonalGaussianDistribution.sample.__module__.startswith("vaefast.integrations.diffusers")
         fused = run()
     finally:
         unpatch()
-    assert DiagonalGaussianDistribution.sample.__module__ != "vaefast.integrations.diffusers"
+    assert not DiagonalGaussianDistribution.sample.__module__.startswith("vaefast")
     torch.testing.assert_close(fused[0], original[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fused[1], original[1], rtol=1e-5, atol=1e-4)
     for a, b in zip(fused[2], original[2]):

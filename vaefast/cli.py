@@ -108,7 +108,8 @@ def cmd_eval(args) -> int:
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, iw_samples=args.iw_samples,
                                  batch_size=args.batch_size, device=args.device, seed=args.seed, limit=args.limit,
-                                 use_ema=args.ema, trust=args.trust_checkpoint, lpips_weights=args.lpips_weights)
+                                 use_ema=args.ema, trust=args.trust_checkpoint, lpips_weights=args.lpips_weights,
+                                 fid_weights=args.fid_weights)
     print(result.describe(), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result.to_json()))
@@ -136,11 +137,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .eval.report import load_model
-    from .integrations.diffusers import export_pretrained
+    from .eval.report import export_checkpoint
 
-    model, _ = load_model(args.checkpoint, "cpu", use_ema=args.ema, trust=args.trust_checkpoint)
-    print(f"wrote {export_pretrained(model, args.out)} (diffusers AutoencoderKL folder)")
+    path, note = export_checkpoint(args.checkpoint, args.out, fmt=args.format, stats_images=args.stats_images,
+                                   use_ema=args.ema, trust=args.trust_checkpoint)
+    print(f"wrote {path} ({args.format}); {note}")
     return 0
 
 
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--iw-samples", type=int, default=0, help="importance samples K for the IWAE bound (0: off)")
     ev.add_argument("--lpips-weights", help="VGG16 ImageNet weights in torchvision's format, for LPIPS on RGB data "
                     "(default: torch's hub cache, checkpoints/vgg16-397923af.pth, when present)")
+    ev.add_argument("--fid-weights", help="the FID Inception weights pytorch-fid and torch-fidelity use "
+                    "(pt_inception-2015-12-05-*.pth), for rFID between the test images and their reconstructions "
+                    "(default: torch's hub cache, checkpoints/, when present)")
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--limit", type=int, help="evaluate only the first N test images")
     ev.add_argument("--device")
@@ -218,9 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--seed", type=int, default=0)
     insp.add_argument("--device")
     insp.add_argument("--out", required=True, help="folder for the PNG files")
-    export = sub.add_parser("export", help="write a checkpoint of a diffusers model as a diffusers folder")
+    export = sub.add_parser("export", help="write a checkpoint of a diffusers model as a diffusers folder or an "
+                            "original-layout single file, with its latents' scaling and shift factors")
     export.add_argument("--checkpoint", required=True)
-    export.add_argument("--out", required=True, help="folder for save_pretrained (config.json + weights)")
+    export.add_argument("--out", required=True, help="folder for save_pretrained (config.json + weights), or the "
+                        ".safetensors file with --format single-file")
+    export.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers",
+                        help="diffusers: a folder its class's from_pretrained loads; single-file: the original "
+                        "layout (AutoencoderKL), which from_single_file reads")
+    export.add_argument("--stats-images", type=int, default=1000,
+                        help="training images over which a run that trained the encoder has its latents' "
+                        "scaling_factor (1/std) and shift_factor (mean, where the layout has one) measured")
     export.set_defaults(func=cmd_export)
     for checkpoint_reader in (ev, sample, insp, export):
         checkpoint_reader.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,

@@ -71,10 +71,14 @@ class DataConfig(Section, name="data", title="data"):
 
 @dataclass
 class ModelConfig(Section, name="model", title="model"):
-    kind: str = option("mlp", "mlp, conv, or diffusers:SPEC: an AutoencoderKL from a preset (sd-kl-f8, kl-f8-16ch), "
-                       "a config.json (both random init) or a local model folder (fine-tuning); its logvar clamp "
+    kind: str = option("mlp", "mlp, conv, or diffusers:SPEC: a diffusers KL autoencoder from a preset (sd-kl-f8, "
+                       "sdxl, sd3, flux, kl-f8-16ch) or a config.json (both random init), a local model folder or a "
+                       "released .safetensors/.ckpt file in the original layout (fine-tuning); its logvar clamp "
                        "defaults to diffusers' -30,20", key="model", parse=parse_model_kind,
                        metavar="{mlp,conv,diffusers:SPEC}")
+    model_config: str | None = option(None, "the architecture of a --model diffusers:FILE single file: a preset, a "
+                                      "config.json or a diffusers folder (default: read from the file's tensors)",
+                                      metavar="SPEC")
     latent_dim: int = option(20, "flat latent size (mlp, or conv with --latent-channels 0)", range=at_least(1))
     hidden: list[int] = option(help="MLP widths, encoder order, e.g. 400 or 512,256", factory=lambda: [400],
                                parse=parse_int_list, metavar="W[,W...]")
@@ -104,6 +108,8 @@ class ModelConfig(Section, name="model", title="model"):
             yield f"--clamp needs LO < HI, got {self.clamp}"
         if self.kind not in ("mlp", "conv") and self.diffusers is None:
             yield f"--model must be mlp, conv or diffusers:SPEC, got {self.kind!r}"
+        if self.model_config is not None and self.diffusers is None:
+            yield "--model-config gives the architecture of a --model diffusers:FILE weights file"
         for name in ("hidden", "channels"):
             if any(width < 1 for width in getattr(self, name)):
                 yield f"--{'conv-channels' if name == 'channels' else name} widths must be >= 1"
@@ -153,6 +159,11 @@ class OptimConfig(Section, name="optim", title="optimization"):
     clip_grad: float | None = option(None, "max global gradient norm (default: no clipping)", range=above(0.0))
     grad_accum: int = option(1, "micro-batches per optimizer step (DDP syncs gradients on the last one only)",
                              range=at_least(1))
+    trainable: Literal["all", "decoder"] = option(
+        "all", "what trains: all, or decoder (the decoder and post_quant_conv; the encoder runs without a graph, its "
+        "latents stay the original's and the KL term is dropped)", key="train")
+    warmup_steps: int = option(0, "linear learning-rate warm-up from 0 over this many steps (both optimizers of the "
+                               "LDM recipe)", range=at_least(0))
     ema: float = option(0.0, "> 0: keep an exponential moving average of the weights with this decay (e.g. 0.999); "
                         "eval uses it", range=within(0.0, 1.0), metavar="DECAY")
     max_bad_steps: int = option(20, "consecutive non-finite steps before stopping with a diagnosis",
@@ -175,8 +186,15 @@ class RecipeConfig(Section, name="recipe", title="LDM recipe (perceptual and adv
         "--disc, --beta (1e-6), --adam-betas (0.5,0.9) and --likelihood (gaussian: its mean is the decoder output)")
     perceptual: Literal["lpips", "none"] = option("none", "the recipe's perceptual term (LPIPS-VGG16)")
     perceptual_weight: float = option(1.0, "weight of LPIPS in the recipe's pixel term", range=at_least(0.0))
+    pixel_loss: Literal["l1", "mse"] = option("l1", "the recipe's pixel term: l1 (LDM, sd-vae-ft-ema) or mse "
+                                              "(sd-vae-ft-mse; generative-models' l2)")
+    learn_logvar: bool = option(True, "learn the recipe's scalar logvar (LDM); off keeps it at --logvar-init "
+                                "(generative-models' default)")
     lpips_weights: str | None = option(None, "VGG16 weights for LPIPS in torchvision's format (default: torch's hub "
                                        "cache, checkpoints/vgg16-397923af.pth)", metavar="PATH")
+    fid_weights: str | None = option(None, "FID Inception weights (pytorch-fid's pt_inception-2015-12-05-*.pth) for "
+                                     "the rFID of each evaluation (default: torch's hub cache, when there)",
+                                     metavar="PATH")
     disc: Literal["patchgan", "none"] = option("none", "the recipe's discriminator")
     disc_start: int = option(50001, "step from which the discriminator trains and its term counts",
                              range=at_least(0))
@@ -249,6 +267,8 @@ class LoggingConfig(Section, name="logging", title="logging"):
     log_every: int = option(50, "steps between logged (host-synchronized) metrics", range=at_least(1))
     progress: bool = option(True, "progress bar on a terminal, plain log lines otherwise")
     tensorboard: bool = option(True, "write TensorBoard event files into the run folder")
+    image_every: int = option(0, "steps between reconstruction grids of fixed held-out images (TensorBoard and "
+                              "PNG in the run folder); 0: at each evaluation", range=at_least(0))
 
 
 SECTIONS: tuple[type[Section], ...] = (DataConfig, ModelConfig, ObjectiveConfig, RecipeConfig, OptimConfig,

@@ -47,6 +47,12 @@ class ImageDataset:
             self.train, self.train_labels = self.folder.decode_all(self.folder.train_files, skip_bad)
         return self
 
+    def first_train_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` training images (decoded from a folder or shards when they are not in memory)."""
+        if self.train is not None:
+            return self.train[:n]
+        return self.folder.decode_all(self.folder.train_files[:n])[0]
+
     def describe(self) -> str:
         return (f"{self.name}: {self.num_train} train / {len(self.test)} test images of shape "
                 f"{'x'.join(map(str, self.image_shape))}")

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from ..data.convert import to_unit_float
+from .fid import frechet_distance, inception_features
 
 INSTALL_HINT = "SSIM needs pytorch-msssim: pip install 'vaefast[metrics]'"
 
@@ -41,15 +42,16 @@ def psnr_ssim(reconstruction: torch.Tensor, target: torch.Tensor) -> tuple[torch
 
 @torch.no_grad()
 def reconstruction_quality(model, images: torch.Tensor, batch_size: int = 500, device="cpu", autocast=None,
-                           lpips=None) -> dict:
+                           lpips=None, inception=None) -> dict:
     """Mean PSNR and SSIM (None, with ``quality_note`` saying why, without pytorch-msssim) of uint8 ``images``
     [N, C, H, W] reconstructed from their posterior means; with an ``lpips`` module (vaefast.models.lpips) also the
-    mean LPIPS of RGB images, compared in [-1, 1] as LPIPS expects."""
+    mean LPIPS of RGB images, compared in [-1, 1] as LPIPS expects; with the FID ``inception`` network
+    (vaefast.eval.fid) also ``rfid``, the Fréchet distance between the images' and the reconstructions' features."""
     if lpips is not None and images.shape[1] != 3:
         raise ValueError(f"LPIPS compares RGB images; this data has {images.shape[1]} channel(s)")
     was_training = model.training
     model.eval()
-    psnr, ssim, perceptual = [], [], []
+    psnr, ssim, perceptual, real_features, fake_features = [], [], [], [], []
     for start in range(0, len(images), batch_size):
         x = to_unit_float(images[start:start + batch_size], device)
         with autocast or nullcontext():
@@ -62,18 +64,24 @@ def reconstruction_quality(model, images: torch.Tensor, batch_size: int = 500, d
         if lpips is not None:
             rec = reconstruction.float().clamp(0, 1)
             perceptual.append(lpips.to(x.device)(x * 2 - 1, rec * 2 - 1).flatten().double())
+        if inception is not None:
+            rec = reconstruction.float().clamp(0, 1)
+            real_features.append(inception_features(inception.to(x.device), x, device=x.device))
+            fake_features.append(inception_features(inception, rec, device=x.device))
     model.train(was_training)
     extra = {"lpips": float(torch.cat(perceptual).mean())} if perceptual else {}
+    if real_features:
+        extra["rfid"] = frechet_distance(torch.cat(real_features), torch.cat(fake_features))
     if not ssim:
         return {"psnr": float(torch.cat(psnr).mean()), "ssim": None, "quality_note": ssim_available(), **extra}
     return {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()), **extra}
 
 
-QUALITY_KEYS = ("psnr", "ssim", "lpips")
+QUALITY_KEYS = ("psnr", "ssim", "lpips", "rfid")
 
 
-def quality_text(psnr: float | None, ssim: float | None, lpips: float | None) -> str:
-    """", PSNR 24.1 dB, SSIM 0.801, LPIPS 0.1234" for what was measured, else ""."""
+def quality_text(psnr: float | None, ssim: float | None, lpips: float | None, rfid: float | None = None) -> str:
+    """", PSNR 24.1 dB, SSIM 0.801, LPIPS 0.1234, rFID 0.69" for what was measured, else ""."""
     parts = [f"PSNR {psnr:.2f} dB" if psnr is not None else None, f"SSIM {ssim:.4f}" if ssim is not None else None,
-             f"LPIPS {lpips:.4f}" if lpips is not None else None]
+             f"LPIPS {lpips:.4f}" if lpips is not None else None, f"rFID {rfid:.4g}" if rfid is not None else None]
     return "".join(f", {part}" for part in parts if part)

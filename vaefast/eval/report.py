@@ -16,7 +16,9 @@ from ..models import build_model
 from ..models.ema import load_ema_weights
 from ..plan import autocast, resolve_precision
 from .elbo import collapse_level, evaluate_elbo
+from .fid import load_inception
 from .iwae import iwae_log_likelihood
+from .latents import measure_latents
 from .quality import reconstruction_quality
 
 # Burda et al.'s activity threshold on Cov_x(E_q[z_u]).
@@ -33,8 +35,10 @@ def load_model(checkpoint, device="cpu", use_ema: bool = True, trust: bool = Fal
                          f"rebuilt from the config; in Python, build a {architecture} and load the checkpoint's "
                          "'model' state (keys 'module.*') into vaefast.models.ModuleVAE, or resume with Trainer")
     cfg = TrainConfig.from_dict(state["config"])
-    model = build_model(cfg.model, tuple(state["image_shape"])).to(device)
-    model.load_state_dict(state["model"])
+    model = build_model(cfg.model, tuple(state["image_shape"]), quiet=True).to(device)
+    if cfg.optim.trainable == "decoder":
+        model.freeze_encoder()  # the checkpoint holds what trained; the encoder is the released one
+    model.load_trained_state(state["model"])
     if use_ema and "ema" in state:
         load_ema_weights(model, state["ema"])
     model.eval()
@@ -74,6 +78,7 @@ class EvalReport:
     ssim: float | None  # None without the metrics extra; quality_note says why
     quality_note: str | None
     lpips: float | None  # RGB data with LPIPS weights available only
+    rfid: float | None  # with the FID Inception weights only
     iwae_nll_nats: float | None  # with iw_samples > 0 only
     iwae_bpd: float | None
     iw_samples: int
@@ -82,6 +87,10 @@ class EvalReport:
     kl_per_dim: list[float]
     kl_per_dim_histogram: dict
     verdict: str
+    latent_mean: float  # of posterior samples z over the test images: what export's shift and scaling factors are
+    latent_std: float
+    latent_channel_mean: list[float]
+    latent_channel_std: list[float]
 
     def describe(self) -> str:
         hist = self.kl_per_dim_histogram
@@ -92,7 +101,8 @@ class EvalReport:
             f"(reconstruction {self.test_recon_nats:.3f} + KL {self.test_kl_nats:.3f})",
             f"bits per dimension:   {self.test_bpd:.5f}",
             f"reconstruction:       PSNR {self.psnr:.2f} dB{ssim}"
-            f"{f', LPIPS {self.lpips:.4f}' if self.lpips is not None else ''} (posterior mean)",
+            f"{f', LPIPS {self.lpips:.4f}' if self.lpips is not None else ''}"
+            f"{f', rFID {self.rfid:.4g}' if self.rfid is not None else ''} (posterior mean)",
         ]
         if self.iwae_nll_nats is not None:
             lines.append(f"IWAE NLL (K={self.iw_samples}):  {self.iwae_nll_nats:.3f} nats/image "
@@ -103,21 +113,27 @@ class EvalReport:
             f"mean latent distance: {self.mean_latent_distance:.3f} between different test images",
             "KL per dim histogram: " + ", ".join(f"[{a:.3g}, {b:.3g}): {c}" for a, b, c in
                                                 zip(hist["edges"], hist["edges"][1:], hist["counts"])),
+            f"latents:              mean {self.latent_mean:.4f}, std {self.latent_std:.4f} (scaling_factor "
+            f"{1 / self.latent_std:.5g}); per channel std "
+            + ", ".join(f"{v:.3g}" for v in self.latent_channel_std[:16]),
             f"verdict:              {self.verdict}",
         ])
 
     def to_json(self) -> dict:
         """The report's fields; the IWAE figures only when computed, the note only when SSIM is missing."""
-        optional = ("quality_note", "lpips", "iwae_nll_nats", "iwae_bpd")
+        optional = ("quality_note", "lpips", "rfid", "iwae_nll_nats", "iwae_bpd")
         return {k: v for k, v in dataclasses.asdict(self).items() if not (k in optional and v is None)}
 
 
 def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int = 0, batch_size: int = 500,
                         device: str | None = None, seed: int = 0, limit: int | None = None,
-                        use_ema: bool = True, trust: bool = False, lpips_weights: str | None = None) -> EvalReport:
+                        use_ema: bool = True, trust: bool = False, lpips_weights: str | None = None,
+                        fid_weights: str | None = None) -> EvalReport:
     """``lpips_weights``: VGG16's weights (torchvision format) for the LPIPS figure of RGB data; without it the
-    torch hub cache's copy is used when present, and LPIPS is left out otherwise."""
+    torch hub cache's copy is used when present, and LPIPS is left out otherwise. ``fid_weights``: the FID Inception
+    weights for rFID, likewise (vaefast.eval.fid)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    inception = load_inception(fid_weights)  # a bad file fails before the model loads
     model, cfg = load_model(checkpoint, device, use_ema, trust)
     dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed)
     test = dataset.test[:limit] if limit else dataset.test
@@ -128,7 +144,8 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
     precision = autocast(resolve_precision(cfg.runtime.precision, device), device)
     elbo = evaluate_elbo(model, test, batch_size=batch_size, device=device, autocast=precision)
     quality = reconstruction_quality(model, test, batch_size=batch_size, device=device, autocast=precision,
-                                     lpips=_lpips(lpips_weights, test.shape[1]))
+                                     lpips=_lpips(lpips_weights, test.shape[1]), inception=inception)
+    latents = measure_latents(model, test, batch_size=batch_size, seed=seed, device=device)
     iwae_nll = iwae_nll_nats(model, test, iw_samples, batch_size, device, precision) if iw_samples else None
     means = posterior_means(model, test, batch_size, device)
     g = torch.Generator().manual_seed(seed)
@@ -140,13 +157,15 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
         test_neg_elbo_nats=elbo["neg_elbo_nats"], test_recon_nats=elbo["recon_nats"], test_kl_nats=elbo["kl_nats"],
         test_bpd=elbo["bpd"], active_units=elbo["active_units"], latent_dim=elbo["latent_dim"],
         test_images=len(test), psnr=quality["psnr"], ssim=quality["ssim"], quality_note=quality.get("quality_note"),
-        lpips=quality.get("lpips"),
+        lpips=quality.get("lpips"), rfid=quality.get("rfid"),
         iwae_nll_nats=iwae_nll,
         iwae_bpd=None if iwae_nll is None else iwae_nll / (math.prod(test.shape[1:]) * math.log(2)),
         iw_samples=iw_samples, active_units_cov=int((means.var(0) > COVARIANCE_ACTIVE).sum()),
         mean_latent_distance=distance, kl_per_dim=[round(v, 5) for v in elbo["kl_per_dim"].flatten().tolist()],
         kl_per_dim_histogram={"counts": counts.long().tolist(), "edges": [round(e, 4) for e in edges.tolist()]},
-        verdict=collapse_verdict(elbo["kl_nats"], elbo["active_units"], elbo["latent_dim"], distance))
+        verdict=collapse_verdict(elbo["kl_nats"], elbo["active_units"], elbo["latent_dim"], distance),
+        latent_mean=latents.mean, latent_std=latents.std, latent_channel_mean=latents.channel_mean,
+        latent_channel_std=latents.channel_std)
 
 
 def iwae_nll_nats(model, test: torch.Tensor, iw_samples: int, batch_size: int, device, precision) -> float:
@@ -167,3 +186,30 @@ def _lpips(weights: str | None, channels: int):
     if weights is None and (channels != 3 or not default_vgg16_path().is_file()):
         return None
     return LPIPS.from_files(weights)
+
+
+def export_checkpoint(checkpoint, out, *, fmt: str = "diffusers", stats_images: int = 1000, use_ema: bool = True,
+                      trust: bool = False, device: str = "cpu"):
+    """``vaefast export``: (the written path, what was done with the latent statistics). A decoder-only run keeps
+    the released factors (its latents did not move); any other run has them measured over ``stats_images`` training
+    images, the first of the checkpoint's data source."""
+    from ..integrations.diffusers import export, statistics_config
+
+    model, cfg = load_model(checkpoint, device, use_ema, trust)
+    config = dict(model.module.vae.config) if hasattr(model, "module") and hasattr(model.module, "vae") else {}
+    if not config:
+        export(model, out, fmt=fmt)  # refuses a model that is not a diffusers one, with the reason
+    if cfg.optim.trainable == "decoder":
+        kept = {k: config[k] for k in ("scaling_factor", "shift_factor") if config.get(k) is not None}
+        note = f"kept the original latent statistics {kept} (--train decoder: the encoder did not change)"
+        return export(model, out, fmt=fmt), note
+    if stats_images < 1:
+        raise ValueError(f"--stats-images must be at least 1, got {stats_images}")
+    dataset = load_dataset(cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed, image_size=cfg.data.image_size)
+    images = dataset.first_train_images(stats_images)
+    stats = measure_latents(model, images, device=device, seed=cfg.runtime.seed)
+    updates = statistics_config(config, stats)
+    note = f"measured over {stats.images} training images: " + ", ".join(
+        f"{k} {v if not isinstance(v, list) else '[' + ', '.join(f'{x:.4g}' for x in v) + ']'}"
+        for k, v in updates.items())
+    return export(model, out, fmt=fmt, config_updates=updates), note

@@ -66,9 +66,9 @@ def _likelihood(cfg: ModelConfig) -> Likelihood:
     return make_likelihood(cfg.likelihood, backend=cfg.backend, sigma=cfg.gaussian_sigma, learn_sigma=cfg.learn_sigma)
 
 
-def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None) -> VAE:
+def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None, *, quiet: bool = False) -> VAE:
     """The model ``cfg`` describes, or ``module`` (any encode/decode module, see models/protocol.py) with the
-    likelihood, clamp and backend of ``cfg``."""
+    likelihood, clamp and backend of ``cfg``. ``quiet``: no notes on stderr (about a released file's layout)."""
     if module is not None:
         return as_vae(module, _likelihood(cfg), image_shape, cfg.clamp, cfg.backend)
     if cfg.kind == "mlp":
@@ -76,21 +76,30 @@ def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None) 
     if cfg.kind == "conv":
         return conv_vae(cfg, image_shape)
     if cfg.diffusers is not None:
-        from ..integrations.diffusers import from_diffusers, load_autoencoder  # diffusers is imported only here
+        # diffusers is imported only here
+        from ..integrations.diffusers import check_gaussian_posterior, from_diffusers, load_autoencoder
 
-        autoencoder = load_autoencoder(cfg.diffusers)
-        _check_fits(autoencoder.config, image_shape, cfg.kind)
+        autoencoder = load_autoencoder(cfg.diffusers, cfg.model_config, quiet=quiet)
+        _check_fits(autoencoder, image_shape, cfg.kind)
+        check_gaussian_posterior(autoencoder, image_shape, cfg.kind)
         return ModuleVAE(from_diffusers(autoencoder), _likelihood(cfg), image_shape, cfg.clamp, cfg.backend,
                          architecture=VAE.architecture)
     raise ValueError(f"unknown model {cfg.kind!r}; choose mlp, conv or diffusers:SPEC")
 
 
-def _check_fits(config, image_shape, name: str) -> None:
-    """Refuse, before the first step, images an AutoencoderKL cannot reconstruct at their own size."""
+def _check_fits(autoencoder, image_shape, name: str) -> None:
+    """Refuse, before the first step, images a diffusers autoencoder cannot reconstruct at their own size."""
+    config = autoencoder.config
     channels, height, width = image_shape
-    factor = 2 ** (len(config.block_out_channels) - 1)
-    if channels != config.in_channels:
-        raise ValueError(f"{name} takes {config.in_channels}-channel images; the data has {channels} channels")
+    in_channels = config.get("in_channels", config.get("input_channels"))
+    if in_channels is not None and channels != in_channels:
+        raise ValueError(f"{name} takes {in_channels}-channel images; the data has {channels} channels")
+    factor = config.get("spatial_compression_ratio") or getattr(autoencoder, "spatial_compression_ratio", None)
+    if factor is None and "block_out_channels" in config:
+        factor = 2 ** (len(config.block_out_channels) - 1)
+    if factor is None and "dim_mult" in config:  # Wan-style classes
+        factor = 2 ** (len(config.dim_mult) - 1)
+    factor = int(factor or 1)
     if height % factor or width % factor:
         raise ValueError(f"{name} downsamples by {factor}: the image size must be a multiple of {factor}, got "
                          f"{height}x{width} (pass --image-size {max(factor, height // factor * factor)})")

@@ -3,7 +3,10 @@ log-variance, the KL, and a PatchGAN with LDM's adaptive weight; the same gradie
 
 The recipe, as LDM computes it (``ldm/modules/losses/contperceptual.py``):
 - ``rec = |x - x̂| + perceptual_weight · LPIPS(x, x̂)`` (LPIPS's per-image value broadcast over the pixels);
-- ``nll = Σ (rec / exp(logvar) + logvar) / B`` with one learned scalar ``logvar``; ``kl = Σ kl / B``;
+  ``pixel_loss="mse"`` takes ``(x - x̂)²`` instead, as generative-models' ``GeneralLPIPSWithDiscriminator`` does
+  with ``pixel_loss: l2``;
+- ``nll = Σ (rec / exp(logvar) + logvar) / B`` with one learned scalar ``logvar`` (``learn_logvar=False``: fixed at
+  ``logvar_init``, generative-models' default); ``kl = Σ kl / B``;
 - ``g = -mean(D(x̂))``, weighted by ``d_w = clamp(‖∇_L nll‖ / (‖∇_L g‖ + 1e-4), 0, 1e4) · disc_weight`` with ``L``
   the decoder's last layer weight, and by ``disc_factor``, which is 0 before ``disc_start``;
 - generator loss ``nll + kl_weight · kl + d_w · disc_factor · g``; discriminator loss
@@ -27,6 +30,9 @@ from torch import nn
 
 from .patchgan import DISC_LOSSES, PatchGAN
 
+# The pixel term of the difference x - x̂: LDM's L1, or generative-models' "l2" (sd-vae-ft-mse's MSE).
+PIXEL_LOSSES = {"l1": torch.abs, "mse": torch.square}
+
 
 class LPIPSWithDiscriminator(nn.Module):
     """The drop-in loss for a loop of your own::
@@ -49,10 +55,14 @@ class LPIPSWithDiscriminator(nn.Module):
                  kl_weight: float = 1e-6, perceptual_weight: float = 1.0, disc_weight: float = 0.5,
                  disc_factor: float = 1.0, disc_start: int = 50001, disc_loss: str = "hinge",
                  logvar_init: float = 0.0, disc_layers: int = 3, disc_in_channels: int = 3,
-                 lpips_weights: str | None = None, use_discriminator: bool = True):
+                 lpips_weights: str | None = None, use_discriminator: bool = True, pixel_loss: str = "l1",
+                 learn_logvar: bool = True):
         super().__init__()
         if disc_loss not in DISC_LOSSES:
             raise ValueError(f"disc_loss must be one of {', '.join(DISC_LOSSES)}, got {disc_loss!r}")
+        if pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"pixel_loss must be one of {', '.join(PIXEL_LOSSES)}, got {pixel_loss!r}")
+        self.pixel_loss = pixel_loss
         if perceptual is None and perceptual_weight > 0:
             from .lpips import LPIPS
 
@@ -64,7 +74,7 @@ class LPIPSWithDiscriminator(nn.Module):
         self.kl_weight, self.perceptual_weight = kl_weight, perceptual_weight
         self.disc_weight, self.disc_factor, self.disc_start = disc_weight, disc_factor, disc_start
         self.disc_loss = DISC_LOSSES[disc_loss]
-        self.logvar = nn.Parameter(torch.full((), float(logvar_init)))
+        self.logvar = nn.Parameter(torch.full((), float(logvar_init)), requires_grad=learn_logvar)
 
     def factor(self, step) -> torch.Tensor | float:
         """``disc_factor`` from ``disc_start`` on, 0 before: a float for an int step, a device tensor for a tensor."""
@@ -78,9 +88,9 @@ class LPIPSWithDiscriminator(nn.Module):
         return isinstance(step, torch.Tensor) or (step >= self.disc_start and self.disc_factor > 0)
 
     def nll_sum(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(nll summed over pixels and images, mean |x - x̂|, mean LPIPS): LDM's nll times the batch size."""
+        """(nll summed over pixels and images, mean pixel loss, mean LPIPS): LDM's nll times the batch size."""
         wide = _wide(reconstruction)
-        rec = (x - reconstruction).abs().to(wide)
+        rec = PIXEL_LOSSES[self.pixel_loss](x - reconstruction).to(wide)
         l1 = rec.detach().mean()
         lpips = torch.zeros((), device=x.device)
         if self.perceptual is not None and self.perceptual_weight > 0:
@@ -107,7 +117,9 @@ class LPIPSWithDiscriminator(nn.Module):
         nll, rec, lpips = self.nll_sum(x, reconstruction)
         zero = torch.zeros((), device=x.device)
         d_weight, g_loss, factor = zero, zero, self.factor(step)
-        grad_nll, grad_logvar = torch.autograd.grad(nll, [reconstruction, self.logvar])  # LPIPS's one backward
+        # LPIPS's one backward (and logvar's gradient, when it learns)
+        grad_nll, *grad_logvar = torch.autograd.grad(nll, [reconstruction, self.logvar][:1 + self.logvar.requires_grad])
+        grad_logvar = grad_logvar[0] if grad_logvar else torch.zeros_like(self.logvar)
         grad_x = grad_nll
         if self.uses_discriminator(step):
             with frozen(self.discriminator):
@@ -119,10 +131,12 @@ class LPIPSWithDiscriminator(nn.Module):
             g_loss = g_sum.detach() / x.shape[0]
         grad_x = (grad_x * per_image_scale).to(reconstruction.dtype)
         kl_sum = kl.sum()
-        # logvar's gradient goes through autograd as well (a leaf as a root), so that DDP's hooks see it.
-        torch.autograd.backward([reconstruction, kl_sum, self.logvar],
-                                [grad_x, torch.ones_like(kl_sum) * (kl_weight * per_image_scale),
-                                 grad_logvar * per_image_scale])
+        # logvar's gradient goes through autograd as well (a leaf as a root), so that DDP's hooks see it. A frozen
+        # encoder's KL and a fixed logvar reach nothing that trains: they are left out.
+        roots = [(reconstruction, grad_x), (kl_sum, torch.ones_like(kl_sum) * (kl_weight * per_image_scale)),
+                 (self.logvar, grad_logvar * per_image_scale)]
+        roots = [(t, g) for t, g in roots if t.requires_grad]
+        torch.autograd.backward([t for t, _ in roots], [g for _, g in roots])
         batch = x.shape[0]
         total = (nll.detach() + kl_weight * kl_sum.detach()) / batch + d_weight * factor * g_loss
         return {"total": total, "nll": nll.detach() / batch, "rec": rec, "lpips": lpips, "kl": kl_sum.detach() / batch,

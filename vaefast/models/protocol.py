@@ -41,6 +41,16 @@ class ModuleVAE(VAE):
         else:
             super().enable_activation_checkpointing()
 
+    def decoder_parts(self) -> list[nn.Module]:
+        """The module's own ``decoder_parts()`` (diffusers' models: decoder and post_quant_conv), else its
+        ``decoder``; with the likelihood's parameters."""
+        if callable(getattr(self.module, "decoder_parts", None)):
+            return [*self.module.decoder_parts(), self.likelihood]
+        if isinstance(getattr(self.module, "decoder", None), nn.Module):
+            return [self.module.decoder, self.likelihood]
+        raise ValueError(f"--train decoder: {type(self.module).__name__} has no decoder (a 'decoder' submodule or a "
+                         "decoder_parts() method naming what to train)")
+
     def last_layer(self) -> nn.Parameter:
         """The module's own ``last_layer()`` (the decoder's last weight; diffusers' models: ``decoder.conv_out``)."""
         if not callable(getattr(self.module, "last_layer", None)):

@@ -6,6 +6,7 @@ fill it are built in vaefast.models.factory; any encode/decode module fits throu
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -46,6 +47,7 @@ class VAE(nn.Module):
     architecture = "vaefast"  # what a checkpoint records: vaefast rebuilds its own models from the config
     checkpointed = False  # activation checkpointing of the encoder and decoder
     memory_format = torch.contiguous_format  # of the 4-D weights and image batches (channels_last for some convs)
+    encoder_frozen = False  # --train decoder
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, image_shape, latent_shape,
                  clamp, backend):
@@ -80,6 +82,52 @@ class VAE(nn.Module):
             raise ValueError(f"{type(self).__name__}'s decoder has no layer with a weight for the adaptive weight")
         return weights[-1]
 
+    def decoder_parts(self) -> list[nn.Module]:
+        """What ``--train decoder`` trains: the decoder and the likelihood's own parameters (a learned scale)."""
+        if self.decoder is None:
+            raise ValueError(f"--train decoder: {type(self).__name__} has no decoder")
+        return [self.decoder, self.likelihood]
+
+    def freeze_encoder(self) -> None:
+        """Train the decoder parts only: every other parameter stops taking gradients, the encoder runs without
+        building a graph and its modules stay in eval mode (dropout off, normalization statistics unchanged), so the
+        latents are the ones the weights give, as a diffusion model trained on them expects."""
+        parts = self.decoder_parts()
+        trained = {id(p) for part in parts for p in part.parameters()}
+        self._decoder_modules = {id(m) for part in parts for m in part.modules()}
+        for p in self.parameters():
+            if id(p) not in trained:
+                p.requires_grad_(False)
+        self.encoder_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder_frozen:
+            for m in self.modules():  # one by one: eval() would reach the decoder through a common parent
+                if id(m) not in self._decoder_modules:
+                    m.training = False
+        return self
+
+    def frozen_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if not p.requires_grad}
+
+    def trained_state_dict(self, state: dict | None = None) -> dict:
+        """``state`` (default: ``state_dict()``) without the frozen parameters: what a checkpoint holds. The frozen
+        ones come from where the model was built from (the released weights), unchanged."""
+        frozen = self.frozen_names()
+        return {k: v for k, v in (self.state_dict() if state is None else state).items() if k not in frozen}
+
+    def load_trained_state(self, state: dict) -> None:
+        """Load a checkpoint's weights: all of them, or with a frozen encoder all but the frozen parameters."""
+        if not self.encoder_frozen:
+            self.load_state_dict(state)
+            return
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        untrained = sorted(set(missing) - self.frozen_names())
+        if untrained or unexpected:
+            raise RuntimeError(f"missing {untrained[:3]}, unexpected {sorted(unexpected)[:3]}")
+
     def enable_activation_checkpointing(self) -> None:
         """Keep only the encoder's input and the decoder's input for backward and recompute the activations in
         between (torch.utils.checkpoint): one more forward pass of each for a fraction of the activation memory."""
@@ -103,7 +151,7 @@ class VAE(nn.Module):
         K * B (sample-major). ``float32_latent``: mu and logvar of a lower precision (bf16 under autocast) are
         widened to float32 before the reparameterization, so that z is not rounded to their 8 bits of mantissa
         (what the importance weights need; the decoder still casts z as autocast says)."""
-        with stage("encoder"):
+        with stage("encoder"), torch.no_grad() if self.encoder_frozen else nullcontext():
             mu, logvar = self._maybe_checkpointed(self.encode, x)
         if float32_latent and mu.dtype in (torch.bfloat16, torch.float16):
             mu, logvar = mu.float(), logvar.float()

@@ -37,7 +37,9 @@ def load_data(cfg: TrainConfig, dataset: ImageDataset | None, dist: DistContext,
 def make_model(cfg: TrainConfig, image_shape, model: nn.Module | None, device: torch.device) -> nn.Module:
     """The same initial weights whatever the rank and the data source."""
     torch.manual_seed(cfg.runtime.seed)
-    built = build_model(cfg.model, image_shape, model).to(device)
+    built = build_model(cfg.model, image_shape, model, quiet=not cfg.logging.progress).to(device)
+    if cfg.optim.trainable == "decoder":
+        built.freeze_encoder()
     if cfg.runtime.activation_checkpointing:
         built.enable_activation_checkpointing()
     if cfg.runtime.channels_last:

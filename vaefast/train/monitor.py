@@ -90,7 +90,7 @@ class Monitor:
                         **{f"train/{k}": v for k, v in collapse.items()}})
         speed = f", {images_per_s:,.0f} img/s" if images_per_s else ""
         units = f"{collapse.get('active_units', 0)}/{collapse.get('latent_dim', 0)} active units"
-        quality = quality_text(test.get("psnr"), test.get("ssim"), test.get("lpips"))
+        quality = quality_text(test.get("psnr"), test.get("ssim"), test.get("lpips"), test.get("rfid"))
         self.progress_line(f"epoch {epoch}/{epochs}: test -ELBO {test['neg_elbo_nats']:.2f} nats "
                            f"({test['bpd']:.4f} bpd){quality}, {units}{speed}", final=True)
 

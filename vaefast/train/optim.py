@@ -39,12 +39,17 @@ def make_optimizer(name: str, module: nn.Module, *, lr: float, weight_decay: flo
     fused = device.type in ("cpu", "cuda")
     # capturable: the fused update already keeps its step counts on the device and does not read the flag, but
     # torch refuses to capture step() into a CUDA graph without it (whole-step mode, vaefast.train.capture).
-    params = [*module.parameters(), *extra_params]
+    params = [*trained_parameters(module), *extra_params]
     if fused:
         return NativeAdam(params, lr=lr, betas=betas, weight_decay=weight_decay, decoupled_weight_decay=decoupled,
                           capturable=True)
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
+
+
+def trained_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """What an optimizer steps: the parameters that take gradients (not a frozen encoder's)."""
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
@@ -213,8 +218,8 @@ class MasterWeightAdam(torch.optim.Optimizer):
         the same objects, now holding the low-precision copies."""
         if dtype not in LOW_PRECISION:
             raise ValueError(f"master weights are for bfloat16 or float16 models, not {dtype}")
-        optimizer = cls(module.parameters(), **kwargs)
-        module.to(dtype)
+        optimizer = cls(trained_parameters(module), **kwargs)
+        module.to(dtype)  # frozen parameters too: they compute in the run's precision
         return optimizer
 
     def _check(self, p: torch.Tensor) -> None:

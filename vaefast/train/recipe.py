@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import TrainConfig
+from ..eval.fid import load_inception
 from ..eval.quality import reconstruction_quality
 from ..models.ldm_loss import LPIPSWithDiscriminator
 from ..models.objective import ObjectiveOutput
@@ -75,14 +76,14 @@ class LDMRecipe:
             discriminator=disc, use_discriminator=disc is not None, kl_weight=cfg.objective.beta,
             perceptual_weight=r.perceptual_weight if r.perceptual == "lpips" else 0.0, disc_weight=r.disc_weight,
             disc_factor=r.disc_factor, disc_start=r.disc_start, disc_loss=r.disc_loss, logvar_init=r.logvar_init,
-            lpips_weights=r.lpips_weights).to(device)
+            lpips_weights=r.lpips_weights, pixel_loss=r.pixel_loss, learn_logvar=r.learn_logvar).to(device)
         self.last_layer = model.last_layer()
         self.disc = disc
         self.optimizer = self.schedule = self.pair = None
         if disc is not None:
             self.optimizer = make_optimizer(o.optimizer, disc, lr=r.disc_lr or o.lr, weight_decay=o.weight_decay,
                                             device=device, betas=o.betas)
-            self.schedule = LearningRate(self.optimizer, o.lr_schedule, total_steps, device=device)
+            self.schedule = LearningRate.for_run(self.optimizer, o, total_steps, device)
             self.skip_decision = SkipDecision(disc, self.optimizer, device, scaler_enabled=False, dist=dist)
             # One DDP forward for both images (their BatchNorm statistics stay separate, as in LDM).
             pair = DiscriminatorPair(disc)
@@ -90,10 +91,15 @@ class LDMRecipe:
                 else pair
         self.guard = NaNGuard(cfg.optim.max_bad_steps, device)
         self._bad = None
+        self.inception = load_inception(r.fid_weights)
 
     @property
     def logvar(self) -> nn.Parameter:
         return self.criterion.logvar
+
+    def trained_parameters(self) -> tuple[nn.Parameter, ...]:
+        """What the autoencoder's optimizer steps besides the model: the logvar, when it learns."""
+        return (self.logvar,) if self.logvar.requires_grad else ()
 
     def objective(self, model: nn.Module) -> RecipeObjective:
         return RecipeObjective(model, self.criterion.logvar)
@@ -138,10 +144,11 @@ class LDMRecipe:
         self.guard.record(skip, lambda: "the discriminator's loss or gradients were not finite")
 
     def quality(self, model: nn.Module, test: torch.Tensor, device: torch.device, autocast) -> dict:
-        """PSNR, SSIM and, for RGB data, the recipe's own LPIPS of the first QUALITY_IMAGES test reconstructions."""
+        """PSNR, SSIM and, for RGB data, the recipe's own LPIPS of the first QUALITY_IMAGES test reconstructions;
+        rFID too where the FID Inception weights are (--fid-weights, or pytorch-fid's download in torch's cache)."""
         lpips = self.criterion.perceptual if test.shape[1] == 3 else None
         return reconstruction_quality(model, test[:QUALITY_IMAGES], batch_size=100, device=device, autocast=autocast,
-                                      lpips=lpips)
+                                      lpips=lpips, inception=self.inception)
 
     def state_dict(self) -> dict:
         state = {"logvar": self.logvar.detach().clone(), "disc_skipped_steps": self.guard.skipped}

@@ -46,6 +46,13 @@ class KLWeight:
         self.step = step_counter(device)
         self._constant = torch.tensor(beta, device=device) if cycles <= 0 and warmup_steps <= 0 else None
 
+    @classmethod
+    def for_run(cls, objective, total_steps: int, device, encoder_frozen: bool = False) -> "KLWeight":
+        """The schedule an ``ObjectiveConfig`` asks for; 0 throughout when the encoder is frozen (--train decoder),
+        where the KL reaches no weight that trains."""
+        beta = 0.0 if encoder_frozen else objective.beta
+        return cls(total_steps, beta, objective.kl_warmup_steps, objective.kl_cycles, device=device)
+
     def set_step(self, step: int) -> None:
         self.step.fill_(step)
 
@@ -68,7 +75,7 @@ class KLWeight:
 class LearningRate:
     """The optimizer's learning rate as a float32 device tensor in its param groups, set in place on the device from
     a device step counter: ``constant``, or ``cosine`` annealing to 0 over ``total_steps`` (CosineAnnealingLR's
-    closed form).
+    closed form), either after a linear warm-up over ``warmup_steps``.
 
     torch's fused Adam reads a tensor lr on the device, but torch's LR schedulers compute each new value on the
     host from that tensor (an ``.item()`` per step), and a float lr would be frozen into a captured step. Here the
@@ -79,15 +86,29 @@ class LearningRate:
 
     KINDS = ("constant", "cosine")
 
-    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, total_steps: int, *, device):
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, total_steps: int, *, device,
+                 warmup_steps: int = 0):
         if kind not in self.KINDS:
             raise ValueError(f"learning-rate schedule must be one of {self.KINDS}, got {kind!r}")
+        if warmup_steps < 0:
+            raise ValueError(f"warm-up steps must be >= 0, got {warmup_steps}")
         self.kind, self.total_steps, self.optimizer = kind, max(total_steps, 1), optimizer
+        self.warmup_steps = warmup_steps
         self.base = [float(group["lr"]) for group in optimizer.param_groups]
         self.step = step_counter(device)
         # float32: what torch's fused Adam kernels read through a tensor lr on CUDA.
         self.values = [torch.tensor(base, dtype=torch.float32, device=device) for base in self.base]
         self.attach(optimizer)
+        self._set()
+
+    @classmethod
+    def for_run(cls, optimizer: torch.optim.Optimizer, optim, total_steps: int, device) -> "LearningRate":
+        """The schedule an ``OptimConfig`` (``optim``) asks for."""
+        return cls(optimizer, optim.lr_schedule, total_steps, device=device, warmup_steps=optim.warmup_steps)
+
+    @property
+    def changes(self) -> bool:
+        return self.kind != "constant" or self.warmup_steps > 0
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Put the value tensors into ``optimizer``'s param groups (again after ``optimizer.load_state_dict``, which
@@ -96,15 +117,22 @@ class LearningRate:
             group["lr"] = value
 
     def advance(self) -> None:
-        if self.kind == "constant":
+        if not self.changes:
             return
         self.step.add_(1)
         self._set()
 
     def _set(self) -> None:
-        if self.kind == "constant":
+        """The value of the coming step: the schedule's, times ``(step + 1) / warmup_steps`` during the warm-up (the
+        first update already moves the weights, by a ``1 / warmup_steps`` share of the rate)."""
+        if not self.changes:
             return
-        fraction = (torch.cos(self.step.double() * (math.pi / self.total_steps)) + 1.0) * 0.5
+        step = self.step.double()
+        fraction = torch.ones_like(step)
+        if self.kind == "cosine":
+            fraction = (torch.cos(step * (math.pi / self.total_steps)) + 1.0) * 0.5
+        if self.warmup_steps > 0:
+            fraction = fraction * ((step + 1.0) / self.warmup_steps).clamp(max=1.0)
         for value, base in zip(self.values, self.base):
             value.copy_(fraction * base)
 

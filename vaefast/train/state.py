@@ -95,17 +95,18 @@ class RNGStreams:
 
 class ModelWeights:
     """The model's weights in a checkpoint: with master weights the float32 masters, loadable by any float32 copy of
-    the model."""
+    the model; with a frozen encoder only what trains (the rest is the released weights the model is built from)."""
 
     def __init__(self, model: torch.nn.Module, optimizer, master_weights: bool):
         self.model, self.optimizer, self.master_weights = model, optimizer, master_weights
 
     def state_dict(self) -> dict:
-        return self.optimizer.master_state_dict(self.model) if self.master_weights else self.model.state_dict()
+        state = self.optimizer.master_state_dict(self.model) if self.master_weights else self.model.state_dict()
+        return self.model.trained_state_dict(state)
 
     def load_state_dict(self, state: dict) -> None:
         try:
-            self.model.load_state_dict(state)
+            self.model.load_trained_state(state)
         except RuntimeError as exc:
             raise ValueError(f"it does not fit this model (was it trained with other model flags?): {exc}") from None
 

@@ -33,6 +33,7 @@ class RunSummary:
     test_psnr: float | None = None
     test_ssim: float | None = None
     test_lpips: float | None = None
+    test_rfid: float | None = None
 
     @classmethod
     def of(cls, trainer, test: dict) -> "RunSummary":
@@ -55,7 +56,7 @@ class RunSummary:
     def describe(self) -> str:
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs else f"{self.steps} steps"
         speed = f" at {self.images_per_s:,.0f} images/s" if self.images_per_s else ""
+        quality = quality_text(self.test_psnr, self.test_ssim, self.test_lpips, self.test_rfid)
         return (f"trained {epochs}{speed}; test -ELBO {self.test_neg_elbo_nats:.2f} nats/image "
-                f"({self.test_bpd:.4f} bits/dim){quality_text(self.test_psnr, self.test_ssim, self.test_lpips)}; "
-                f"checkpoint {self.checkpoint}")
+                f"({self.test_bpd:.4f} bits/dim){quality}; checkpoint {self.checkpoint}")
 

@@ -77,7 +77,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optim.optimizer, self.model, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                         weight_decay=cfg.optim.weight_decay, device=device,
                                         master_weights=self.plan.master_weights,
-                                        extra_params=(self.recipe.logvar,) if self.recipe else ())
+                                        extra_params=self.recipe.trained_parameters() if self.recipe else ())
         torch.manual_seed(r.seed + self.dist.rank)
         self.objective = build.make_objective(cfg, self.model, loss_terms, self.dist, device, self.recipe)
         self._wire(device, None if state is None else state["step"])
@@ -87,7 +87,7 @@ class Trainer:
     def _wire(self, device: torch.device, resumed_step: int | None) -> None:
         """The step's components, and the stateful ones registered with the checkpointer in restore order."""
         cfg = self.cfg
-        self.lr_schedule = LearningRate(self.optimizer, cfg.optim.lr_schedule, self.total_steps, device=device)
+        self.lr_schedule = LearningRate.for_run(self.optimizer, cfg.optim, self.total_steps, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.plan.precision == "fp16")
         self.checkpointer, self.monitor = build.open_run_folder(cfg, self.dist, resumed_step)
         objective = self.objective.module if self.dist.enabled else self.objective
@@ -103,8 +103,7 @@ class Trainer:
         self.last_checkpoint = None
         seeded = cfg.objective.noise == "seeded"
         self.noise_seeds = NoiseSeeds(cfg.runtime.seed, self.dist.rank, device) if seeded else None
-        self.kl_schedule = KLWeight(self.total_steps, cfg.objective.beta, cfg.objective.kl_warmup_steps,
-                                    cfg.objective.kl_cycles, device=device)
+        self.kl_schedule = KLWeight.for_run(cfg.objective, self.total_steps, device, self.model.encoder_frozen)
         masters = self.optimizer.masters() if self.master_weights else None
         self.ema = WeightEMA.for_model(self.model, cfg.optim.ema, masters) if cfg.optim.ema else None
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
