@@ -39,12 +39,13 @@ def _lpips(dtype):
     return model.to(dtype)
 
 
-def _setup(dtype, perceptual_weight=1.0, disc_loss="hinge", disc_start=3):
+def _setup(dtype, perceptual_weight=1.0, disc_loss="hinge", disc_start=3, pixel_loss="l1", learn_logvar=True):
     torch.manual_seed(0)
     ae = TinyAutoencoder().to(dtype)
     crit = LPIPSWithDiscriminator(_lpips(dtype) if perceptual_weight else None, PatchGAN(3, ndf=8, layers=2),
                                   kl_weight=1e-2, perceptual_weight=perceptual_weight, disc_weight=0.5,
-                                  disc_start=disc_start, disc_loss=disc_loss, logvar_init=0.1).to(dtype)
+                                  disc_start=disc_start, disc_loss=disc_loss, logvar_init=0.1,
+                                  pixel_loss=pixel_loss, learn_logvar=learn_logvar).to(dtype)
     x = torch.rand(4, 3, 32, 32, dtype=dtype) * 2 - 1
     eps = torch.randn(4, 4, 32, 32, dtype=dtype)
     return ae, crit, x, eps
@@ -52,9 +53,10 @@ def _setup(dtype, perceptual_weight=1.0, disc_loss="hinge", disc_start=3):
 
 def ldm_generator_step(ae, crit, x, eps, step):
     """LDM's optimizer-0 pass: forward, the loss with two autograd.grad for d_w, then loss.backward() with the
-    discriminator toggled off (Lightning's toggle_optimizer)."""
+    discriminator toggled off (Lightning's toggle_optimizer). With ``pixel_loss="mse"`` the squared difference, as
+    generative-models' GeneralLPIPSWithDiscriminator takes it for ``pixel_loss: l2``."""
     recon, kl = ae(x, eps)
-    rec = (x - recon).abs()
+    rec = (x - recon).abs() if crit.pixel_loss == "l1" else (x - recon) ** 2
     if crit.perceptual_weight > 0:
         rec = rec + crit.perceptual_weight * crit.perceptual(x.contiguous(), recon.contiguous())
     nll = rec / torch.exp(crit.logvar) + crit.logvar
@@ -201,3 +203,24 @@ def test_vgg_weights_in_torchvision_format_load(tmp_path):
     assert not any(p.requires_grad for p in loaded.parameters())
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert float(loaded(x, x).abs().max()) == 0 and loaded(x, x.flip(-1)).shape == (2, 1, 1, 1)
+
+
+@pytest.mark.parametrize("pixel_loss", ["l1", "mse"])
+@pytest.mark.parametrize("learn_logvar", [True, False], ids=["learned logvar", "fixed logvar"])
+def test_the_fine_tuning_losses_equal_their_flow(pixel_loss, learn_logvar):
+    """--pixel-loss and --learn-logvar: LDM's flow with generative-models' choices (L1 or L2, the logvar learned or
+    kept at logvar_init) gives the same gradients; a fixed logvar takes none and keeps its value."""
+    ae, crit, x, eps = _setup(torch.float64, pixel_loss=pixel_loss, learn_logvar=learn_logvar)
+    ae_ref, crit_ref = copy.deepcopy(ae), copy.deepcopy(crit)
+    recon, kl = ae(x, eps)
+    logs = crit.backward_generator(x, recon, kl, last_layer=ae.conv_out.weight, step=5)
+    loss = ldm_generator_step(ae_ref, crit_ref, x, eps, 5)
+    torch.testing.assert_close(logs["total"], loss, rtol=1e-10, atol=0)
+    _assert_same(_grads(ae_ref), _grads(ae), 1e-10, "autoencoder")
+    if learn_logvar:
+        torch.testing.assert_close(crit.logvar.grad, crit_ref.logvar.grad, rtol=1e-10, atol=0)
+    else:
+        assert crit.logvar.grad is None and crit_ref.logvar.grad is None and float(crit.logvar) == float(torch.tensor(0.1))
+    # The two pixel terms differ, so each test checks the term it names.
+    other = _setup(torch.float64, pixel_loss="mse" if pixel_loss == "l1" else "l1", learn_logvar=learn_logvar)[1]
+    assert not torch.equal(other.nll_sum(x, recon.detach())[0], crit.nll_sum(x, recon.detach())[0])
