@@ -67,6 +67,27 @@ def random_vgg16(tmp_path_factory):
     return path, state
 
 
+@pytest.fixture(scope="session")
+def random_inception(tmp_path_factory):
+    """FID Inception weights in pytorch-fid's file format, random (the released ones are not downloaded here), with
+    each BatchNorm's statistics set from one batch of photographs, so that the pool features vary between images as
+    the trained network's do (random weights with unit statistics give nearly constant features): its path."""
+    from vaefast.eval.fid import FIDInceptionV3
+
+    torch.manual_seed(2)
+    net = FIDInceptionV3()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the calibration batch
+    photos = torch.from_numpy(photo_crops(16, 64)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        net.train()(photos)
+    path = tmp_path_factory.mktemp("fid") / "pt_inception-2015-12-05-random.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
 def photo_crops(count: int, size: int) -> "np.ndarray":
     """``count`` RGB crops [N, size, size, 3] uint8 of the photographs bundled with scikit-image (real images without
     a download), taken on a grid at a few scales; skips the test without scikit-image."""

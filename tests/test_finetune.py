@@ -53,23 +53,6 @@ def crops(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def random_inception(tmp_path_factory):
-    """FID Inception weights in pytorch-fid's file format, random (the released ones are not downloaded here), with
-    spread normalization statistics so that the features differ between images."""
-    from vaefast.eval.fid import FIDInceptionV3
-
-    torch.manual_seed(2)
-    net = FIDInceptionV3()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("fid") / "pt_inception-2015-12-05-random.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
 def vaefast(*args, timeout=300) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "vaefast", *map(str, args)], capture_output=True, text=True,
                             timeout=timeout)
