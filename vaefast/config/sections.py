@@ -59,14 +59,31 @@ class DataConfig(Section, name="data", title="data"):
                                 "(default: the embedded Fashion-MNIST split)", key="data")
     test_fraction: float = option(0.1, "held-out share when the data has no test split", range=within(0.0, 1.0))
     loader: Loader = option("auto", "auto: in memory when the decoded data fits, else DALI, else a torch DataLoader")
-    image_size: int | None = option(None, "image folders and shards: resize the shorter side and center-crop to "
-                                    "this square", range=at_least(1))
+    image_size: int | None = option(None, "image folders and shards: the square the model sees, cropped from the "
+                                    "images resized by --resize", range=at_least(1))
+    resize: int | None = option(None, "image folders and shards: the shorter side is resized to this first (and the "
+                                "central square of that side kept) before --crop takes --image-size from it (default: "
+                                "--image-size)", range=at_least(1))
+    crop: Literal["auto", "random", "center"] = option(
+        "auto", "training crops of --image-size from the resized square: random (seeded, resumed exactly) or center; "
+        "auto: random for image folders and shards; evaluation always center-crops")
     skip_bad_images: bool = option(False, "image folders: leave undecodable files out (counted in the log) instead "
                                    "of failing")
     num_workers: int = option(2, "decoding workers (torch DataLoader processes, DALI threads)", range=at_least(0))
     flip: bool = option(False, "random horizontal flips of the training images (natural images, not digits)")
     batch_size: int = option(128, "images per micro-batch and process (a step takes --grad-accum of them)",
                              range=at_least(1))
+
+    def rules(self) -> Iterator[str]:
+        if self.resize is not None and self.image_size is None:
+            yield "--resize sets the size the crops of --image-size are taken from: pass --image-size too"
+        if self.resize is not None and self.image_size is not None and self.resize < self.image_size:
+            yield f"--resize {self.resize} is smaller than --image-size {self.image_size}: a crop cannot be larger"
+
+    @property
+    def decoded_size(self) -> int | None:
+        """The square images are decoded to: --resize, or --image-size."""
+        return self.resize or self.image_size
 
 
 @dataclass

@@ -13,6 +13,7 @@ from ..config.sections import Loader
 from .errors import DataError
 from .folders import without_undecodable
 from .memory import InMemoryLoader
+from .sampling import Crop
 from .sources import ImageDataset
 from .streaming import DALIFolderLoader, TorchLoader, dali_unavailable_reason
 
@@ -47,11 +48,17 @@ def choose_loader(kind: str, dataset: ImageDataset, device: torch.device) -> tup
 
 
 def make_loader(kind: str, dataset: ImageDataset, batch_size: int, *, device, seed: int = 0, rank: int = 0,
-                world_size: int = 1, skip_bad: bool = False, num_workers: int = 2, flip: bool = False):
+                world_size: int = 1, skip_bad: bool = False, num_workers: int = 2, flip: bool = False,
+                crop: str = "center"):
+    """``crop``: random or center crops of the dataset's image size from larger decoded images (image folders and
+    shards with --resize; auto is random for them)."""
     device = torch.device(device)
     kind, why = choose_loader(kind, dataset, device)
     log.info("loader: %s (%s)", kind, why)
-    common = dict(device=device, seed=seed, rank=rank, world_size=world_size, flip=flip)
+    cropper = None
+    if dataset.folder is not None:
+        cropper = Crop(dataset.image_shape[-1], random=crop in ("random", "auto"), seed=seed, rank=rank)
+    common = dict(device=device, seed=seed, rank=rank, world_size=world_size, flip=flip, crop=cropper)
     if kind == "memory":
         dataset.materialize(skip_bad)
         return InMemoryLoader(dataset.train, batch_size, **common), kind, why

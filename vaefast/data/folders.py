@@ -2,8 +2,9 @@
 and folders of ``.npy`` array shards, one image per file (``[H, W]``, ``[H, W, C]`` or ``[C, H, W]``, resolved as
 for NumPy sources), read with NumPy or DALI's numpy reader.
 
-With ``image_size`` every image is resized so that its shorter side is that size and then center-cropped to a
-square; without it all images must share one size. The channel count follows the first image: grayscale stays one
+With a size every image is resized so that its shorter side is that size and then center-cropped to a square
+(``--resize``, else ``--image-size``; the training loaders then crop ``--image-size`` from it, vaefast.data.sampling's
+``Crop``); without one all images must share one size. The channel count follows the first image: grayscale stays one
 channel, anything else becomes RGB. Subfolder names, when the images sit in subfolders, become class labels (for
 the latent scatter plot).
 """

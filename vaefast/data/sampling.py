@@ -43,6 +43,39 @@ class RandomFlip:
         return torch.where(mask, x.flip(-1), x)
 
 
+class Crop:
+    """Crops of ``size`` x ``size`` from each image of a batch: centered, or (``random``) at offsets seeded by
+    (seed, rank, epoch, batch), so that a run draws the same crops again when it resumes at that batch."""
+
+    CROP_STREAM = 1  # keeps these draws apart from the flips' of the same batch
+
+    def __init__(self, size: int, random: bool, seed: int = 0, rank: int = 0):
+        self.size, self.random, self.seed, self.rank = size, random, seed, rank
+
+    def __call__(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if height < self.size or width < self.size:
+            raise ValueError(f"cannot crop {self.size}x{self.size} from {height}x{width} images")
+        if (height, width) == (self.size, self.size):
+            return x
+        if not self.random or x.shape[0] == 0:
+            top, left = (height - self.size) // 2, (width - self.size) // 2
+            return x[..., top:top + self.size, left:left + self.size]
+        g = torch.Generator().manual_seed(hash((self.seed, self.rank, epoch, batch, self.CROP_STREAM)) % 2**63)
+        tops = torch.randint(height - self.size + 1, (x.shape[0],), generator=g)
+        lefts = torch.randint(width - self.size + 1, (x.shape[0],), generator=g)
+        span = torch.arange(self.size)
+        rows = (tops[:, None] + span).to(x.device)  # [B, S]
+        cols = (lefts[:, None] + span).to(x.device)
+        picked = x[torch.arange(x.shape[0], device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        return picked.permute(0, 3, 1, 2).contiguous()  # advanced indexing put the channels last
+
+
+def center_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The central ``size`` x ``size`` of every image (evaluation's crop); ``None`` keeps them."""
+    return images if size is None else Crop(size, random=False)(images, 0, 0)
+
+
 def split_indices(n: int, test_fraction: float, seed: int,
                   max_test: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The seeded (train, test) index split every source uses: ``test_fraction`` of the images (at most

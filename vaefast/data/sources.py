@@ -16,7 +16,7 @@ from .arrays import numpy_images
 from .errors import DataError
 from .folders import MAX_TEST_IMAGES, ImageFolder, decode, image_channels, image_folder
 from .idx import read_idx
-from .sampling import split_indices
+from .sampling import center_crop, split_indices
 from .shards import is_shard_spec, list_shards, split_shards
 
 EMBEDDED = "embedded"
@@ -49,9 +49,8 @@ class ImageDataset:
 
     def first_train_images(self, n: int) -> torch.Tensor:
         """The first ``n`` training images (decoded from a folder or shards when they are not in memory)."""
-        if self.train is not None:
-            return self.train[:n]
-        return self.folder.decode_all(self.folder.train_files[:n])[0]
+        images = self.train[:n] if self.train is not None else self.folder.decode_all(self.folder.train_files[:n])[0]
+        return center_crop(images, self.image_shape[-1]) if images.shape[1:] != self.image_shape else images
 
     def describe(self) -> str:
         return (f"{self.name}: {self.num_train} train / {len(self.test)} test images of shape "
@@ -124,20 +123,21 @@ def idx_directory(folder: str | Path, test_fraction: float = DEFAULT_TEST_FRACTI
     return ImageDataset(f"IDX {only} (seeded {test_fraction:.0%} test split)", *split(images, labels, test_fraction, seed))
 
 
-def _folder_dataset(root: Path, image_size, test_fraction, seed, skip_bad) -> ImageDataset:
-    folder = image_folder(root, size=image_size, test_fraction=test_fraction, seed=seed)
+def _folder_dataset(root: Path, image_size, resize, test_fraction, seed, skip_bad) -> ImageDataset:
+    folder = image_folder(root, size=resize or image_size, test_fraction=test_fraction, seed=seed)
     test, test_labels = folder.decode_all(folder.test_files, skip_bad)
+    test = center_crop(test, image_size if resize else None)
     return ImageDataset(f"image folder {root} (seeded test split of {len(folder.test_files)})", None, test,
                         None, test_labels, folder=folder)
 
 
-def _shard_dataset(spec: str, image_size, skip_bad) -> ImageDataset:
+def _shard_dataset(spec: str, image_size, resize, skip_bad) -> ImageDataset:
     train_paths, test_paths = split_shards(spec)
     train, test = list_shards(train_paths), list_shards(test_paths)[:MAX_TEST_IMAGES]
     channels = image_channels(train[0])
-    shape = decode(train[0], channels, image_size).shape
-    folder = ImageFolder(train_paths[0].parent, train, test, channels, image_size, tuple(shape))
-    test_images, _ = folder.decode_all(test, skip_bad)
+    shape = decode(train[0], channels, resize or image_size).shape
+    folder = ImageFolder(train_paths[0].parent, train, test, channels, resize or image_size, tuple(shape))
+    test_images = center_crop(folder.decode_all(test, skip_bad)[0], image_size if resize else None)
     return ImageDataset(f"WebDataset {spec}: {len(train_paths)} train shards, {len(test_paths)} test shard(s)",
                         None, test_images, folder=folder)
 
@@ -147,14 +147,15 @@ def _is_idx_dir(path: Path) -> bool:
 
 
 def load_dataset(spec: str | None, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0, *,
-                 image_size: int | None = None, skip_bad: bool = False) -> ImageDataset:
+                 image_size: int | None = None, resize: int | None = None, skip_bad: bool = False) -> ImageDataset:
     """Resolve ``--data``: None or 'embedded'; an IDX directory, IDX file, or 'train-file,test-file' pair; a .npy
     or .npz array; a folder of JPEG/PNG images (searched recursively); or WebDataset tar shards (see
-    :mod:`vaefast.data.shards`)."""
+    :mod:`vaefast.data.shards`). Folders and shards decode to squares of side ``resize`` (default ``image_size``);
+    their test images are center-cropped to ``image_size``, the training loaders crop each batch."""
     if spec in (None, "", EMBEDDED):
         return embedded_fashion_mnist(test_fraction, seed)
     if is_shard_spec(spec):
-        return _shard_dataset(spec, image_size, skip_bad)
+        return _shard_dataset(spec, image_size, resize, skip_bad)
     if "," in spec:
         train_path, test_path = (Path(p).expanduser() for p in spec.split(",", 1))
         train, test = (_as_nchw(read_idx(p), str(p)) for p in (train_path, test_path))
@@ -168,7 +169,7 @@ def load_dataset(spec: str | None, test_fraction: float = DEFAULT_TEST_FRACTION,
     if path.is_dir():
         if _is_idx_dir(path):
             return idx_directory(path, test_fraction, seed)
-        return _folder_dataset(path, image_size, test_fraction, seed, skip_bad)
+        return _folder_dataset(path, image_size, resize, test_fraction, seed, skip_bad)
     if path.suffix in (".npy", ".npz"):
         images = numpy_images(path)
         train, test, _, _ = split(images, None, test_fraction, seed)

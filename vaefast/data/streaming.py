@@ -17,7 +17,7 @@ from .errors import DataError
 from .folders import ImageFolder, decode, first_undecodable, is_array_folder
 from .shards import IMAGE_EXTENSIONS, index_paths, list_shards
 from .convert import to_unit_float
-from .sampling import RandomFlip, UnpaddedDistributedSampler
+from .sampling import Crop, RandomFlip, UnpaddedDistributedSampler
 
 log = logging.getLogger("vaefast.data")
 
@@ -53,10 +53,12 @@ class TorchLoader:
     (the fallback without DALI), plain indexing for in-memory arrays."""
 
     def __init__(self, source: ImageFolder | torch.Tensor, batch_size: int, *, device="cpu", seed: int = 0,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 2, flip: bool = False):
+                 rank: int = 0, world_size: int = 1, num_workers: int = 2, flip: bool = False,
+                 crop: Crop | None = None):
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.flipper = RandomFlip(seed, rank) if flip else None
+        self.crop = crop
         if isinstance(source, ImageFolder):
             self.dataset, self.image_shape = _FolderItems(source, source.train_files), source.image_shape
         else:  # indexing memory needs no worker processes
@@ -78,10 +80,13 @@ class TorchLoader:
                             persistent_workers=False)
         produced = start_batch
         for batch in loader:
+            if self.crop is not None:  # keyed by the batch's index in the epoch, as the in-memory loader's
+                batch = self.crop(batch, self.sampler.epoch, produced)
             produced += 1
             x = to_unit_float(batch, self.device)
             yield self.flipper(x, self.sampler.epoch, produced) if self.flipper else x
-        shape = (0, *self.image_shape)
+        shape = (0, *(self.image_shape if self.crop is None else (self.image_shape[0], self.crop.size,
+                                                                  self.crop.size)))
         for _ in range(produced, len(self)):  # a smaller share ends in empty batches: every rank steps alike
             yield torch.empty(shape, device=self.device)
 
@@ -121,7 +126,7 @@ class DALIFolderLoader:
     """
 
     def __init__(self, folder: ImageFolder, batch_size: int, *, device="cpu", seed: int = 0, rank: int = 0,
-                 world_size: int = 1, num_threads: int = 2, flip: bool = False):
+                 world_size: int = 1, num_threads: int = 2, flip: bool = False, crop: Crop | None = None):
         reason = dali_unavailable_reason()
         if reason:
             raise DataError(reason)
@@ -164,10 +169,16 @@ class DALIFolderLoader:
                                        output_type=types.GRAY if channels == 1 else types.RGB)
             if size is not None:
                 images = fn.resize(images, resize_shorter=size, antialias=True)
-            # Crop to the target size (centered), move channels first and scale to [0, 1] in one operator.
-            return fn.crop_mirror_normalize(images, crop=(out_h, out_w), crop_pos_x=0.5, crop_pos_y=0.5,
-                                            mirror=fn.random.coin_flip() if flip else 0, dtype=types.FLOAT,
-                                            output_layout="CHW", mean=[0.0] * channels, std=[255.0] * channels)
+            # The central square (as the other loaders decode it), channels first, scaled to [0, 1] in one
+            # operator; then the training crop, at DALI's own seeded random position.
+            images = fn.crop_mirror_normalize(images, crop=(out_h, out_w), crop_pos_x=0.5, crop_pos_y=0.5,
+                                              mirror=fn.random.coin_flip() if flip else 0, dtype=types.FLOAT,
+                                              output_layout="CHW", mean=[0.0] * channels, std=[255.0] * channels)
+            if crop is not None and crop.size != out_h:
+                where = dict(crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+                             crop_pos_y=fn.random.uniform(range=[0.0, 1.0])) if crop.random else {}
+                images = fn.crop(images, crop=(crop.size, crop.size), **where)
+            return images
 
         self.pipe = pipeline()
         self.pipe.build()

@@ -32,7 +32,8 @@ def inspect_model(checkpoint, out, *, data: str | None = None, n: int = 8, steps
                   trust: bool = False) -> dict[str, Path]:
     out = Path(out)
     model, cfg = load_model(checkpoint, device, use_ema, trust)
-    dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed)
+    dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed,
+                           image_size=cfg.data.image_size, resize=cfg.data.resize)
     test = dataset.test
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(test), generator=g)[: 2 * n]

@@ -135,7 +135,8 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     inception = load_inception(fid_weights)  # a bad file fails before the model loads
     model, cfg = load_model(checkpoint, device, use_ema, trust)
-    dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed)
+    dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed,
+                           image_size=cfg.data.image_size, resize=cfg.data.resize)
     test = dataset.test[:limit] if limit else dataset.test
     if tuple(test.shape[1:]) != model.image_shape:
         raise ValueError(f"the checkpoint's model takes {model.image_shape} images but the data has "
@@ -205,7 +206,8 @@ def export_checkpoint(checkpoint, out, *, fmt: str = "diffusers", stats_images: 
         return export(model, out, fmt=fmt), note
     if stats_images < 1:
         raise ValueError(f"--stats-images must be at least 1, got {stats_images}")
-    dataset = load_dataset(cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed, image_size=cfg.data.image_size)
+    dataset = load_dataset(cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed, image_size=cfg.data.image_size,
+                           resize=cfg.data.resize)
     images = dataset.first_train_images(stats_images)
     stats = measure_latents(model, images, device=device, seed=cfg.runtime.seed)
     updates = statistics_config(config, stats)
