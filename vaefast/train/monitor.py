@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ..data.convert import to_unit_float
 from ..eval.elbo import ACTIVE_UNIT_NATS, collapse_level
 from ..eval.images import image_grid
 from ..eval.quality import quality_text
@@ -24,7 +23,7 @@ from ..eval.quality import quality_text
 class Monitor:
     def __init__(self, out: Path, *, enabled: bool = True, progress: bool = True, tensorboard: bool = True,
                  resumed_step: int | None = None):
-        self.enabled = enabled
+        self.enabled, self.out = enabled, out
         self.progress = progress and enabled
         self.writer = None
         self.metrics_file = None
@@ -132,23 +131,6 @@ class Monitor:
             self.metrics_file.close()
         if self.writer is not None:
             self.writer.close()
-
-
-@torch.no_grad()
-def log_reconstructions(monitor: Monitor, model, test_images, plan, step: int) -> None:
-    """Eight test images beside their reconstructions, and eight samples from the prior, into TensorBoard; under the
-    training precision, as the steps run (with master weights the model itself is bf16)."""
-    if monitor.writer is None:
-        return
-    model.eval()
-    x = to_unit_float(test_images[:8], plan.device)
-    z = torch.randn((8, *model.latent_shape), device=plan.device)
-    with plan.autocast():
-        recon = model.likelihood.mean(model(x).decoded).float()
-        samples = model.likelihood.mean(model.decode(z)).float()
-    model.train()
-    monitor.images("reconstructions", torch.cat([x, recon]), step)
-    monitor.images("samples", samples, step)
 
 
 def set_aside_rows_after(path: Path, step: int) -> tuple[int, Path] | None:

@@ -1,10 +1,10 @@
 """The training loop: wiring plus a step, small enough to read in one sitting.
 
-``Trainer(cfg)`` gets its parts from ``vaefast.train.build`` (data, model, objective, run folder, resume) and
-wires the components that decide for themselves when to act (checkpointer, metrics, monitor, NaN guard).
+``Trainer(cfg)`` gets its parts from ``vaefast.train.build`` (data, model, objective, run folder, resume) and wires
+the components that decide for themselves when to act (checkpointer, metrics, monitor, snapshots, NaN guard).
 ``run(steps)`` takes optimizer steps from the current data position; ``fit()`` runs the epochs, evaluating and
-checkpointing at each end. No step reads a device value on the host: the NaN guard skips on the device, and
-metrics and counters are read on log steps.
+checkpointing at each end. No step reads a device value on the host: the NaN guard skips on the device, and metrics,
+counters and snapshots are read on their own steps.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from .capture import WholeStep
 from .distributed import DistContext
 from .guard import NaNGuard, SkipDecision, diagnose_non_finite, nonfinite_flag
 from .metrics import StepResult, TrainMetrics
-from .monitor import log_reconstructions
 from .noise import NoiseSeeds
 from .optim import apply_update, make_optimizer, native_master_step_available
 from .preemption import StopRequest
 from .recipe import LDMRecipe
 from .schedules import KLWeight, LearningRate
+from .snapshots import Snapshots
 from .step_inputs import StepInputs
 from .state import ModelWeights, OptimizerState, RNGStreams, TrainerPosition, seed_everything
 from .summary import RunSummary
@@ -105,6 +105,7 @@ class Trainer:
         self.noise_seeds = NoiseSeeds(cfg.runtime.seed, self.dist.rank, device) if seeded else None
         self.kl_schedule = KLWeight.for_run(cfg.objective, self.total_steps, device, self.model.encoder_frozen)
         masters = self.optimizer.masters() if self.master_weights else None
+        self.snapshots = Snapshots(self.monitor, self.data.test, cfg.logging.image_every, self.plan, self.recipe)
         self.ema = WeightEMA.for_model(self.model, cfg.optim.ema, masters) if cfg.optim.ema else None
         # Compile after the DDP wrap, as PyTorch recommends: DDP's graph-break points then match its buckets.
         compile_loss = self.plan.compile and not self.plan.whole_step
@@ -241,6 +242,7 @@ class Trainer:
             self.guard.check()  # before logging or saving: a run past its NaN limit stops here, its checkpoint intact
         self.metrics.maybe_log(self.step, self._log_context)
         self.metrics.lap(self.step, images)
+        self.snapshots.after_step(self.step, self.model)
         if due:
             self.last_checkpoint = self.save() or self.last_checkpoint
         self.metrics.restart_clock()  # checkpoint writes are not training time
@@ -260,7 +262,7 @@ class Trainer:
         collapse = self.metrics.end_epoch(self.step, self.model.latent_shape)
         self.monitor.epoch_result(self.step, self.epoch, self.cfg.optim.epochs, seconds, test, collapse,
                                   self.metrics.images_per_s)
-        log_reconstructions(self.monitor, self.model, self.data.test, self.plan, self.step)
+        self.snapshots.at_evaluation(self.step, self.model)
         self.last_checkpoint = self.save()
         return test
 
@@ -279,10 +281,9 @@ class Trainer:
             torch.distributed.barrier()
 
     def evaluate(self) -> dict:
-        """The test ELBO; with the LDM recipe also PSNR, SSIM and (RGB data) LPIPS of reconstructions."""
-        batch = max(self.cfg.data.batch_size, 500)
-        test = evaluate_elbo(self.model, self.data.test, batch_size=batch, device=self.device,
-                             autocast=self.plan.autocast())
+        """The test ELBO; with the LDM recipe also PSNR, SSIM, (RGB data) LPIPS and rFID of reconstructions."""
+        test = evaluate_elbo(self.model, self.data.test, batch_size=max(self.cfg.data.batch_size, 500),
+                             device=self.device, autocast=self.plan.autocast())
         if self.recipe is not None:
             test.update(self.recipe.quality(self.model, self.data.test, self.device, self.plan.autocast()))
         return test
