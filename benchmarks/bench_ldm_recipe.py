@@ -15,8 +15,15 @@ interleaved:
   its own discriminator init, fused Adam, NaN guard and metrics; no checkpoint or evaluation inside the timing).
 
     python benchmarks/bench_autoencoder.py --recipe ldm          # CPU: 64x64 crops, batch 8, blocks 32-64
+    python benchmarks/bench_autoencoder.py --recipe ldm --train decoder   # decoder-only fine-tuning, three ways
     python benchmarks/bench_ldm_recipe.py --quick                 # a smoke run (results/quick/)
     python benchmarks/bench_ldm_recipe.py --device cuda --preset sd-kl-f8 --size 256 --precision bf16
+
+With ``--train decoder`` (sd-vae-ft-mse's fine-tuning: the decoder and post_quant_conv train, the latents stay):
+``trainer-decoder`` is ``vaefast train --recipe ldm --train decoder``, ``trainer-all`` the same run training
+everything, and ``ldm-decoder`` the LDM flow above with the encoder and quant_conv frozen (``requires_grad_(False)``,
+out of the optimizer: what ``trainable_ae_params`` fine-tuning scripts do), which still runs the encoder and the KL
+in both optimizer passes.
 
 Images/s leaves out the first 2 steps of each process. The first step's gradients of ``vaefast`` are compared with
 ``ldm``'s (relative difference of the flattened gradient vectors): the generator's (autoencoder and logvar), and the
@@ -47,6 +54,9 @@ VARIANTS = {"ldm": "CompVis LDM flow (Lightning: a pass per optimizer)",
             "diffusers": "diffusers train_autoencoderkl.py as published (not the recipe)",
             "vaefast": "vaefast.LPIPSWithDiscriminator, single pass",
             "trainer": "vaefast train --recipe ldm"}
+DECODER_VARIANTS = {"ldm-decoder": "CompVis LDM flow, encoder frozen",
+                    "trainer-all": "vaefast train --recipe ldm (everything trains)",
+                    "trainer-decoder": "vaefast train --recipe ldm --train decoder"}
 
 
 def _criterion(spec, device, dtype=torch.float32):
@@ -63,7 +73,7 @@ def _criterion(spec, device, dtype=torch.float32):
 
 
 def _optimizers(vae, crit, lr):
-    opt_g = torch.optim.Adam([*vae.parameters(), crit.logvar], lr=lr, betas=(0.5, 0.9))
+    opt_g = torch.optim.Adam([*(p for p in vae.parameters() if p.requires_grad), crit.logvar], lr=lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(crit.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
     return opt_g, opt_d
 
@@ -206,7 +216,7 @@ def _autocast(spec, device):
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def run_trainer(spec: dict, vae, crit, images: torch.Tensor) -> float:
+def run_trainer(spec: dict, vae, crit, images: torch.Tensor, train: str = "all") -> float:
     """Seconds of the steps past the warm-up of ``vaefast train --recipe ldm`` on ``images``."""
     import tempfile
 
@@ -220,7 +230,7 @@ def run_trainer(spec: dict, vae, crit, images: torch.Tensor) -> float:
     cfg = TrainConfig.from_options(
         recipe="ldm", lpips_weights=str(vgg), disc_start=0, lr=spec["lr"], batch_size=spec["batch_size"],
         precision=spec["precision"], device=spec["device"], compile=False, out=str(folder / "run"), progress=False,
-        tensorboard=False, log_every=10**6, epochs=1, seed=spec["seed"])
+        tensorboard=False, log_every=10**6, epochs=1, seed=spec["seed"], train=train)
     trainer = Trainer(cfg, ImageDataset("crops", images, images[:spec["batch_size"]]), model=from_diffusers(vae))
     trainer.run(WARMUP)
     _sync(torch.device(spec["device"]))
@@ -234,25 +244,30 @@ def run_variant(variant: str, spec: dict) -> dict:
     device = torch.device(spec["device"])
     torch.manual_seed(spec["seed"])
     vae, crit = autoencoder(spec).to(device), _criterion(spec, device)
+    if variant == "ldm-decoder":
+        for part in (vae.encoder, vae.quant_conv):
+            if part is not None:
+                part.requires_grad_(False)
     opts = _optimizers(vae, crit, spec["lr"])
     images = photo_crops(TRAIN_PHOTOS, spec["batch_size"] * spec["steps"], spec["size"], seed=spec["seed"])
     autocast = _autocast(spec, device)
     started = None
-    steps = 0 if variant == "trainer" else spec["steps"]
-    seconds = run_trainer(spec, vae, crit, images) if variant == "trainer" else None
+    trainer = variant.startswith("trainer")
+    steps = 0 if trainer else spec["steps"]
+    seconds = run_trainer(spec, vae, crit, images, variant.partition("-")[2] or "all") if trainer else None
     for step in range(steps):
         if step == WARMUP:
             _sync(device)
             started = time.perf_counter()
         x = images[step * spec["batch_size"]:(step + 1) * spec["batch_size"]].to(device).float() / 127.5 - 1
-        if variant == "ldm":
+        if variant.startswith("ldm"):
             ldm_step(vae, crit, opts, x, autocast)
         elif variant == "diffusers":
             diffusers_step(vae, crit, opts, x, autocast, step)
         else:
             vaefast_step(vae, crit, opts, x, autocast, step)
     _sync(device)
-    seconds = seconds if variant == "trainer" else time.perf_counter() - started
+    seconds = seconds if trainer else time.perf_counter() - started
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
@@ -278,6 +293,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: one round of 3 steps of 4 images at 32x32 (the PatchGAN's smallest), blocks 8 16 "
                         "(results/quick/)")
+    p.add_argument("--train", choices=["all", "decoder"], default="all",
+                   help="decoder: decoder-only fine-tuning, vaefast's against full fine-tuning and the LDM flow")
     p.add_argument("--name", default=None)
     p.add_argument("--results", default=None, help="folder for the JSON result (default: benchmarks/results/)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -297,30 +314,44 @@ def main(argv=None):
                               text=True, check=True)
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    gradients = worker("gradients")
-    runs = {v: [] for v in VARIANTS}
+    variants = DECODER_VARIANTS if args.train == "decoder" else VARIANTS
+    gradients = worker("gradients") if args.train == "all" else None
+    runs = {v: [] for v in variants}
     for _ in range(args.rounds):
-        for variant in VARIANTS:
+        for variant in variants:
             runs[variant].append(worker(variant))
-            print(f"{variant:10s} {runs[variant][-1]['images_per_s']:8.2f} images/s", file=sys.stderr)
+            print(f"{variant:16s} {runs[variant][-1]['images_per_s']:8.2f} images/s", file=sys.stderr)
     summary = {v: {"images_per_s": statistics.median(r["images_per_s"] for r in rs),
                    "peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in rs)} for v, rs in runs.items()}
-    ldm = summary["ldm"]["images_per_s"]
-    name = args.name or f"bench_ldm_recipe-{args.device}-{args.precision}"
-    payload = {"machine": machine_info(args.device), "spec": spec, "rounds": runs, "summary": summary,
-               "first_step_gradients": gradients,
-               "command": "python benchmarks/bench_ldm_recipe.py " + " ".join(argv_base)}
-    table = ["| variant | images/s (median) | x LDM flow | peak memory MB |", "|---|---|---|---|"]
-    table += [f"| {VARIANTS[v]} | {s['images_per_s']:.2f} | {s['images_per_s'] / ldm:.2f}x | "
-              f"{s['peak_memory_mb']:.0f} |" for v, s in summary.items()]
-    table += ["", f"First step, vaefast vs the LDM flow, relative gradient difference: generator "
-              f"{gradients['generator']:.1e}; discriminator {gradients['discriminator_same_reconstruction']:.1e} "
-              f"at the same reconstruction ({gradients['discriminator_vs_ldm_flow']:.1e} against LDM's pass on the "
-              f"reconstruction after the generator's update)."]
+    suffix = "-decoder" if args.train == "decoder" else ""
+    name = args.name or f"bench_ldm_recipe-{args.device}-{args.precision}{suffix}"
+    payload = {"machine": machine_info(args.device), "spec": {**spec, "train": args.train}, "rounds": runs,
+               "summary": summary, "first_step_gradients": gradients,
+               "command": "python benchmarks/bench_autoencoder.py --recipe ldm " + " ".join(argv_base)}
+    table = table_decoder(summary) if args.train == "decoder" else table_recipe(summary, gradients)
     print("\n".join(table))
     print(f"wrote {write_result(name, payload, quick=args.quick, folder=args.results)}")
     if not args.quick and args.results is None:
         update_readme_section(name, payload, "\n".join(table) + "\n")
+
+
+def table_recipe(summary: dict, gradients: dict) -> list[str]:
+    ldm = summary["ldm"]["images_per_s"]
+    table = ["| variant | images/s (median) | x LDM flow | peak memory MB |", "|---|---|---|---|"]
+    table += [f"| {VARIANTS[v]} | {s['images_per_s']:.2f} | {s['images_per_s'] / ldm:.2f}x | "
+              f"{s['peak_memory_mb']:.0f} |" for v, s in summary.items()]
+    return table + ["", f"First step, vaefast vs the LDM flow, relative gradient difference: generator "
+                    f"{gradients['generator']:.1e}; discriminator {gradients['discriminator_same_reconstruction']:.1e} "
+                    f"at the same reconstruction ({gradients['discriminator_vs_ldm_flow']:.1e} against LDM's pass on "
+                    "the reconstruction after the generator's update)."]
+
+
+def table_decoder(summary: dict) -> list[str]:
+    ldm, full = summary["ldm-decoder"]["images_per_s"], summary["trainer-all"]["images_per_s"]
+    table = ["| variant | images/s (median) | x LDM flow, encoder frozen | x full fine-tuning | peak memory MB |",
+             "|---|---|---|---|---|"]
+    return table + [f"| {DECODER_VARIANTS[v]} | {s['images_per_s']:.2f} | {s['images_per_s'] / ldm:.2f}x | "
+                    f"{s['images_per_s'] / full:.2f}x | {s['peak_memory_mb']:.0f} |" for v, s in summary.items()]
 
 
 if __name__ == "__main__":

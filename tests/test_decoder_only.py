@@ -82,12 +82,14 @@ def test_ddp_reduces_only_what_trains(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("name", list(OTHER_CLASSES))
 @pytest.mark.parametrize("train", ["all", "decoder"])
-def test_other_diffusers_classes_train_through_the_adapter_with_the_recipe(tmp_path, rgb_data, name, train):
+def test_other_diffusers_classes_train_through_the_adapter_with_the_recipe(tmp_path, rgb_data, name, train,
+                                                                           random_inception):
     diffusers = pytest.importorskip("diffusers")
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"_class_name": name, **OTHER_CLASSES[name]}))
+    fid = {"fid_weights": str(random_inception)} if (name, train) == ("AutoencoderKLFlux2", "all") else {}
     cfg = quiet_config(tmp_path / "run", model=f"diffusers:{config}", recipe="ldm", perceptual="none",
-                       disc_start=1, disc_layers=2, batch_size=8, epochs=1, max_steps=3, train=train)
+                       disc_start=1, disc_layers=2, batch_size=8, epochs=1, max_steps=3, train=train, **fid)
     trainer = Trainer(cfg, rgb_data)
     vae = trainer.model.module.vae
     assert type(vae) is getattr(diffusers, name)
@@ -96,6 +98,7 @@ def test_other_diffusers_classes_train_through_the_adapter_with_the_recipe(tmp_p
     decoder_before = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
     summary = trainer.fit()
     assert summary.steps == 3 and summary.skipped_steps == 0 and summary.test_psnr > 0
+    assert (summary.test_rfid is not None) == bool(fid)  # each evaluation's rFID, where the weights are given
     assert any(not torch.equal(v, decoder_before[k]) for k, v in vae.decoder.state_dict().items())
     encoder_same = all(torch.equal(v, encoder_before[k]) for k, v in vae.encoder.state_dict().items())
     assert encoder_same == (train == "decoder")
@@ -196,3 +199,42 @@ def test_decoder_only_on_a_model_without_a_decoder_is_refused(tmp_path, tiny_dat
     with pytest.raises(ValueError, match="EncodeDecode has no decoder"):
         Trainer(cfg, tiny_data, model=EncodeDecode())
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", list(OTHER_CLASSES))
+def test_other_classes_export_to_their_own_class_with_measured_statistics(tmp_path, rgb_data, name):
+    """Export writes a folder the class's own from_pretrained loads; the latent statistics are measured in the form
+    the class keeps them (per-channel lists for Qwen-Image, a scaling factor for the others)."""
+    diffusers = pytest.importorskip("diffusers")
+    import numpy as np
+
+    from vaefast.eval.latents import measure_latents
+    from vaefast.eval.report import export_checkpoint, load_model
+
+    data = tmp_path / "crops.npy"
+    np.save(data, rgb_data.train.permute(0, 2, 3, 1).numpy())
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"_class_name": name, **OTHER_CLASSES[name]}))
+    cfg = quiet_config(tmp_path / "run", model=f"diffusers:{config}", data=str(data), batch_size=8, epochs=1,
+                       max_steps=2, likelihood="laplace")
+    Trainer(cfg).fit()
+    path, note = export_checkpoint(tmp_path / "run", tmp_path / "exported", stats_images=16)
+    assert "measured over 16 training images" in note
+    exported = getattr(diffusers, name).from_pretrained(str(path), local_files_only=True)
+    model, _ = load_model(tmp_path / "run")
+    from vaefast.data import load_dataset
+
+    stats = measure_latents(model, load_dataset(str(data)).first_train_images(16))
+    if name == "AutoencoderKLQwenImage":
+        assert exported.config.latents_std == pytest.approx(stats.channel_std, abs=1e-6)
+        assert exported.config.latents_mean == pytest.approx(stats.channel_mean, abs=1e-6)
+    elif name == "AutoencoderKLFlux2":  # its pipeline's normalization: bn over 2x2-patchified posterior means
+        means = measure_latents(model, load_dataset(str(data)).first_train_images(16), sample=False, patch=(2, 2))
+        torch.testing.assert_close(exported.bn.running_mean, torch.tensor(means.channel_mean, dtype=torch.float32))
+        torch.testing.assert_close(exported.bn.running_var,
+                                   torch.tensor(means.channel_std, dtype=torch.float32).square())
+        assert len(means.channel_mean) == 4 * OTHER_CLASSES[name]["latent_channels"]
+    else:
+        assert exported.config.scaling_factor == pytest.approx(1 / stats.std, abs=1e-6)
+    reference = model.module.vae.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in exported.state_dict().items() if not k.startswith("bn."))

@@ -144,3 +144,31 @@ def test_full_fine_tuning_exports_the_measured_scaling_factor(tmp_path, released
     assert exported.config.scaling_factor == pytest.approx(1 / float(z.std(unbiased=False)), rel=1e-5)
     assert exported.config.shift_factor == pytest.approx(float(z.mean()), rel=1e-4, abs=1e-6)
     assert exported.config.scaling_factor != original.config.scaling_factor
+
+
+def test_the_architecture_of_a_standard_layout_is_read_from_its_tensors(tmp_path, capsys):
+    """Without --model-config: the shapes give the architecture; the statistics are those of the preset with the
+    same layout, and the run says which preset shares it."""
+    from vaefast.integrations.diffusers.loading import inferred_with_statistics, preset_config
+    from vaefast.integrations.diffusers.single_file import infer_config
+
+    config = {**TINY, "block_out_channels": [32, 64], "norm_num_groups": 32, "latent_channels": 4}
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(**config)
+    tensors = to_original_layout(vae.state_dict(), dict(vae.config))
+    inferred = infer_config(tensors, "tiny")
+    for key in ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "latent_channels"):
+        assert inferred[key] == config[key], key
+    assert inferred["use_quant_conv"] and inferred["use_post_quant_conv"]
+    from vaefast.integrations.diffusers import load_autoencoder
+
+    path = write_single_file(tensors, tmp_path / "tiny.safetensors")
+    loaded = load_autoencoder(str(path))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), vae.state_dict().values()))
+    assert "architecture read from its tensors" in capsys.readouterr().err
+    for preset, shared, factors in (("sd-kl-f8", "sdxl", (0.18215, None)), ("flux", "sd3", (0.3611, 0.1159))):
+        layout = {k: v for k, v in preset_config(preset).items() if k not in ("scaling_factor", "shift_factor",
+                                                                               "sample_size")}
+        chosen = inferred_with_statistics(layout, path, quiet=False)
+        assert (chosen["scaling_factor"], chosen.get("shift_factor")) == factors
+        assert f"--model-config {shared}" in capsys.readouterr().err

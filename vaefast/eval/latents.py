@@ -24,9 +24,12 @@ class LatentStatistics:
 
 @torch.no_grad()
 def measure_latents(model: nn.Module, images: torch.Tensor, *, batch_size: int = 32, seed: int = 0,
-                    device: torch.device | str = "cpu") -> LatentStatistics:
+                    device: torch.device | str = "cpu", sample: bool = True,
+                    patch: tuple[int, int] | None = None) -> LatentStatistics:
     """Statistics of ``z = mu + sigma * eps`` (the posterior samples a diffusion model is trained on, as LDM's
-    ``scale_by_std`` measures them) of a vaefast model over uint8 ``images``."""
+    ``scale_by_std`` measures them) of a vaefast model over uint8 ``images``; ``sample=False``: of the posterior
+    means (what FLUX.2's pipeline encodes with). ``patch``: the channel statistics of the latents folded into
+    ``C * ph * pw`` channels (FLUX.2's patchified layout, channel-major)."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     total = total_sq = None
     count = 0
@@ -35,7 +38,12 @@ def measure_latents(model: nn.Module, images: torch.Tensor, *, batch_size: int =
         if model.clamp is not None:
             logvar = logvar.clamp(*model.clamp)
         eps = torch.randn(mu.shape, generator=generator).to(mu.device, mu.dtype)
-        z = (mu + torch.exp(0.5 * logvar) * eps).double()
+        z = (mu + torch.exp(0.5 * logvar) * eps if sample else mu).double()
+        if patch is not None:
+            b, c, h, w = z.shape
+            ph, pw = patch
+            z = z.view(b, c, h // ph, ph, w // pw, pw).permute(0, 1, 3, 5, 2, 4).reshape(b, c * ph * pw, h // ph,
+                                                                                        w // pw)
         per_channel = z.transpose(0, 1).flatten(1)  # [C, B * H * W]
         total = per_channel.sum(1) if total is None else total + per_channel.sum(1)
         total_sq = per_channel.square().sum(1) if total_sq is None else total_sq + per_channel.square().sum(1)

@@ -195,6 +195,7 @@ def export_checkpoint(checkpoint, out, *, fmt: str = "diffusers", stats_images: 
     the released factors (its latents did not move); any other run has them measured over ``stats_images`` training
     images, the first of the checkpoint's data source."""
     from ..integrations.diffusers import export, statistics_config
+    from ..integrations.diffusers.export import batch_norm_statistics, set_batch_norm_statistics
 
     model, cfg = load_model(checkpoint, device, use_ema, trust)
     config = dict(model.module.vae.config) if hasattr(model, "module") and hasattr(model.module, "vae") else {}
@@ -211,7 +212,12 @@ def export_checkpoint(checkpoint, out, *, fmt: str = "diffusers", stats_images: 
     images = dataset.first_train_images(stats_images)
     stats = measure_latents(model, images, device=device, seed=cfg.runtime.seed)
     updates = statistics_config(config, stats)
-    note = f"measured over {stats.images} training images: " + ", ".join(
-        f"{k} {v if not isinstance(v, list) else '[' + ', '.join(f'{x:.4g}' for x in v) + ']'}"
-        for k, v in updates.items())
+    measured = [f"{k} {v if not isinstance(v, list) else '[' + ', '.join(f'{x:.4g}' for x in v) + ']'}"
+                for k, v in updates.items()]
+    patch = batch_norm_statistics(model.module.vae)
+    if patch is not None:  # FLUX.2: its pipeline normalizes the patchified posterior means by bn's statistics
+        set_batch_norm_statistics(model.module.vae, measure_latents(model, images, device=device, sample=False,
+                                                                    patch=patch))
+        measured.append("bn running mean and variance (per patchified channel, of the posterior means)")
+    note = f"measured over {stats.images} training images: " + (", ".join(measured) or "nothing this class keeps")
     return export(model, out, fmt=fmt, config_updates=updates), note

@@ -36,6 +36,22 @@ def statistics_config(config, stats) -> dict:
     return updates
 
 
+def batch_norm_statistics(vae: nn.Module) -> tuple[int, int] | None:
+    """The patch size of a class that normalizes its latents with a BatchNorm's running statistics over patchified
+    channels (FLUX.2's ``bn``), else None."""
+    bn = getattr(vae, "bn", None)
+    if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and vae.config.get("patch_size"):
+        return tuple(vae.config.patch_size)
+    return None
+
+
+@torch.no_grad()
+def set_batch_norm_statistics(vae: nn.Module, stats) -> None:
+    """FLUX.2's ``bn`` running mean and variance from measured per-channel statistics."""
+    vae.bn.running_mean.copy_(torch.tensor(stats.channel_mean))
+    vae.bn.running_var.copy_(torch.tensor(stats.channel_std).square())
+
+
 def autoencoder_of(model: nn.Module) -> nn.Module:
     """The diffusers model inside a vaefast model built on one."""
     module = getattr(model, "module", None)
