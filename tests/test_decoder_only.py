@@ -56,6 +56,10 @@ def test_decoder_only_trains_the_decoder_and_checkpoints_only_it(tmp_path, tiny_
     model.train()
     assert not any(m.training for m in model.encoder.modules()) and model.decoder.training
 
+    from vaefast.eval.report import load_model
+
+    evaluated, _ = load_model(tmp_path / "run")  # eval and export rebuild the frozen encoder the run started from
+    assert all(torch.equal(v, encoder_before[k]) for k, v in evaluated.encoder.state_dict().items())
     resumed = Trainer(quiet_config(tmp_path / "run", model="conv", latent_channels=4, epochs=1, max_steps=4,
                                    train="decoder", ema=0.9, resume=str(tmp_path / "run")), tiny_data)
     assert resumed.step == 3

@@ -35,9 +35,11 @@ def load_model(checkpoint, device="cpu", use_ema: bool = True, trust: bool = Fal
                          f"rebuilt from the config; in Python, build a {architecture} and load the checkpoint's "
                          "'model' state (keys 'module.*') into vaefast.models.ModuleVAE, or resume with Trainer")
     cfg = TrainConfig.from_dict(state["config"])
-    model = build_model(cfg.model, tuple(state["image_shape"]), quiet=True).to(device)
+    with torch.random.fork_rng(devices=[]):  # the run's initial weights, as Trainer builds them
+        torch.manual_seed(cfg.runtime.seed)
+        model = build_model(cfg.model, tuple(state["image_shape"]), quiet=True).to(device)
     if cfg.optim.trainable == "decoder":
-        model.freeze_encoder()  # the checkpoint holds what trained; the encoder is the released one
+        model.freeze_encoder()  # the checkpoint holds what trained; the encoder is the one the run started from
     model.load_trained_state(state["model"])
     if use_ema and "ema" in state:
         load_ema_weights(model, state["ema"])
