@@ -170,7 +170,7 @@ def test_a_class_without_a_gaussian_posterior_is_refused(tmp_path, capsys, confi
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     line = _refused(capsys, tmp_path / "out", "train", "--model", f"diffusers:{path}", "--data", data)
-    assert config["_class_name"] in line and "Gaussian posterior" in line
+    assert config["_class_name"] in line and "Gaussian posterior" in line and str(path) in line
 
 
 def test_inception_weights_of_the_wrong_shapes_are_refused(tmp_path, capsys):
