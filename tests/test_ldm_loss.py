@@ -224,3 +224,90 @@ def test_the_fine_tuning_losses_equal_their_flow(pixel_loss, learn_logvar):
     # The two pixel terms differ, so each test checks the term it names.
     other = _setup(torch.float64, pixel_loss="mse" if pixel_loss == "l1" else "l1", learn_logvar=learn_logvar)[1]
     assert not torch.equal(other.nll_sum(x, recon.detach())[0], crit.nll_sum(x, recon.detach())[0])
+
+
+# ------------------------------------------------------------------------------------------------ clips (5D)
+
+
+class TinyVideoAutoencoder(nn.Module):
+    """Clips [B, 3, T, H, W]: causal-free 3D convolutions, packed moments, the per-clip KL, a last Conv3d."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv3d(8, 8, 3, padding=1))
+        self.decoder = nn.Sequential(nn.Conv3d(4, 8, 3, padding=1), nn.SiLU())
+        self.conv_out = nn.Conv3d(8, 3, 3, padding=1)
+
+    def forward(self, x, eps):
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+        return self.conv_out(self.decoder(z)), kl
+
+
+def _video_setup(dtype, disc: str, pixel_loss="l1"):
+    from vaefast.models.patchgan import PatchGAN3D
+
+    torch.manual_seed(0)
+    ae = TinyVideoAutoencoder().to(dtype)
+    discriminator = PatchGAN3D(3, ndf=8, layers=2) if disc == "3d" else PatchGAN(3, ndf=8, layers=2)
+    crit = LPIPSWithDiscriminator(_lpips(dtype), discriminator, kl_weight=1e-2, perceptual_weight=1.0,
+                                  disc_weight=0.5, disc_start=3, logvar_init=0.1, pixel_loss=pixel_loss).to(dtype)
+    x = torch.rand(2, 3, 3, 32, 32, dtype=dtype) * 2 - 1
+    eps = torch.randn(2, 4, 3, 32, 32, dtype=dtype)
+    return ae, crit, x, eps
+
+
+def generative_models_video_step(ae, crit, x, eps, step):
+    """generative-models' GeneralLPIPSWithDiscriminator with dims=3, its two passes: inputs and reconstructions
+    rearranged to frames before everything, the NLL summed over frames and divided by B·T, the KL per clip divided
+    by B; a 2D discriminator on the frames, a 3D one on the clips; the adaptive weight by two autograd.grad; then
+    loss.backward(); then the discriminator's pass."""
+    def frames(t):
+        return t.transpose(1, 2).flatten(0, 1)
+
+    clips = isinstance(next(m for m in crit.discriminator.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))),
+                       nn.Conv3d)
+    recon, kl = ae(x, eps)
+    xf, rf = frames(x), frames(recon)
+    rec = (xf - rf).abs() if crit.pixel_loss == "l1" else (xf - rf) ** 2
+    rec = rec + crit.perceptual_weight * crit.perceptual(xf.contiguous(), rf.contiguous())
+    nll = rec / torch.exp(crit.logvar) + crit.logvar
+    nll_loss = nll.sum() / nll.shape[0]
+    kl_loss = kl.sum() / kl.shape[0]
+    with frozen(crit.discriminator):
+        g_loss = -torch.mean(crit.discriminator(recon if clips else rf.contiguous()))
+        last = ae.conv_out.weight
+        nll_grads = torch.autograd.grad(nll_loss, last, retain_graph=True)[0]
+        g_grads = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        d_weight = torch.clamp(torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4), 0.0, 1e4).detach()
+        d_weight = d_weight * crit.disc_weight
+        disc_factor = crit.disc_factor if step >= crit.disc_start else 0.0
+        loss = nll_loss + crit.kl_weight * kl_loss + d_weight * disc_factor * g_loss
+        loss.backward()
+    crit.discriminator.zero_grad(set_to_none=True)
+    real, fake = (x, recon.detach()) if clips else (xf, rf.detach())
+    logits_real, logits_fake = crit.discriminator(real.contiguous()), crit.discriminator(fake.contiguous())
+    d_loss = 0.5 * (torch.mean(F.relu(1.0 - logits_real)) + torch.mean(F.relu(1.0 + logits_fake)))
+    (disc_factor * d_loss).backward()
+    return loss.detach()
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-5), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("disc", ["2d", "3d"], ids=["PatchGAN on frames", "PatchGAN3D on clips"])
+@pytest.mark.parametrize("step", [1, 5], ids=["before disc_start", "after disc_start"])
+def test_clip_gradients_equal_the_generative_models_flow(dtype, rtol, disc, step):
+    """The drop-in on [B, C, T, H, W]: the same loss value and gradients (autoencoder, logvar, discriminator) as
+    generative-models' dims=3 flow, with a discriminator on frames and one on clips."""
+    ae, crit, x, eps = _video_setup(dtype, disc)
+    ae_ref, crit_ref = copy.deepcopy(ae), copy.deepcopy(crit)
+    recon, kl = ae(x, eps)
+    logs = crit.backward_generator(x, recon, kl, last_layer=ae.conv_out.weight, step=step)
+    crit.backward_discriminator(x, recon, step=step)
+    loss = generative_models_video_step(ae_ref, crit_ref, x, eps, step)
+    torch.testing.assert_close(logs["total"], loss, rtol=rtol, atol=0)
+    _assert_same(_grads(ae_ref), _grads(ae), rtol, "autoencoder")
+    torch.testing.assert_close(crit.logvar.grad, crit_ref.logvar.grad, rtol=rtol, atol=0)
+    _assert_same(_grads(crit_ref.discriminator), _grads(crit.discriminator), rtol, "discriminator")
+    if step >= crit.disc_start:
+        assert logs["d_weight"] > 0

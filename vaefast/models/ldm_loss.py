@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .patchgan import DISC_LOSSES, PatchGAN
+from .patchgan import DISC_LOSSES, PatchGAN, sees_clips
 
 # The pixel term of the difference x - x̂: LDM's L1, or generative-models' "l2" (sd-vae-ft-mse's MSE).
 PIXEL_LOSSES = {"l1": torch.abs, "mse": torch.square}
@@ -43,8 +43,10 @@ class LPIPSWithDiscriminator(nn.Module):
         logs_d = crit.backward_discriminator(x, reconstruction, step=step)
         opt_d.step()        # over crit.discriminator's parameters
 
-    ``x`` and ``reconstruction`` are in the autoencoder's pixel convention ([-1, 1] for diffusers and LDM), ``kl``
-    is the KL per image ``[B]``, ``step`` an int (before ``disc_start`` the discriminator is skipped entirely) or a
+    ``x`` and ``reconstruction`` are in the autoencoder's pixel convention ([-1, 1] for diffusers and LDM), images
+    ``[B, C, H, W]`` or clips ``[B, C, T, H, W]`` (then as generative-models' ``dims: 3``: the pixel and LPIPS terms
+    per frame, the NLL divided by B·T, a 2D discriminator on the frames or a 3D one, told apart by its first
+    convolution, on the clips), ``kl`` is the KL per image or clip ``[B]``, ``step`` an int (before ``disc_start`` the discriminator is skipped entirely) or a
     device tensor (then nothing is read on the host, and D runs with a factor of 0 before ``disc_start``).
     ``perceptual`` is any module called as ``perceptual(x, x̂) -> [B, 1, 1, 1]`` (default: LPIPS-VGG16 from local
     weights, vaefast.models.lpips); ``discriminator`` any module mapping images to logits (default: a PatchGAN).
@@ -114,7 +116,8 @@ class LPIPSWithDiscriminator(nn.Module):
         count over ranks (a collective), so that the adaptive weight is the one of the whole batch. ``kl_weight``
         overrides the constructor's (a device tensor from a KL schedule)."""
         kl_weight = self.kl_weight if kl_weight is None else kl_weight
-        nll, rec, lpips = self.nll_sum(x, reconstruction)
+        frames = frame_count(x)
+        nll, rec, lpips = self.nll_sum(as_frames(x), as_frames(reconstruction))
         zero = torch.zeros((), device=x.device)
         d_weight, g_loss, factor = zero, zero, self.factor(step)
         # LPIPS's one backward (and logvar's gradient, when it learns)
@@ -122,24 +125,29 @@ class LPIPSWithDiscriminator(nn.Module):
         grad_logvar = grad_logvar[0] if grad_logvar else torch.zeros_like(self.logvar)
         grad_x = grad_nll
         if self.uses_discriminator(step):
+            clips = sees_clips(self.discriminator)
             with frozen(self.discriminator):
-                logits = self.discriminator(reconstruction).to(_wide(reconstruction))
-            g_sum = -logits.flatten(1).mean(1).sum()
+                logits = self.discriminator(reconstruction if clips else as_frames(reconstruction))
+            # Both losses as sums over the frames: a 3D discriminator's mean is over clips, T times fewer items.
+            g_sum = -logits.to(_wide(reconstruction)).flatten(1).mean(1).sum() * (frames if clips else 1)
             grad_g, = torch.autograd.grad(g_sum, reconstruction)  # D's one backward, to its input only
-            d_weight = self.adaptive_weight(reconstruction, grad_nll, grad_g, last_layer, x.shape[0], reduce)
+            d_weight = self.adaptive_weight(reconstruction, grad_nll, grad_g, last_layer, x.shape[0] * frames,
+                                            reduce)
             grad_x = grad_nll + (d_weight * factor) * grad_g.to(grad_nll.dtype)
-            g_loss = g_sum.detach() / x.shape[0]
-        grad_x = (grad_x * per_image_scale).to(reconstruction.dtype)
+            g_loss = g_sum.detach() / (x.shape[0] * frames)
+        per_frame_scale = per_image_scale / frames
+        grad_x = (grad_x * per_frame_scale).to(reconstruction.dtype)
         kl_sum = kl.sum()
         # logvar's gradient goes through autograd as well (a leaf as a root), so that DDP's hooks see it. A frozen
         # encoder's KL and a fixed logvar reach nothing that trains: they are left out.
         roots = [(reconstruction, grad_x), (kl_sum, torch.ones_like(kl_sum) * (kl_weight * per_image_scale)),
-                 (self.logvar, grad_logvar * per_image_scale)]
+                 (self.logvar, grad_logvar * per_frame_scale)]
         roots = [(t, g) for t, g in roots if t.requires_grad]
         torch.autograd.backward([t for t, _ in roots], [g for _, g in roots])
         batch = x.shape[0]
-        total = (nll.detach() + kl_weight * kl_sum.detach()) / batch + d_weight * factor * g_loss
-        return {"total": total, "nll": nll.detach() / batch, "rec": rec, "lpips": lpips, "kl": kl_sum.detach() / batch,
+        nll_mean = nll.detach() / (batch * frames)
+        total = nll_mean + kl_weight * kl_sum.detach() / batch + d_weight * factor * g_loss
+        return {"total": total, "nll": nll_mean, "rec": rec, "lpips": lpips, "kl": kl_sum.detach() / batch,
                 "d_weight": d_weight, "disc_factor": torch.as_tensor(factor, device=x.device), "g_loss": g_loss,
                 "logvar": self.logvar.detach()}
 
@@ -174,12 +182,25 @@ class LPIPSWithDiscriminator(nn.Module):
             return {"disc_loss": zero, "logits_real": zero, "logits_fake": zero}
         discriminate = discriminate or (lambda real, fake: (self.discriminator(real), self.discriminator(fake)))
         wide = _wide(reconstruction)
-        logits_real, logits_fake = discriminate(x.detach(), reconstruction.detach())
+        # A 2D discriminator judges clips frame by frame: its loss is the mean over the frames.
+        items = 1 if sees_clips(self.discriminator) else frame_count(x)
+        real, fake = (x, reconstruction) if items == 1 else (as_frames(x), as_frames(reconstruction))
+        logits_real, logits_fake = discriminate(real.detach(), fake.detach())
         logits_real, logits_fake = logits_real.to(wide), logits_fake.to(wide)
         d_sum = self.factor(step) * self.disc_loss(logits_real, logits_fake).sum()
-        (d_sum * per_image_scale).backward()
-        return {"disc_loss": d_sum.detach() / x.shape[0], "logits_real": logits_real.detach().mean(),
+        (d_sum * (per_image_scale / items)).backward()
+        return {"disc_loss": d_sum.detach() / (x.shape[0] * items), "logits_real": logits_real.detach().mean(),
                 "logits_fake": logits_fake.detach().mean()}
+
+
+def frame_count(x: torch.Tensor) -> int:
+    """T of a clip batch ``[B, C, T, H, W]``, 1 for images."""
+    return x.shape[2] if x.dim() == 5 else 1
+
+
+def as_frames(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T, H, W]`` as ``[B·T, C, H, W]`` (generative-models' ``(b t) c h w``); images unchanged."""
+    return x.transpose(1, 2).flatten(0, 1) if x.dim() == 5 else x
 
 
 def _wide(t: torch.Tensor) -> torch.dtype:

@@ -36,10 +36,40 @@ class PatchGAN(nn.Module):
         return self.main(x)
 
 
+class PatchGAN3D(nn.Module):
+    """The same PatchGAN on clips ``[B, C, T, H, W]``, with ``Conv3d`` and ``BatchNorm3d``, as video autoencoder
+    trainers use it (Open-Sora-Plan's and MAGVIT's 3D discriminators): every convolution spans 3 frames with
+    padding 1 and strides only in space, so a clip of any length gives a logit per (frame, patch)."""
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64, layers: int = 3):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"a PatchGAN needs at least one stride-2 layer, got layers={layers}")
+        seq: list[nn.Module] = [nn.Conv3d(in_channels, ndf, (3, 4, 4), (1, 2, 2), 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = (1, 2, 2) if n < layers else 1
+            seq += [nn.Conv3d(ndf * prev, ndf * mult, (3, 4, 4), stride, 1, bias=False), nn.BatchNorm3d(ndf * mult),
+                    nn.LeakyReLU(0.2, True)]
+        seq.append(nn.Conv3d(ndf * mult, 1, (3, 4, 4), 1, 1))
+        self.main = nn.Sequential(*seq)
+        self.apply(_pix2pix_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x)
+
+
+def sees_clips(discriminator: nn.Module) -> bool:
+    """Whether a discriminator takes clips (its first convolution is 3D) or frames."""
+    first = next((m for m in discriminator.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))), None)
+    return isinstance(first, nn.Conv3d)
+
+
 def _pix2pix_init(module: nn.Module) -> None:
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
