@@ -123,9 +123,9 @@ def test_json_keys_fixture_matches_the_typed_results():
     from vaefast.train.summary import RunSummary
 
     keys = json.loads((FIXTURES / "json_keys.json").read_text())
-    recipe_only = ("test_psnr", "test_ssim", "test_lpips", "test_rfid")  # present after an LDM-recipe run
+    recipe_only = ("test_psnr", "test_ssim", "test_lpips", "test_rfid", "test_temporal")  # present after an LDM-recipe run
     assert [f.name for f in dataclasses.fields(RunSummary) if f.name not in recipe_only] == keys["train"]
-    optional = ("quality_note", "lpips", "rfid")  # only when SSIM is missing / LPIPS or FID weights are given
+    optional = ("quality_note", "lpips", "rfid", "temporal")  # only when SSIM is missing / LPIPS or FID weights are given
     assert [f.name for f in dataclasses.fields(EvalReport) if f.name not in optional] == keys["eval"]
 
 

@@ -67,6 +67,9 @@ class DataConfig(Section, name="data", title="data"):
     crop: Literal["auto", "random", "center"] = option(
         "auto", "training crops of --image-size from the resized square: random (seeded, resumed exactly) or center; "
         "auto: random for image folders and shards; evaluation always center-crops")
+    frames: int | None = option(None, "clips: frames per training clip, a window of each clip (random in training, "
+                                "the first ones for evaluation)", range=at_least(1))
+    frame_stride: int = option(1, "clips: take every S-th frame in the window", range=at_least(1))
     skip_bad_images: bool = option(False, "image folders: leave undecodable files out (counted in the log) instead "
                                    "of failing")
     num_workers: int = option(2, "decoding workers (torch DataLoader processes, DALI threads)", range=at_least(0))
@@ -212,7 +215,9 @@ class RecipeConfig(Section, name="recipe", title="LDM recipe (perceptual and adv
     fid_weights: str | None = option(None, "FID Inception weights (pytorch-fid's pt_inception-2015-12-05-*.pth) for "
                                      "the rFID of each evaluation (default: torch's hub cache, when there)",
                                      metavar="PATH")
-    disc: Literal["patchgan", "none"] = option("none", "the recipe's discriminator")
+    disc: Literal["patchgan", "patchgan3d", "none"] = option(
+        "none", "the recipe's discriminator: patchgan (on images, and on clips frame by frame), patchgan3d (Conv3d, "
+        "on clips), none")
     disc_start: int = option(50001, "step from which the discriminator trains and its term counts",
                              range=at_least(0))
     disc_weight: float = option(0.5, "scale of the adaptive weight of the generator term", range=at_least(0.0))

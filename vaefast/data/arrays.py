@@ -1,5 +1,6 @@
 """NumPy sources: ``.npy`` (memory-mapped) and ``.npz`` image arrays.
 
+Clips are arrays of rank 5, ``[N, T, H, W, C]`` (or ``[N, C, T, H, W]``), kept as ``[N, C, T, H, W]``.
 Layout resolution, for an array of rank 4: channels-last ``[N, H, W, C]`` when the last axis has 1, 3 or 4 entries
 and axis 1 does not; channels-first ``[N, C, H, W]`` when axis 1 has 1, 3 or 4 entries and the last does not;
 when both could be channels (e.g. ``[N, 3, 4, 3]``) the array is ambiguous and refused with a message. Rank 3 is
@@ -22,6 +23,16 @@ MMAP_BYTES = 512 * 2**20
 
 
 def to_nchw(array: np.ndarray, origin: str) -> np.ndarray:
+    """Images to ``[N, C, H, W]``; clips (rank 5, ``[N, T, H, W, C]`` or ``[N, C, T, H, W]``) to
+    ``[N, C, T, H, W]``."""
+    if array.ndim == 5:
+        last_is_c, first_is_c = array.shape[4] in CHANNEL_COUNTS, array.shape[1] in CHANNEL_COUNTS
+        if last_is_c and not first_is_c:
+            return array.transpose(0, 4, 1, 2, 3)
+        if first_is_c and not last_is_c:
+            return array
+        raise DataError(f"{origin}: cannot tell whether clips of shape {array.shape} are [N, T, H, W, C] or "
+                        "[N, C, T, H, W]; save them channels-last with W different from 1, 3 and 4")
     if array.ndim == 3:
         return array[:, None]
     if array.ndim != 4:

@@ -13,7 +13,7 @@ from ..config.sections import Loader
 from .errors import DataError
 from .folders import without_undecodable
 from .memory import InMemoryLoader
-from .sampling import Crop
+from .sampling import Crop, FrameWindow, Transforms
 from .sources import ImageDataset
 from .streaming import DALIFolderLoader, TorchLoader, dali_unavailable_reason
 
@@ -49,26 +49,32 @@ def choose_loader(kind: str, dataset: ImageDataset, device: torch.device) -> tup
 
 def make_loader(kind: str, dataset: ImageDataset, batch_size: int, *, device, seed: int = 0, rank: int = 0,
                 world_size: int = 1, skip_bad: bool = False, num_workers: int = 2, flip: bool = False,
-                crop: str = "center"):
+                crop: str = "center", frame_stride: int = 1):
     """``crop``: random or center crops of the dataset's image size from larger decoded images (image folders and
-    shards with --resize; auto is random for them)."""
+    shards with --resize; auto is random for them). Clips get a window of the dataset's frame count, every
+    ``frame_stride``-th frame, at a random start."""
     device = torch.device(device)
     kind, why = choose_loader(kind, dataset, device)
     log.info("loader: %s (%s)", kind, why)
-    cropper = None
+    cropper = window = None
     if dataset.folder is not None:
         cropper = Crop(dataset.image_shape[-1], random=crop in ("random", "auto"), seed=seed, rank=rank)
-    common = dict(device=device, seed=seed, rank=rank, world_size=world_size, flip=flip, crop=cropper)
+    if len(dataset.image_shape) == 4:
+        window = FrameWindow(dataset.image_shape[1], frame_stride, random=True, seed=seed, rank=rank)
+    common = dict(device=device, seed=seed, rank=rank, world_size=world_size, flip=flip)
+    transform = Transforms(cropper, window)
     if kind == "memory":
         dataset.materialize(skip_bad)
-        return InMemoryLoader(dataset.train, batch_size, **common), kind, why
+        return InMemoryLoader(dataset.train, batch_size, transform=transform, **common), kind, why
     if kind == "dali":
         if dataset.folder is None:
             raise DataError("--loader dali reads image folders; this source is an in-memory array: use --loader "
                             "memory (for MNIST-size data it is 20-300x faster than any DALI path)")
         folder = without_undecodable(dataset.folder) if skip_bad else dataset.folder
-        return DALIFolderLoader(folder, batch_size, num_threads=max(1, num_workers), **common), kind, why
+        return DALIFolderLoader(folder, batch_size, num_threads=max(1, num_workers), crop=cropper, **common), \
+            kind, why
     source = dataset.folder if dataset.train is None else dataset.train
     if skip_bad and dataset.folder is not None and dataset.train is None:
         source = without_undecodable(dataset.folder)
-    return TorchLoader(source, batch_size, num_workers=num_workers, **common), kind, why
+    return TorchLoader(source, batch_size, num_workers=num_workers, transform=transform,
+                       out_shape=dataset.image_shape, **common), kind, why

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .convert import to_unit_float
-from .sampling import Crop, RandomFlip, UnpaddedDistributedSampler
+from .sampling import RandomFlip, Transforms, UnpaddedDistributedSampler
 
 
 # Up to this many bytes as float32 the dataset is kept pre-scaled, so that a batch is a single index_select; above
@@ -21,14 +21,14 @@ FLOAT_CACHE_BYTES = 512 * 2**20
 class InMemoryLoader:
     def __init__(self, images: torch.Tensor, batch_size: int, *, device: torch.device | str = "cpu",
                  shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, flip: bool = False,
-                 crop: Crop | None = None):
+                 transform: Transforms | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         as_float = images.numel() * 4 <= FLOAT_CACHE_BYTES
         self.images = to_unit_float(images, device) if as_float else images.to(device)
         self.batch_size = batch_size
         self.flipper = RandomFlip(seed, rank) if flip else None
-        self.crop = crop
+        self.transform = transform  # crops and clip windows, before the float conversion (fewer bytes to move)
         self.sampler = UnpaddedDistributedSampler(len(images), num_replicas=world_size, rank=rank, shuffle=shuffle,
                                                   seed=seed)
         self.epoch = 0
@@ -47,8 +47,8 @@ class InMemoryLoader:
         for b in range(start_batch, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = self.images.index_select(0, idx)
-            if self.crop is not None:  # before the conversion: a crop moves a quarter of the bytes of floats
-                x = self.crop(x, self.epoch, b)
+            if self.transform:
+                x = self.transform(x, self.epoch, b)
             if x.dtype == torch.uint8:
                 x = to_unit_float(x)
             yield self.flipper(x, self.epoch, b) if self.flipper else x

@@ -71,6 +71,45 @@ class Crop:
         return picked.permute(0, 3, 1, 2).contiguous()  # advanced indexing put the channels last
 
 
+class FrameWindow:
+    """``frames`` frames, every ``stride``-th, from each clip ``[B, C, T, H, W]`` of a batch: from a start seeded by
+    (seed, rank, epoch, batch) per clip (``random``), or from the first frame."""
+
+    WINDOW_STREAM = 2  # keeps these draws apart from the crops' and flips' of the same batch
+
+    def __init__(self, frames: int, stride: int = 1, random: bool = True, seed: int = 0, rank: int = 0):
+        self.frames, self.stride, self.random, self.seed, self.rank = frames, stride, random, seed, rank
+        self.span = (frames - 1) * stride + 1
+
+    def __call__(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        length = x.shape[2]
+        if length < self.span:
+            raise ValueError(f"clips of {length} frames are shorter than --frames {self.frames} at stride "
+                             f"{self.stride} ({self.span} frames)")
+        if not self.random or x.shape[0] == 0 or length == self.span:
+            return x[:, :, :self.span:self.stride]
+        g = torch.Generator().manual_seed(hash((self.seed, self.rank, epoch, batch, self.WINDOW_STREAM)) % 2**63)
+        starts = torch.randint(length - self.span + 1, (x.shape[0],), generator=g)
+        index = (starts[:, None] + torch.arange(0, self.span, self.stride)).to(x.device)  # [B, frames]
+        picked = x[torch.arange(x.shape[0], device=x.device)[:, None], :, index]  # [B, frames, C, H, W]
+        return picked.transpose(1, 2).contiguous()
+
+
+class Transforms:
+    """Batch transforms applied in order, each called as ``t(x, epoch, batch)``."""
+
+    def __init__(self, *transforms):
+        self.transforms = [t for t in transforms if t is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.transforms)
+
+    def __call__(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        for t in self.transforms:
+            x = t(x, epoch, batch)
+        return x
+
+
 def center_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
     """The central ``size`` x ``size`` of every image (evaluation's crop); ``None`` keeps them."""
     return images if size is None else Crop(size, random=False)(images, 0, 0)

@@ -32,6 +32,7 @@ class ImageDataset:
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     folder: ImageFolder | None = None  # set for image folders: the files behind the streaming loaders
+    frame_stride: int = 1  # clips: the test clips' (and first_train_images') stride
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -50,6 +51,8 @@ class ImageDataset:
     def first_train_images(self, n: int) -> torch.Tensor:
         """The first ``n`` training images (decoded from a folder or shards when they are not in memory)."""
         images = self.train[:n] if self.train is not None else self.folder.decode_all(self.folder.train_files[:n])[0]
+        if images.dim() == 5:
+            return first_frames(images, self.image_shape[1], self.frame_stride, self.name)
         return center_crop(images, self.image_shape[-1]) if images.shape[1:] != self.image_shape else images
 
     def describe(self) -> str:
@@ -147,11 +150,33 @@ def _is_idx_dir(path: Path) -> bool:
 
 
 def load_dataset(spec: str | None, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0, *,
-                 image_size: int | None = None, resize: int | None = None, skip_bad: bool = False) -> ImageDataset:
+                 image_size: int | None = None, resize: int | None = None, skip_bad: bool = False,
+                 frames: int | None = None, frame_stride: int = 1) -> ImageDataset:
     """Resolve ``--data``: None or 'embedded'; an IDX directory, IDX file, or 'train-file,test-file' pair; a .npy
     or .npz array; a folder of JPEG/PNG images (searched recursively); or WebDataset tar shards (see
     :mod:`vaefast.data.shards`). Folders and shards decode to squares of side ``resize`` (default ``image_size``);
-    their test images are center-cropped to ``image_size``, the training loaders crop each batch."""
+    their test images are center-cropped to ``image_size``, the training loaders crop each batch. A rank-5 array
+    holds clips ``[N, T, H, W, C]``: the test clips keep their first ``frames`` frames (every ``frame_stride``-th),
+    the training loaders take a window of each."""
+    dataset = _load(spec, test_fraction, seed, image_size, resize, skip_bad)
+    if dataset.test.dim() == 5:
+        dataset.test = first_frames(dataset.test, frames or dataset.test.shape[2], frame_stride, dataset.name)
+        dataset.frame_stride = frame_stride
+    elif frames is not None:
+        raise DataError(f"--frames takes a window of clips; {dataset.name} holds images")
+    return dataset
+
+
+def first_frames(clips: torch.Tensor, frames: int, stride: int, origin: str) -> torch.Tensor:
+    """The first ``frames`` frames of each clip, every ``stride``-th: evaluation's window."""
+    span = (frames - 1) * stride + 1
+    if clips.shape[2] < span:
+        raise DataError(f"{origin}: clips of {clips.shape[2]} frames are shorter than --frames {frames} at "
+                        f"--frame-stride {stride} ({span} frames)")
+    return clips[:, :, :span:stride].contiguous()
+
+
+def _load(spec, test_fraction, seed, image_size, resize, skip_bad) -> ImageDataset:
     if spec in (None, "", EMBEDDED):
         return embedded_fashion_mnist(test_fraction, seed)
     if is_shard_spec(spec):

@@ -17,7 +17,7 @@ from .errors import DataError
 from .folders import ImageFolder, decode, first_undecodable, is_array_folder
 from .shards import IMAGE_EXTENSIONS, index_paths, list_shards
 from .convert import to_unit_float
-from .sampling import Crop, RandomFlip, UnpaddedDistributedSampler
+from .sampling import Crop, RandomFlip, Transforms, UnpaddedDistributedSampler
 
 log = logging.getLogger("vaefast.data")
 
@@ -54,11 +54,13 @@ class TorchLoader:
 
     def __init__(self, source: ImageFolder | torch.Tensor, batch_size: int, *, device="cpu", seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 2, flip: bool = False,
-                 crop: Crop | None = None):
+                 transform: Transforms | None = None, out_shape: tuple | None = None):
+        """``transform``: crops and clip windows per batch; ``out_shape``: the shape of an item after them (for the
+        empty batches of a rank with a smaller share)."""
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.flipper = RandomFlip(seed, rank) if flip else None
-        self.crop = crop
+        self.transform, self.out_shape = transform, out_shape
         if isinstance(source, ImageFolder):
             self.dataset, self.image_shape = _FolderItems(source, source.train_files), source.image_shape
         else:  # indexing memory needs no worker processes
@@ -80,13 +82,12 @@ class TorchLoader:
                             persistent_workers=False)
         produced = start_batch
         for batch in loader:
-            if self.crop is not None:  # keyed by the batch's index in the epoch, as the in-memory loader's
-                batch = self.crop(batch, self.sampler.epoch, produced)
+            if self.transform:  # keyed by the batch's index in the epoch, as the in-memory loader's
+                batch = self.transform(batch, self.sampler.epoch, produced)
             produced += 1
             x = to_unit_float(batch, self.device)
             yield self.flipper(x, self.sampler.epoch, produced) if self.flipper else x
-        shape = (0, *(self.image_shape if self.crop is None else (self.image_shape[0], self.crop.size,
-                                                                  self.crop.size)))
+        shape = (0, *(self.out_shape or self.image_shape))
         for _ in range(produced, len(self)):  # a smaller share ends in empty batches: every rank steps alike
             yield torch.empty(shape, device=self.device)
 

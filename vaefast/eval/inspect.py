@@ -33,7 +33,8 @@ def inspect_model(checkpoint, out, *, data: str | None = None, n: int = 8, steps
     out = Path(out)
     model, cfg = load_model(checkpoint, device, use_ema, trust)
     dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed,
-                           image_size=cfg.data.image_size, resize=cfg.data.resize)
+                           image_size=cfg.data.image_size, resize=cfg.data.resize,
+                           frames=cfg.data.frames, frame_stride=cfg.data.frame_stride)
     test = dataset.test
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(test), generator=g)[: 2 * n]

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from ..data.convert import to_unit_float
+from ..models.ldm_loss import as_frames
 from .fid import frechet_distance, inception_features
 
 INSTALL_HINT = "SSIM needs pytorch-msssim: pip install 'vaefast[metrics]'"
@@ -51,12 +52,16 @@ def reconstruction_quality(model, images: torch.Tensor, batch_size: int = 500, d
         raise ValueError(f"LPIPS compares RGB images; this data has {images.shape[1]} channel(s)")
     was_training = model.training
     model.eval()
-    psnr, ssim, perceptual, real_features, fake_features = [], [], [], [], []
+    psnr, ssim, perceptual, real_features, fake_features, temporal = [], [], [], [], [], []
     for start in range(0, len(images), batch_size):
         x = to_unit_float(images[start:start + batch_size], device)
         with autocast or nullcontext():
             mu, _ = model.encode(x)
             reconstruction = model.likelihood.mean(model.decode(mu))
+        if x.dim() == 5:  # clips: every figure over their frames, and how the error moves between frames
+            if x.shape[2] > 1:
+                temporal.append(temporal_flicker(reconstruction.float().clamp(0, 1), x))
+            x, reconstruction = as_frames(x), as_frames(reconstruction)
         batch_psnr, batch_ssim = psnr_ssim(reconstruction, x)
         psnr.append(batch_psnr.double())
         if batch_ssim is not None:
@@ -72,12 +77,22 @@ def reconstruction_quality(model, images: torch.Tensor, batch_size: int = 500, d
     extra = {"lpips": float(torch.cat(perceptual).mean())} if perceptual else {}
     if real_features:
         extra["rfid"] = frechet_distance(torch.cat(real_features), torch.cat(fake_features))
+    if temporal:
+        extra["temporal"] = float(torch.cat(temporal).mean())
     if not ssim:
         return {"psnr": float(torch.cat(psnr).mean()), "ssim": None, "quality_note": ssim_available(), **extra}
     return {"psnr": float(torch.cat(psnr).mean()), "ssim": float(torch.cat(ssim).mean()), **extra}
 
 
-QUALITY_KEYS = ("psnr", "ssim", "lpips", "rfid")
+def temporal_flicker(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per clip ``[B, C, T, H, W]``: the mean absolute change of the reconstruction error from one frame to the next,
+    in [0, 1] pixel units (0 when the error is constant in time; a decoder that flickers scores high even where
+    each frame alone looks right)."""
+    residual = reconstruction.float() - target.float()
+    return (residual[:, :, 1:] - residual[:, :, :-1]).abs().flatten(1).mean(1).double()
+
+
+QUALITY_KEYS = ("psnr", "ssim", "lpips", "rfid", "temporal")
 
 
 def quality_text(psnr: float | None, ssim: float | None, lpips: float | None, rfid: float | None = None) -> str:

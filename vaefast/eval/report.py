@@ -81,6 +81,7 @@ class EvalReport:
     quality_note: str | None
     lpips: float | None  # RGB data with LPIPS weights available only
     rfid: float | None  # with the FID Inception weights only
+    temporal: float | None  # clips only: mean |change of the reconstruction error between consecutive frames|
     iwae_nll_nats: float | None  # with iw_samples > 0 only
     iwae_bpd: float | None
     iw_samples: int
@@ -104,7 +105,8 @@ class EvalReport:
             f"bits per dimension:   {self.test_bpd:.5f}",
             f"reconstruction:       PSNR {self.psnr:.2f} dB{ssim}"
             f"{f', LPIPS {self.lpips:.4f}' if self.lpips is not None else ''}"
-            f"{f', rFID {self.rfid:.4g}' if self.rfid is not None else ''} (posterior mean)",
+            f"{f', rFID {self.rfid:.4g}' if self.rfid is not None else ''}"
+            f"{f', temporal {self.temporal:.4f}' if self.temporal is not None else ''} (posterior mean)",
         ]
         if self.iwae_nll_nats is not None:
             lines.append(f"IWAE NLL (K={self.iw_samples}):  {self.iwae_nll_nats:.3f} nats/image "
@@ -123,7 +125,7 @@ class EvalReport:
 
     def to_json(self) -> dict:
         """The report's fields; the IWAE figures only when computed, the note only when SSIM is missing."""
-        optional = ("quality_note", "lpips", "rfid", "iwae_nll_nats", "iwae_bpd")
+        optional = ("quality_note", "lpips", "rfid", "temporal", "iwae_nll_nats", "iwae_bpd")
         return {k: v for k, v in dataclasses.asdict(self).items() if not (k in optional and v is None)}
 
 
@@ -138,7 +140,8 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
     inception = load_inception(fid_weights)  # a bad file fails before the model loads
     model, cfg = load_model(checkpoint, device, use_ema, trust)
     dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed,
-                           image_size=cfg.data.image_size, resize=cfg.data.resize)
+                           image_size=cfg.data.image_size, resize=cfg.data.resize,
+                           frames=cfg.data.frames, frame_stride=cfg.data.frame_stride)
     test = dataset.test[:limit] if limit else dataset.test
     if tuple(test.shape[1:]) != model.image_shape:
         raise ValueError(f"the checkpoint's model takes {model.image_shape} images but the data has "
@@ -160,7 +163,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
         test_neg_elbo_nats=elbo["neg_elbo_nats"], test_recon_nats=elbo["recon_nats"], test_kl_nats=elbo["kl_nats"],
         test_bpd=elbo["bpd"], active_units=elbo["active_units"], latent_dim=elbo["latent_dim"],
         test_images=len(test), psnr=quality["psnr"], ssim=quality["ssim"], quality_note=quality.get("quality_note"),
-        lpips=quality.get("lpips"), rfid=quality.get("rfid"),
+        lpips=quality.get("lpips"), rfid=quality.get("rfid"), temporal=quality.get("temporal"),
         iwae_nll_nats=iwae_nll,
         iwae_bpd=None if iwae_nll is None else iwae_nll / (math.prod(test.shape[1:]) * math.log(2)),
         iw_samples=iw_samples, active_units_cov=int((means.var(0) > COVARIANCE_ACTIVE).sum()),
@@ -210,7 +213,7 @@ def export_checkpoint(checkpoint, out, *, fmt: str = "diffusers", stats_images: 
     if stats_images < 1:
         raise ValueError(f"--stats-images must be at least 1, got {stats_images}")
     dataset = load_dataset(cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed, image_size=cfg.data.image_size,
-                           resize=cfg.data.resize)
+                           resize=cfg.data.resize, frames=cfg.data.frames, frame_stride=cfg.data.frame_stride)
     images = dataset.first_train_images(stats_images)
     stats = measure_latents(model, images, device=device, seed=cfg.runtime.seed)
     updates = statistics_config(config, stats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from ..config import ModelConfig
@@ -82,15 +83,33 @@ def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None, 
         autoencoder = load_autoencoder(cfg.diffusers, cfg.model_config, quiet=quiet)
         _check_fits(autoencoder, image_shape, cfg.kind)
         check_gaussian_posterior(autoencoder, image_shape, cfg.kind)
+        if len(image_shape) == 4:
+            _check_frames(from_diffusers(autoencoder), image_shape, cfg.kind)
         return ModuleVAE(from_diffusers(autoencoder), _likelihood(cfg), image_shape, cfg.clamp, cfg.backend,
                          architecture=VAE.architecture)
     raise ValueError(f"unknown model {cfg.kind!r}; choose mlp, conv or diffusers:SPEC")
 
 
+@torch.no_grad()
+def _check_frames(adapter, clip_shape, name: str) -> None:
+    """Refuse, before the first step, a clip length the model does not give back (causal video autoencoders take
+    1 + 4k frames and silently drop the rest)."""
+    was_training = adapter.training
+    adapter.eval()
+    try:
+        moments = adapter.encode(torch.zeros(1, *clip_shape, device=next(adapter.parameters()).device))
+        frames = adapter.decode(moments[:, :moments.shape[1] // 2]).shape[2]
+    finally:
+        adapter.train(was_training)
+    if frames != clip_shape[1]:
+        raise ValueError(f"{name} gives back {frames} frames for a clip of {clip_shape[1]}: pass a --frames it "
+                         "keeps (causal models with 4x temporal compression, such as Wan's, take 1 + 4k)")
+
+
 def _check_fits(autoencoder, image_shape, name: str) -> None:
     """Refuse, before the first step, images a diffusers autoencoder cannot reconstruct at their own size."""
     config = autoencoder.config
-    channels, height, width = image_shape
+    channels, height, width = image_shape[0], image_shape[-2], image_shape[-1]
     in_channels = config.get("in_channels", config.get("input_channels"))
     if in_channels is not None and channels != in_channels:
         raise ValueError(f"{name} takes {in_channels}-channel images; the data has {channels} channels")

@@ -27,10 +27,12 @@ def load_data(cfg: TrainConfig, dataset: ImageDataset | None, dist: DistContext,
     data = cfg.data
     if dataset is None:
         dataset = load_dataset(data.source, data.test_fraction, cfg.runtime.seed, image_size=data.image_size,
-                               resize=data.resize, skip_bad=data.skip_bad_images)
+                               resize=data.resize, skip_bad=data.skip_bad_images, frames=data.frames,
+                               frame_stride=data.frame_stride)
     loader, kind, why = make_loader(data.loader, dataset, data.batch_size, device=device, seed=cfg.runtime.seed,
                                     rank=dist.rank, world_size=dist.world_size, skip_bad=data.skip_bad_images,
-                                    num_workers=data.num_workers, flip=data.flip, crop=data.crop)
+                                    num_workers=data.num_workers, flip=data.flip, crop=data.crop,
+                                    frame_stride=data.frame_stride)
     return dataset, loader, kind, why
 
 
@@ -110,7 +112,7 @@ def find_resumable(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict
     saved = TrainConfig.from_dict(state["config"])
     pairs = [(f"model.{f.name}", getattr(saved.model, f.name), getattr(cfg.model, f.name))
              for f in dataclasses.fields(cfg.model)]
-    pairs += [(f"data.{name}", getattr(saved.data, name), getattr(cfg.data, name)) for name in ("source", "image_size", "resize")]
+    pairs += [(f"data.{name}", getattr(saved.data, name), getattr(cfg.data, name)) for name in ("source", "image_size", "resize", "frames")]
     differ = [f"{name} {theirs} there, {ours} here" for name, theirs, ours in pairs if theirs != ours]
     if differ:
         raise ValueError(f"--resume auto: {out} holds a run of another model or data ({'; '.join(differ)}): pass "

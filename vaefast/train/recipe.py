@@ -27,7 +27,7 @@ from ..eval.fid import load_inception
 from ..eval.quality import reconstruction_quality
 from ..models.ldm_loss import LPIPSWithDiscriminator
 from ..models.objective import ObjectiveOutput
-from ..models.patchgan import PatchGAN
+from ..models.patchgan import PatchGAN, PatchGAN3D
 from .distributed import DistContext
 from .guard import NaNGuard, SkipDecision, nonfinite_flag
 from .optim import make_optimizer
@@ -63,13 +63,17 @@ class LDMRecipe:
     LOG_NAMES = ("rec", "lpips", "g_loss", "d_weight", "disc_factor", "disc_loss", "logits_real", "logits_fake",
                  "logvar")
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, image_channels: int, dist: DistContext,
+    def __init__(self, cfg: TrainConfig, model: nn.Module, image_shape: tuple, dist: DistContext,
                  device: torch.device, total_steps: int):
         r, o = cfg.recipe, cfg.optim
+        if r.disc == "patchgan3d" and len(image_shape) != 4:
+            raise ValueError("--disc patchgan3d judges clips [C, T, H, W]; this data holds images: use --disc patchgan")
+        image_channels = image_shape[0]
         self.dist, self.device = dist, device
         with torch.random.fork_rng(devices=[]):  # the same initial discriminator on every rank and run
             torch.manual_seed(cfg.runtime.seed)
-            disc = PatchGAN(image_channels, layers=r.disc_layers) if r.disc == "patchgan" else None
+            kinds = {"patchgan": PatchGAN, "patchgan3d": PatchGAN3D}
+            disc = kinds[r.disc](image_channels, layers=r.disc_layers) if r.disc in kinds else None
         if disc is not None and dist.enabled:
             disc = synchronize_batch_norm(disc)
         self.criterion = LPIPSWithDiscriminator(

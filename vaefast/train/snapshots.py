@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from ..data.convert import to_unit_float
 from ..eval.images import grid_png
+from ..models.ldm_loss import as_frames
+from ..models.patchgan import sees_clips
 
 SHOWN = 8  # images per row
 
@@ -41,13 +43,16 @@ class Snapshots:
     def write(self, step: int, model) -> None:
         if not self.monitor.enabled:
             return
-        x = to_unit_float(self.images, self.plan.device)
+        clips = self.images.dim() == 5
+        x = to_unit_float(self.images[:1] if clips else self.images, self.plan.device)
         with self._eval(model), self.plan.autocast():
             mu, _ = model.encode(x)  # the posterior mean: the same picture of the same weights every time
             reconstruction = model.likelihood.mean(model.decode(mu)).float().clamp(0, 1)
         rows = [x, reconstruction]
         if self.discriminator is not None:
             rows += [self._verdict(x), self._verdict(reconstruction)]
+        if clips:  # one clip, its frames along the row
+            rows = [row[0].transpose(0, 1)[:SHOWN] for row in rows]
         grid = torch.cat(rows)
         self.monitor.images("reconstructions", grid, step)
         title = f"step {step}: held-out images, reconstructions" + (
@@ -55,11 +60,16 @@ class Snapshots:
         grid_png(grid, self.monitor.out / "images" / f"step{step:09d}.png", title=title)
 
     def _verdict(self, images: torch.Tensor) -> torch.Tensor:
-        """The PatchGAN's sigmoid(logit) per patch, upsampled onto the image: where it believes the image real."""
+        """The PatchGAN's sigmoid(logit) per patch, upsampled onto the image (each frame of a clip): where it
+        believes the image real."""
+        seen = images if images.dim() == 4 or sees_clips(self.discriminator) else as_frames(images)
         with self._eval(self.discriminator), self.plan.autocast():
-            logits = self.discriminator(images * 2 - 1).float()
-        maps = torch.sigmoid(F.interpolate(logits, size=images.shape[-2:], mode="nearest"))
-        return maps.expand(-1, images.shape[1], -1, -1)
+            logits = self.discriminator(seen * 2 - 1).float()
+        size = images.shape[-3:] if logits.dim() == 5 else images.shape[-2:]
+        maps = torch.sigmoid(F.interpolate(logits, size=size, mode="nearest"))
+        if images.dim() == 5 and maps.dim() == 4:  # frames back into their clips
+            maps = maps.view(images.shape[0], images.shape[2], *maps.shape[1:]).transpose(1, 2)
+        return maps.expand(-1, images.shape[1], *maps.shape[2:])
 
     @staticmethod
     def _eval(module):

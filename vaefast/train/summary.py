@@ -34,6 +34,7 @@ class RunSummary:
     test_ssim: float | None = None
     test_lpips: float | None = None
     test_rfid: float | None = None
+    test_temporal: float | None = None  # clips
 
     @classmethod
     def of(cls, trainer, test: dict) -> "RunSummary":

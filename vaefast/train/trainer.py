@@ -71,7 +71,7 @@ class Trainer:
         build.announce(f"{self.data.describe()}; loader {self.loader_kind} ({why}); {self.dist.describe()}; "
                        f"plan: {self.plan.describe()}", self.dist, cfg)
         self.model = build.make_model(cfg, self.data.image_shape, model, device)
-        self.recipe = LDMRecipe(cfg, self.model, self.data.image_shape[0], self.dist, device, self.total_steps) \
+        self.recipe = LDMRecipe(cfg, self.model, self.data.image_shape, self.dist, device, self.total_steps) \
             if cfg.recipe.ldm else None
         # Built before the DDP wrap: with master weights it takes the float32 weights and converts the model to bf16.
         self.optimizer = make_optimizer(cfg.optim.optimizer, self.model, lr=cfg.optim.lr, betas=cfg.optim.betas,

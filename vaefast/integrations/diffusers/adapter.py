@@ -36,7 +36,7 @@ def check_gaussian_posterior(vae: nn.Module, image_shape, origin: str) -> None:
 
     parameter = next(vae.parameters())
     x = torch.zeros(1, *image_shape, device=parameter.device, dtype=parameter.dtype)
-    if takes_frames(vae):
+    if takes_frames(vae) and x.dim() == 4:
         x = x.unsqueeze(2)
     was_training = vae.training
     vae.eval()
@@ -51,7 +51,8 @@ def check_gaussian_posterior(vae: nn.Module, image_shape, origin: str) -> None:
 
 
 def takes_frames(vae: nn.Module) -> bool:
-    """Whether the class reads ``[B, C, T, H, W]`` (Wan-style image autoencoders take one frame, T = 1)."""
+    """Whether the class reads ``[B, C, T, H, W]``: video autoencoders, and Wan-style image ones (which take one
+    frame, T = 1: an image batch gets that axis added and dropped)."""
     return any(isinstance(m, nn.Conv3d) for m in vae.encoder.modules())
 
 
@@ -93,13 +94,15 @@ class DiffusersAutoencoder(nn.Module):
         return convs[-1]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * 2 - 1
-        moments = self.vae._encode(x.unsqueeze(2) if self.frames else x)
-        return moments.squeeze(2) if self.frames else moments
+        """Images ``[B, C, H, W]`` or clips ``[B, C, T, H, W]`` in [0, 1] to the packed moments."""
+        one_frame = self.frames and x.dim() == 4
+        moments = self.vae._encode((x * 2 - 1).unsqueeze(2) if one_frame else x * 2 - 1)
+        return moments.squeeze(2) if one_frame else moments
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        decoded = self.vae._decode(z.unsqueeze(2) if self.frames else z, return_dict=False)[0]
-        if self.frames:
+        one_frame = self.frames and z.dim() == 4
+        decoded = self.vae._decode(z.unsqueeze(2) if one_frame else z, return_dict=False)[0]
+        if one_frame:
             decoded = decoded.squeeze(2)
         return (decoded + 1) * 0.5
 
