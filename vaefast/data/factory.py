@@ -57,7 +57,8 @@ def make_loader(kind: str, dataset: ImageDataset, batch_size: int, *, device, se
     kind, why = choose_loader(kind, dataset, device)
     log.info("loader: %s (%s)", kind, why)
     cropper = window = None
-    if dataset.folder is not None:
+    larger = dataset.train is not None and dataset.train.shape[-1] > dataset.image_shape[-1]
+    if dataset.folder is not None or larger:  # image folders, shards, and clip folders decoded with --resize
         cropper = Crop(dataset.image_shape[-1], random=crop in ("random", "auto"), seed=seed, rank=rank)
     if len(dataset.image_shape) == 4:
         window = FrameWindow(dataset.image_shape[1], frame_stride, random=True, seed=seed, rank=rank)

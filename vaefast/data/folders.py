@@ -89,16 +89,23 @@ def decode(path: Path | ShardMember, channels: int, size: int | None) -> np.ndar
         if size is not None:
             raise DataError(f"{path}: --image-size resizes image files; .npy shards must already share one size")
         return _load_array(path)
-    img = _open(path).convert("L" if channels == 1 else "RGB")
-    if size is not None:
-        w, h = img.size
-        scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+    img = square(_open(path).convert("L" if channels == 1 else "RGB"), size)
     array = np.array(img, dtype=np.uint8)  # a copy: torch.from_numpy needs a writable array
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def square(img, size: int | None):
+    """A PIL image with its shorter side resized to ``size`` and center-cropped to a square (``None``: as it is)."""
+    from PIL import Image
+
+    if size is None:
+        return img
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
 
 
 @dataclass

@@ -53,6 +53,8 @@ class Crop:
         self.size, self.random, self.seed, self.rank = size, random, seed, rank
 
     def __call__(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        if x.dim() == 5:  # clips: one window for all the frames of a clip
+            return self(x.flatten(1, 2), epoch, batch).unflatten(1, x.shape[1:3])
         height, width = x.shape[-2:]
         if height < self.size or width < self.size:
             raise ValueError(f"cannot crop {self.size}x{self.size} from {height}x{width} images")

@@ -158,7 +158,7 @@ def load_dataset(spec: str | None, test_fraction: float = DEFAULT_TEST_FRACTION,
     their test images are center-cropped to ``image_size``, the training loaders crop each batch. A rank-5 array
     holds clips ``[N, T, H, W, C]``: the test clips keep their first ``frames`` frames (every ``frame_stride``-th),
     the training loaders take a window of each."""
-    dataset = _load(spec, test_fraction, seed, image_size, resize, skip_bad)
+    dataset = _load(spec, test_fraction, seed, image_size, resize, skip_bad, frames, frame_stride)
     if dataset.test.dim() == 5:
         dataset.test = first_frames(dataset.test, frames or dataset.test.shape[2], frame_stride, dataset.name)
         dataset.frame_stride = frame_stride
@@ -176,7 +176,16 @@ def first_frames(clips: torch.Tensor, frames: int, stride: int, origin: str) -> 
     return clips[:, :, :span:stride].contiguous()
 
 
-def _load(spec, test_fraction, seed, image_size, resize, skip_bad) -> ImageDataset:
+def _clip_dataset(root: Path, image_size, resize, test_fraction, seed, frames, frame_stride) -> ImageDataset:
+    from .clips import clip_folder
+
+    clips = clip_folder(root, frames=frames, frame_stride=frame_stride, size=resize or image_size)
+    train, test, _, _ = split(clips, None, test_fraction, seed)
+    return ImageDataset(f"clip folder {root} ({len(clips)} clips of {clips.shape[2]} frames, seeded "
+                        f"{test_fraction:.0%} test split)", train, center_crop(test, image_size if resize else None))
+
+
+def _load(spec, test_fraction, seed, image_size, resize, skip_bad, frames=None, frame_stride=1) -> ImageDataset:
     if spec in (None, "", EMBEDDED):
         return embedded_fashion_mnist(test_fraction, seed)
     if is_shard_spec(spec):
@@ -194,6 +203,8 @@ def _load(spec, test_fraction, seed, image_size, resize, skip_bad) -> ImageDatas
     if path.is_dir():
         if _is_idx_dir(path):
             return idx_directory(path, test_fraction, seed)
+        if frames is not None:  # --frames: a folder of clips (video files or folders of frames)
+            return _clip_dataset(path, image_size, resize, test_fraction, seed, frames, frame_stride)
         return _folder_dataset(path, image_size, resize, test_fraction, seed, skip_bad)
     if path.suffix in (".npy", ".npz"):
         images = numpy_images(path)

@@ -1,0 +1,255 @@
+"""Video autoencoders: clips as data (arrays, video files, folders of frames), seeded windows of --frames, diffusers'
+spatio-temporal KL autoencoders through the adapter with the recipe in 5D (a PatchGAN on frames or a 3D one on
+clips), decoder-only, evaluation over frames, and the bad inputs of clips, one line each."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import quiet_config
+from vaefast.cli import main
+from vaefast.data import load_dataset, make_loader
+from vaefast.data.errors import DataError
+from vaefast.data.sampling import FrameWindow
+from vaefast.train import Trainer
+
+WAN = {"_class_name": "AutoencoderKLWan", "base_dim": 16, "z_dim": 4, "dim_mult": [1, 2], "num_res_blocks": 1,
+       "attn_scales": [], "temperal_downsample": [True], "latents_mean": [0.0] * 4, "latents_std": [1.0] * 4}
+VIDEO_CLASSES = {
+    "AutoencoderKLWan": WAN,
+    "AutoencoderKLLTXVideo": {"_class_name": "AutoencoderKLLTXVideo", "in_channels": 3, "out_channels": 3,
+                              "latent_channels": 4, "block_out_channels": [8, 16], "decoder_block_out_channels": [8, 16],
+                              "layers_per_block": [1, 1, 1], "decoder_layers_per_block": [1, 1, 1],
+                              "spatio_temporal_scaling": [True, False], "decoder_spatio_temporal_scaling": [True, False],
+                              "decoder_inject_noise": [False, False, False], "upsample_residual": [False, False],
+                              "upsample_factor": [1, 1], "patch_size": 1, "patch_size_t": 1},
+    "AutoencoderKLCogVideoX": {"_class_name": "AutoencoderKLCogVideoX", "in_channels": 3, "out_channels": 3,
+                               "down_block_types": ["CogVideoXDownBlock3D"] * 2,
+                               "up_block_types": ["CogVideoXUpBlock3D"] * 2, "block_out_channels": [8, 16],
+                               "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 4,
+                               "temporal_compression_ratio": 2},
+}
+
+
+def moving_shapes(n: int, frames: int, size: int, seed: int = 0) -> np.ndarray:
+    """``n`` clips ``[n, frames, size, size, 3]`` uint8: a coloured disc moving at a constant velocity over a plain
+    background, wrapping at the edges."""
+    rng = np.random.default_rng(seed)
+    clips = np.zeros((n, frames, size, size, 3), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        color, background = rng.integers(96, 256, 3), rng.integers(0, 64, 3)
+        radius = int(rng.integers(3, 6))
+        x0, y0 = rng.integers(0, size, 2)
+        vx, vy = rng.integers(-2, 3, 2)
+        for f in range(frames):
+            mask = (xx - (x0 + vx * f) % size) ** 2 + (yy - (y0 + vy * f) % size) ** 2 <= radius ** 2
+            clips[i, f] = background
+            clips[i, f][mask] = color
+    return clips
+
+
+@pytest.fixture(scope="module")
+def clips_npy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clips") / "clips.npy"
+    np.save(path, moving_shapes(24, 9, 32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory):
+    """The same kind of clips as .mp4 files (H.264 through PyAV), and as folders of PNG frames."""
+    av = pytest.importorskip("av")
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("videos")
+    videos, frames = root / "mp4", root / "frames"
+    videos.mkdir()
+    frames.mkdir()
+    for i, clip in enumerate(moving_shapes(6, 9, 32, seed=1)):
+        with av.open(str(videos / f"clip{i}.mp4"), "w") as container:
+            stream = container.add_stream("libx264", rate=8)
+            stream.width = stream.height = 32
+            stream.pix_fmt = "yuv444p"
+            stream.options = {"crf": "0"}  # lossless, so that the decoded frames can be compared
+            for frame in clip:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        (frames / f"clip{i}").mkdir()
+        for f, frame in enumerate(clip):
+            Image.fromarray(frame).save(frames / f"clip{i}" / f"{f:04d}.png")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_clip_arrays_hold_windows_and_test_clips_start_at_the_first_frame(clips_npy):
+    d = load_dataset(str(clips_npy), frames=5, frame_stride=2, test_fraction=0.25)
+    raw = torch.from_numpy(np.load(clips_npy)).permute(0, 4, 1, 2, 3)
+    assert d.image_shape == (3, 5, 32, 32) and d.train.shape[2] == 9  # training keeps the whole clip for windows
+    assert any(torch.equal(d.test[0], clip[:, 0:9:2]) for clip in raw)
+
+
+def test_frame_windows_are_seeded_resumed_and_the_same_in_memory_and_torch_loaders(clips_npy):
+    d = load_dataset(str(clips_npy), frames=3, test_fraction=0.25)
+    memory, _, _ = make_loader("memory", d, batch_size=4, device="cpu", seed=3)
+    streaming, _, _ = make_loader("torch", d, batch_size=4, device="cpu", seed=3, num_workers=0)
+    for epoch in range(2):
+        memory.set_epoch(epoch)
+        streaming.set_epoch(epoch)
+        a, b = list(memory.batches()), list(streaming.batches())
+        assert len(a) == len(b) == math.ceil(d.num_train / 4)
+        assert all(x.shape[1:] == (3, 3, 32, 32) and torch.equal(x, y) for x, y in zip(a, b))
+        assert all(torch.equal(x, y) for x, y in zip(a[2:], memory.batches(2), strict=True))
+    full = d.train.float() / 255
+    starts = set()
+    for clip in torch.cat(a):  # each window is 3 consecutive frames of some training clip
+        found = [(i, s) for i in range(len(full)) for s in range(7) if torch.equal(full[i, :, s:s + 3], clip)]
+        assert found
+        starts.add(found[0][1])
+    assert len(starts) > 1  # random starts, not always the first frame
+    window = FrameWindow(3, 2, seed=0)
+    x = torch.arange(2 * 9).view(2, 1, 9, 1, 1).float()
+    picked = window(x, 0, 0)
+    assert all(torch.equal(p[0, :, 0, 0], p[0, 0, 0, 0] + torch.tensor([0.0, 2.0, 4.0])) for p in picked)
+
+
+def test_video_files_and_frame_folders_decode_to_the_same_clips(video_folder):
+    pytest.importorskip("av")
+    from_videos = load_dataset(str(video_folder / "mp4"), frames=5, test_fraction=0.34)
+    from_frames = load_dataset(str(video_folder / "frames"), frames=5, test_fraction=0.34)
+    assert from_videos.image_shape == from_frames.image_shape == (3, 5, 32, 32)
+    # H.264 at crf 0 in 4:4:4 is lossless in YUV; the RGB <-> YUV conversions leave a small rounding difference.
+    assert float((from_videos.train.float() - from_frames.train.float()).abs().mean()) < 2.0
+    resized = load_dataset(str(video_folder / "frames"), frames=5, image_size=16, resize=24)
+    assert resized.image_shape == (3, 5, 16, 16) and resized.train.shape[-2:] == (24, 24)
+    loader, _, _ = make_loader("memory", resized, batch_size=2, device="cpu", crop="random")
+    batch = next(iter(loader.batches()))
+    assert batch.shape[1:] == (3, 5, 16, 16)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+@pytest.mark.parametrize("name", list(VIDEO_CLASSES))
+@pytest.mark.parametrize("disc", ["patchgan", "patchgan3d"])
+def test_video_classes_train_with_the_recipe_in_5d(tmp_path, clips_npy, name, disc):
+    diffusers = pytest.importorskip("diffusers")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(VIDEO_CLASSES[name]))
+    cfg = quiet_config(tmp_path / "run", model=f"diffusers:{config}", data=str(clips_npy), frames=5, recipe="ldm",
+                       perceptual="none", disc=disc, disc_layers=2, disc_start=1, batch_size=4, epochs=1,
+                       max_steps=2)
+    trainer = Trainer(cfg)
+    vae = trainer.model.module.vae
+    assert type(vae) is getattr(diffusers, name) and trainer.model.image_shape == (3, 5, 32, 32)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    summary = trainer.fit()
+    assert summary.steps == 2 and summary.skipped_steps == 0
+    assert summary.test_psnr > 0 and 0 < summary.test_ssim < 1 and summary.test_temporal > 0
+    assert any(not torch.equal(v, before[k]) for k, v in vae.state_dict().items())
+    disc_params = [p.grad for p in trainer.recipe.disc.parameters()]
+    assert isinstance(trainer.recipe.disc.main[0], torch.nn.Conv3d) == (disc == "patchgan3d")
+    assert disc_params
+
+
+def test_decoder_only_keeps_a_video_encoder_and_its_latents(tmp_path, clips_npy):
+    pytest.importorskip("diffusers")
+    config = tmp_path / "wan.json"
+    config.write_text(json.dumps(WAN))
+    cfg = quiet_config(tmp_path / "run", model=f"diffusers:{config}", data=str(clips_npy), frames=5, recipe="ldm",
+                       perceptual="none", disc_start=1, disc_layers=2, batch_size=4, epochs=1, max_steps=2,
+                       train="decoder")
+    trainer = Trainer(cfg)
+    vae = trainer.model.module.vae
+    x = trainer.data.test[:2].float() / 255
+    with torch.no_grad():
+        before = vae.encode(x * 2 - 1).latent_dist.mean
+    encoder = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    trainer.fit()
+    assert all(torch.equal(v, encoder[k]) for k, v in vae.encoder.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x * 2 - 1).latent_dist.mean, before)
+
+
+def test_cli_trains_resumes_exactly_and_evaluates_clips(tmp_path, clips_npy, capsys):
+    pytest.importorskip("diffusers")
+    config = tmp_path / "wan.json"
+    config.write_text(json.dumps(WAN))
+    common = ["train", "--model", f"diffusers:{config}", "--data", str(clips_npy), "--frames", "5", "--recipe", "ldm",
+              "--perceptual", "none", "--disc", "patchgan3d", "--disc-layers", "2", "--disc-start", "1",
+              "--batch-size", "4", "--epochs", "1", "--no-progress", "--precision", "fp32", "--no-tensorboard"]
+    assert main([*common, "--max-steps", "4", "--out", str(tmp_path / "straight")]) == 0
+    assert main([*common, "--max-steps", "2", "--out", str(tmp_path / "split")]) == 0
+    assert main([*common, "--max-steps", "4", "--out", str(tmp_path / "split"), "--resume",
+                 str(tmp_path / "split")]) == 0
+    from vaefast.checkpoint import load_checkpoint
+
+    straight, split = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert straight["step"] == split["step"] == 4
+    for key in ("model", "recipe"):
+        a, b = straight[key], split[key]
+        tensors = [(k, a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor)] if key == "model" else \
+            [(k, a["discriminator"][k], b["discriminator"][k]) for k in a["discriminator"]]
+        assert all(torch.equal(x, y) for _, x, y in tensors), key
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "straight"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["psnr"] > 0 and 0 < report["ssim"] < 1 and report["temporal"] > 0
+    assert len(report["latent_channel_std"]) == 4
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+
+
+def _refused(capsys, out, *argv) -> str:
+    code = main([*map(str, argv), "--out", str(out), "--no-progress", "--max-steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert not out.exists(), f"{out} was written"
+    assert len(err) == 1 and err[0].startswith("vaefast train: error: "), err
+    return err[0]
+
+
+def test_a_frame_count_a_causal_model_drops_is_refused(tmp_path, clips_npy, capsys):
+    pytest.importorskip("diffusers")
+    config = tmp_path / "wan.json"
+    config.write_text(json.dumps(WAN))
+    line = _refused(capsys, tmp_path / "out", "train", "--model", f"diffusers:{config}", "--data", clips_npy,
+                    "--frames", 4)
+    assert "gives back 1 frames for a clip of 4" in line and "1 + 4k" in line
+
+
+def test_clips_shorter_than_the_window_are_refused(tmp_path, clips_npy, capsys, video_folder):
+    line = _refused(capsys, tmp_path / "out", "train", "--model", "conv", "--data", clips_npy, "--frames", 5,
+                    "--frame-stride", 3)
+    assert str(clips_npy) in line and "shorter than --frames 5" in line
+    line = _refused(capsys, tmp_path / "out", "train", "--data", video_folder / "mp4", "--frames", 12)
+    assert "clip" in line and ".mp4 has 9 frames, fewer than --frames 12" in line
+
+
+def test_frames_of_mixed_sizes_and_unreadable_videos_are_refused(tmp_path, capsys, video_folder):
+    import shutil
+
+    from PIL import Image
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(video_folder / "frames", mixed)
+    Image.new("RGB", (40, 32)).save(mixed / "clip0" / "0003.png")
+    line = _refused(capsys, tmp_path / "out", "train", "--data", mixed, "--frames", 3)
+    assert "clip0 has frames of mixed sizes" in line and "--image-size" in line
+    broken = tmp_path / "broken"
+    shutil.copytree(video_folder / "mp4", broken)
+    (broken / "clip2.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    line = _refused(capsys, tmp_path / "out", "train", "--data", broken, "--frames", 3)
+    assert "cannot decode video" in line and "clip2.mp4" in line
+    with pytest.raises(DataError, match="--frames takes a window of clips"):
+        load_dataset(None, frames=3)
