@@ -7,7 +7,9 @@ nan_at_step (rank 1's batch turns to NaN at that step), checkpoint_every, grad_a
 count_reads (run that many steps counting host reads of device values, written to out/reads-rank{R}.json), recipe
 (options of the LDM recipe, e.g. {"recipe": "ldm", "lpips_weights": ...}: the saved parameters then also hold the
 discriminator's and logvar), first_step_grads (take one step and write the gradients it left, all-reduced, to
-out/grads-rank{R}.pt, instead of training). Each rank writes its final parameters to out/params-rank{R}.pt.
+out/grads-rank{R}.pt, instead of training), clips ({"data": an .npy of clips, "model": a diffusers config.json,
+"frames": T}: a video autoencoder on clips instead of the MLP on images). Each rank writes its final parameters to
+out/params-rank{R}.pt.
 """
 
 import json
@@ -52,15 +54,17 @@ def _without_noise(fused):
 
 
 def run(args: dict, dist: DistContext) -> None:
-    full = load_dataset(None)
+    clips = args.get("clips")
+    full = load_dataset(clips["data"], frames=clips["frames"]) if clips else load_dataset(None)
     n = args["n_images"]
     data = ImageDataset("subset", full.train[:n].clone(), full.test[:64].clone())
+    model = {"model": f"diffusers:{clips['model']}"} if clips else {}
     cfg = TrainConfig.from_options(out=args["out"], epochs=args.get("epochs", 1), batch_size=args["batch_size"],
                       progress=False, tensorboard=False, lr=3e-3,
                       checkpoint_every=args.get("checkpoint_every", 0), grad_accum=args.get("grad_accum", 1),
                       max_steps=args.get("max_steps", 0), resume=args.get("resume"),
                       compile=args.get("compile", False), precision=args.get("precision", "fp32"),
-                      **args.get("recipe", {}))
+                      **model, **args.get("recipe", {}))
     cfg.model.hidden, cfg.model.latent_dim = [32], 4
     trainer = Trainer(cfg, data, dist=dist)
     initial = trained_state(trainer)

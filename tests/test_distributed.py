@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,39 @@ def test_the_ldm_recipe_on_two_ranks_matches_one_process(ldm_equivalence_runs, g
     assert lengths == rank0["reduction_lengths"]
     trained = [(a, b) for a, b in zip(rank0["grads"], reference["grads"]) if b.abs().max() > 0]
     assert len(trained) > 15  # the autoencoder's, logvar's and the discriminator's (LPIPS is frozen)
+    for a, b in trained:
+        assert_reordered_close(a, b, lengths, f"gradient {tuple(b.shape)}")
+    largest = max(trained, key=lambda pair: pair[1].numel())
+    assert mutation_is_caught(lambda a, b: assert_reordered_close(a, b, lengths, "mutated"), *largest)
+
+
+@pytest.fixture(scope="module")
+def clip_equivalence_runs(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from test_video import WAN, moving_shapes
+
+    root = tmp_path_factory.mktemp("clip-equivalence")
+    np.save(root / "clips.npy", moving_shapes(16, 5, 32))
+    (root / "wan.json").write_text(json.dumps(WAN))
+    clips = {"data": str(root / "clips.npy"), "model": str(root / "wan.json"), "frames": 5}
+    cases = {disc: {"n_images": 8, "zero_noise": True, "clips": clips, "first_step_grads": True, "batch_size": 2,
+                    "recipe": {"recipe": "ldm", "perceptual": "none", "disc": disc, "disc_layers": 2,
+                               "disc_start": 0, "beta": 0.01}}
+             for disc in ("patchgan", "patchgan3d")}
+    return _launch_pairs(root, cases, timeout=400)
+
+
+@pytest.mark.parametrize("disc", ["patchgan", "patchgan3d"])
+def test_a_video_autoencoder_with_the_recipe_on_two_ranks_matches_one_process(clip_equivalence_runs, disc):
+    """A tiny AutoencoderKLWan on clips [B, 3, 5, 32, 32] with the 5D recipe (a PatchGAN on frames, or a 3D one on
+    clips): the first step's gradients of 2 ranks equal one process's, within the reordering bound."""
+    ddp_out, ref_out = clip_equivalence_runs[disc]
+    rank0, rank1 = torch.load(ddp_out / "grads-rank0.pt"), torch.load(ddp_out / "grads-rank1.pt")
+    reference = torch.load(ref_out / "grads-rank0.pt")
+    assert all(torch.equal(a, b) for a, b in zip(rank0["grads"], rank1["grads"])), "ranks must hold equal gradients"
+    lengths = reference["reduction_lengths"]
+    trained = [(a, b) for a, b in zip(rank0["grads"], reference["grads"]) if b.abs().max() > 0]
+    assert len(trained) > 20
     for a, b in trained:
         assert_reordered_close(a, b, lengths, f"gradient {tuple(b.shape)}")
     largest = max(trained, key=lambda pair: pair[1].numel())

@@ -14,15 +14,16 @@ import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` (same parameters, buffers and state-dict keys) whose training statistics are those of the
-    whole batch across the process group; outside training or a multi-process group it is BatchNorm2d."""
+class GlobalBatchNorm:
+    """A BatchNorm (same parameters, buffers and state-dict keys) whose training statistics are those of the whole
+    batch across the process group; outside training or a multi-process group it is the plain BatchNorm. Mixed into
+    ``nn.BatchNorm2d`` (images) and ``nn.BatchNorm3d`` (clips)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         wide = torch.promote_types(x.dtype, torch.float32)
-        xw, dims, shape = x.to(wide), (0, 2, 3), (1, -1, 1, 1)
+        xw, dims, shape = x.to(wide), (0, *range(2, x.dim())), (1, -1, *[1] * (x.dim() - 2))
         count = torch.full((1,), float(x.numel() // x.shape[1]), dtype=wide, device=x.device)
         sums = dist_nn.all_reduce(torch.cat([xw.sum(dims), count]))
         n, mean = sums[-1], sums[:-1] / sums[-1]
@@ -44,10 +45,20 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
 
 
+class GlobalBatchNorm2d(GlobalBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+class GlobalBatchNorm3d(GlobalBatchNorm, nn.BatchNorm3d):
+    pass
+
+
 def synchronize_batch_norm(module: nn.Module) -> nn.Module:
-    """``module`` with each BatchNorm2d replaced by a GlobalBatchNorm2d holding the same parameters and buffers."""
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
-        synced = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+    """``module`` with each BatchNorm2d / BatchNorm3d replaced by its global form holding the same parameters and
+    buffers."""
+    kinds = {nn.BatchNorm2d: GlobalBatchNorm2d, nn.BatchNorm3d: GlobalBatchNorm3d}
+    if type(module) in kinds:
+        synced = kinds[type(module)](module.num_features, module.eps, module.momentum, module.affine,
                                    module.track_running_stats, device=module.weight.device if module.affine else None)
         synced.load_state_dict(module.state_dict())
         if module.affine:
