@@ -253,3 +253,33 @@ def test_frames_of_mixed_sizes_and_unreadable_videos_are_refused(tmp_path, capsy
     assert "cannot decode video" in line and "clip2.mp4" in line
     with pytest.raises(DataError, match="--frames takes a window of clips"):
         load_dataset(None, frames=3)
+
+
+@pytest.mark.parametrize("name", ["AutoencoderKLWan", "AutoencoderKLLTXVideo"])
+def test_activation_checkpointing_of_video_models_keeps_their_gradients(tmp_path, name):
+    """LTX-Video checkpoints diffusers' blocks; Wan has no block checkpointing in diffusers, so vaefast recomputes its
+    whole encoder and decoder (its feature caches are rebuilt in the recomputation). Same gradients either way."""
+    pytest.importorskip("diffusers")
+    from vaefast.config import ModelConfig
+    from vaefast.models import build_model
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(VIDEO_CLASSES[name]))
+    x = torch.from_numpy(moving_shapes(2, 5, 32)).permute(0, 4, 1, 2, 3).float() / 255
+
+    def gradients(checkpointed: bool):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(kind=f"diffusers:{config}", likelihood="laplace"), (3, 5, 32, 32))
+        if checkpointed:
+            model.enable_activation_checkpointing()
+        eps = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(1))
+        out = model(x, eps=eps)
+        (model.nll(out.decoded, x).sum() + out.kl.sum()).backward()
+        return model, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, reference = gradients(False)
+    model, checkpointed = gradients(True)
+    assert model.checkpointed == (name == "AutoencoderKLWan")  # vaefast's fallback, or diffusers' own blocks
+    assert reference.keys() == checkpointed.keys() and len(reference) > 10
+    for key in reference:
+        torch.testing.assert_close(checkpointed[key], reference[key], rtol=1e-4, atol=1e-6)

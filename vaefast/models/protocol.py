@@ -36,9 +36,8 @@ class ModuleVAE(VAE):
     def enable_activation_checkpointing(self) -> None:
         """The module's own block-level checkpointing where it has one (diffusers' models do), else the encoder and
         decoder as wholes."""
-        if callable(getattr(self.module, "enable_gradient_checkpointing", None)):
-            self.module.enable_gradient_checkpointing()
-        else:
+        own = getattr(self.module, "enable_gradient_checkpointing", None)
+        if not callable(own) or own() is False:  # False: the module has none after all
             super().enable_activation_checkpointing()
 
     def decoder_parts(self) -> list[nn.Module]:

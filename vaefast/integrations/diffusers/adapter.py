@@ -71,11 +71,13 @@ class DiffusersAutoencoder(nn.Module):
         self.vae = vae
         self.frames = takes_frames(vae)
 
-    def enable_gradient_checkpointing(self) -> None:
+    def enable_gradient_checkpointing(self) -> bool:
+        """diffusers' own checkpointing of each down/mid/up block where the class has it (True); False for the
+        classes without (Wan's), which vaefast then checkpoints as a whole encoder and decoder."""
         if not getattr(self.vae, "_supports_gradient_checkpointing", False):
-            raise ValueError(f"{type(self.vae).__name__} does not support gradient checkpointing in diffusers; "
-                             "train without --activation-checkpointing")
-        self.vae.enable_gradient_checkpointing()  # diffusers checkpoints each down/mid/up block
+            return False
+        self.vae.enable_gradient_checkpointing()
+        return True
 
     def decoder_parts(self) -> list[nn.Module]:
         """What ``--train decoder`` trains: the decoder and the 1x1 convolution before it, LDM's split."""
