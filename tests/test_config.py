@@ -123,9 +123,11 @@ def test_json_keys_fixture_matches_the_typed_results():
     from vaefast.train.summary import RunSummary
 
     keys = json.loads((FIXTURES / "json_keys.json").read_text())
-    recipe_only = ("test_psnr", "test_ssim", "test_lpips", "test_rfid", "test_temporal")  # present after an LDM-recipe run
+    # present after an LDM-recipe run
+    recipe_only = ("test_psnr", "test_ssim", "test_lpips", "test_rfid", "test_temporal")
     assert [f.name for f in dataclasses.fields(RunSummary) if f.name not in recipe_only] == keys["train"]
-    optional = ("quality_note", "lpips", "rfid", "temporal")  # only when SSIM is missing / LPIPS or FID weights are given
+    # only when SSIM is missing, LPIPS or FID weights are given, or the data are clips
+    optional = ("quality_note", "lpips", "rfid", "temporal")
     assert [f.name for f in dataclasses.fields(EvalReport) if f.name not in optional] == keys["eval"]
 
 

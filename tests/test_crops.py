@@ -37,7 +37,8 @@ def _is_window(crop: torch.Tensor, image: torch.Tensor) -> bool:
 
 
 def test_random_crops_are_windows_seeded_by_epoch_and_batch():
-    images = torch.randint(0, 256, (6, 3, RESIZE, RESIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, RESIZE, RESIZE), dtype=torch.uint8, generator=generator)
     crop = Crop(SIZE, random=True, seed=1)
     first = crop(images, epoch=0, batch=3)
     assert first.shape == (6, 3, SIZE, SIZE) and first.is_contiguous()

@@ -23,9 +23,10 @@ WAN = {"_class_name": "AutoencoderKLWan", "base_dim": 16, "z_dim": 4, "dim_mult"
 VIDEO_CLASSES = {
     "AutoencoderKLWan": WAN,
     "AutoencoderKLLTXVideo": {"_class_name": "AutoencoderKLLTXVideo", "in_channels": 3, "out_channels": 3,
-                              "latent_channels": 4, "block_out_channels": [8, 16], "decoder_block_out_channels": [8, 16],
-                              "layers_per_block": [1, 1, 1], "decoder_layers_per_block": [1, 1, 1],
-                              "spatio_temporal_scaling": [True, False], "decoder_spatio_temporal_scaling": [True, False],
+                              "latent_channels": 4, "block_out_channels": [8, 16],
+                              "decoder_block_out_channels": [8, 16], "layers_per_block": [1, 1, 1],
+                              "decoder_layers_per_block": [1, 1, 1], "spatio_temporal_scaling": [True, False],
+                              "decoder_spatio_temporal_scaling": [True, False],
                               "decoder_inject_noise": [False, False, False], "upsample_residual": [False, False],
                               "upsample_factor": [1, 1], "patch_size": 1, "patch_size_t": 1},
     "AutoencoderKLCogVideoX": {"_class_name": "AutoencoderKLCogVideoX", "in_channels": 3, "out_channels": 3,

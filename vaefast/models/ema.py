@@ -36,7 +36,8 @@ class WeightEMA:
 
     @classmethod
     def for_model(cls, model: nn.Module, decay: float, masters: dict[int, torch.Tensor] | None = None) -> "WeightEMA":
-        """Over ``model``'s trained parameters (a frozen encoder has nothing to average), or over their float32 masters (``id(param) -> master``) when given."""
+        """Over ``model``'s trained parameters (a frozen encoder has nothing to average), or over their float32
+        masters (``id(param) -> master``) when given."""
         masters = masters or {}
         return cls({name: masters.get(id(p), p) for name, p in model.named_parameters() if p.requires_grad}, decay)
 

@@ -46,8 +46,9 @@ class LPIPSWithDiscriminator(nn.Module):
     ``x`` and ``reconstruction`` are in the autoencoder's pixel convention ([-1, 1] for diffusers and LDM), images
     ``[B, C, H, W]`` or clips ``[B, C, T, H, W]`` (then as generative-models' ``dims: 3``: the pixel and LPIPS terms
     per frame, the NLL divided by B·T, a 2D discriminator on the frames or a 3D one, told apart by its first
-    convolution, on the clips), ``kl`` is the KL per image or clip ``[B]``, ``step`` an int (before ``disc_start`` the discriminator is skipped entirely) or a
-    device tensor (then nothing is read on the host, and D runs with a factor of 0 before ``disc_start``).
+    convolution, on the clips), ``kl`` is the KL per image or clip ``[B]``, ``step`` an int (before ``disc_start``
+    the discriminator is skipped entirely) or a device tensor (then nothing is read on the host, and D runs with a
+    factor of 0 before ``disc_start``).
     ``perceptual`` is any module called as ``perceptual(x, x̂) -> [B, 1, 1, 1]`` (default: LPIPS-VGG16 from local
     weights, vaefast.models.lpips); ``discriminator`` any module mapping images to logits (default: a PatchGAN).
     The logs are detached device tensors, to read on log steps only.

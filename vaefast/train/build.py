@@ -112,7 +112,8 @@ def find_resumable(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict
     saved = TrainConfig.from_dict(state["config"])
     pairs = [(f"model.{f.name}", getattr(saved.model, f.name), getattr(cfg.model, f.name))
              for f in dataclasses.fields(cfg.model)]
-    pairs += [(f"data.{name}", getattr(saved.data, name), getattr(cfg.data, name)) for name in ("source", "image_size", "resize", "frames")]
+    pairs += [(f"data.{name}", getattr(saved.data, name), getattr(cfg.data, name))
+              for name in ("source", "image_size", "resize", "frames")]
     differ = [f"{name} {theirs} there, {ours} here" for name, theirs, ours in pairs if theirs != ours]
     if differ:
         raise ValueError(f"--resume auto: {out} holds a run of another model or data ({'; '.join(differ)}): pass "
