@@ -33,12 +33,12 @@ class ModuleVAE(VAE):
         self.module = module
         self.architecture = architecture or type(module).__qualname__
 
-    def enable_activation_checkpointing(self) -> None:
+    def enable_activation_checkpointing(self, decoder: bool = True) -> None:
         """The module's own block-level checkpointing where it has one (diffusers' models do), else the encoder and
-        decoder as wholes."""
+        (``decoder``) the decoder as wholes."""
         own = getattr(self.module, "enable_gradient_checkpointing", None)
         if not callable(own) or own() is False:  # False: the module has none after all
-            super().enable_activation_checkpointing()
+            super().enable_activation_checkpointing(decoder)
 
     def decoder_parts(self) -> list[nn.Module]:
         """The module's own ``decoder_parts()`` (diffusers' models: decoder and post_quant_conv), else its

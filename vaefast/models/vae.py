@@ -45,7 +45,8 @@ def split_moments(moments, owner: str = "encoder") -> tuple[torch.Tensor, torch.
 
 class VAE(nn.Module):
     architecture = "vaefast"  # what a checkpoint records: vaefast rebuilds its own models from the config
-    checkpointed = False  # activation checkpointing of the encoder and decoder
+    checkpointed = False  # activation checkpointing of the encoder and (checkpoint_decoder) the decoder
+    checkpoint_decoder = True
     memory_format = torch.contiguous_format  # of the 4-D weights and image batches (channels_last for some convs)
     encoder_frozen = False  # --train decoder
 
@@ -128,10 +129,13 @@ class VAE(nn.Module):
         if untrained or unexpected:
             raise RuntimeError(f"missing {untrained[:3]}, unexpected {sorted(unexpected)[:3]}")
 
-    def enable_activation_checkpointing(self) -> None:
+    def enable_activation_checkpointing(self, decoder: bool = True) -> None:
         """Keep only the encoder's input and the decoder's input for backward and recompute the activations in
-        between (torch.utils.checkpoint): one more forward pass of each for a fraction of the activation memory."""
-        self.checkpointed = True
+        between (torch.utils.checkpoint): one more forward pass of each for a fraction of the activation memory.
+        ``decoder=False`` leaves the decoder as it is: the LDM recipe takes the last layer's gradient with
+        ``retain_graph`` before the backward, which would recompute a checkpointed decoder and keep the recomputation
+        until the backward, more memory than not checkpointing it (bench_video.py measured it)."""
+        self.checkpointed, self.checkpoint_decoder = True, decoder
 
     def use_channels_last(self) -> None:
         """NHWC weights and batches: convolutions then skip their layout conversions where the kernels prefer it
@@ -140,7 +144,7 @@ class VAE(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def _maybe_checkpointed(self, fn, arg):
-        if self.checkpointed and torch.is_grad_enabled():
+        if self.checkpointed and torch.is_grad_enabled() and (self.checkpoint_decoder or fn != self.decode):
             return checkpoint(fn, arg, use_reentrant=False)
         return fn(arg)
 

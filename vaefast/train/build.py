@@ -43,7 +43,7 @@ def make_model(cfg: TrainConfig, image_shape, model: nn.Module | None, device: t
     if cfg.optim.trainable == "decoder":
         built.freeze_encoder()
     if cfg.runtime.activation_checkpointing:
-        built.enable_activation_checkpointing()
+        built.enable_activation_checkpointing(decoder=not cfg.recipe.ldm)  # why: VAE.enable_activation_checkpointing
     if cfg.runtime.channels_last:
         built.use_channels_last()
     return built
