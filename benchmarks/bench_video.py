@@ -201,7 +201,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="one round of 3 steps at 5 frames, memory rows 1 and 5")
+    p.add_argument("--quick", action="store_true",
+                   help="one round of 3 steps at 5 frames, memory rows of Wan at 1 and 5 frames (results/quick/)")
     p.add_argument("--name", default=None)
     p.add_argument("--results", default=None, help="folder for the JSON result (default: benchmarks/results/)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -214,6 +215,7 @@ def main(argv=None):
     if args.quick:
         args.rounds, args.steps, args.frames = 1, WARMUP + 1, 5
     frames_rows = (1, 5) if args.quick else MEMORY_FRAMES
+    memory_models = ("wan",) if args.quick else tuple(MODELS)
     spec = {k: getattr(args, k) for k in ("device", "size", "frames", "batch_size", "steps", "seed")}
 
     def worker(name, run_spec, **env):
@@ -233,7 +235,7 @@ def main(argv=None):
                for v, rs in runs.items()}
     memory = [{**worker("memory", {**spec, "size": args.memory_size, "frames": t, "checkpointing": c, "model": m},
                         MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD), "model": m}
-              for m in MODELS for t in frames_rows for c in (False, True)]
+              for m in memory_models for t in frames_rows for c in (False, True)]
     for row in memory:
         print(f"memory {row['model']} T={row['frames']:2d} checkpointing={row['checkpointing']!s:5s} "
               f"+{row['training_memory_mb']:.0f} MB", file=sys.stderr)
@@ -247,11 +249,12 @@ def main(argv=None):
               f"{s['peak_memory_mb']:.0f} | {s['training_memory_mb']:.0f} |" for v, s in summary.items()]
     table += ["", f"Memory a vaefast step adds, by clip length ({args.memory_size}x{args.memory_size}, batch "
               f"{args.batch_size}):", "",
-              "| frames | " + " | ".join(f"{MODELS[m]} MB | {MODELS[m]}, --activation-checkpointing MB" for m in MODELS)
-              + " |", "|---|" + "---|---|" * len(MODELS)]
+              "| frames | " + " | ".join(f"{MODELS[m]} MB | {MODELS[m]}, --activation-checkpointing MB"
+                                      for m in memory_models) + " |", "|---|" + "---|---|" * len(memory_models)]
     added = {(r["model"], r["frames"], r["checkpointing"]): r["training_memory_mb"] for r in memory}
     for t in frames_rows:
-        table.append(f"| {t} | " + " | ".join(f"{added[m, t, c]:.0f}" for m in MODELS for c in (False, True)) + " |")
+        table.append(f"| {t} | " + " | ".join(f"{added[m, t, c]:.0f}" for m in memory_models for c in (False, True))
+                     + " |")
     print("\n".join(table))
     print(f"wrote {write_result(name, payload, quick=args.quick, folder=args.results)}")
     if not args.quick and args.results is None:

@@ -34,6 +34,7 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
     --precisions fp32 --modes eager whole-step --results "$out"
   TRITON_INTERPRET= $PY benchmarks/bench_autoencoder.py --quick --variants reference vaefast --results "$out"
   TRITON_INTERPRET= $PY benchmarks/bench_autoencoder.py --recipe ldm --quick --results "$out"
+  TRITON_INTERPRET= $PY benchmarks/bench_video.py --quick --results "$out"
   echo "gpu_suite: CPU smoke run passed"
   exit 0
 fi
@@ -77,7 +78,9 @@ for precision in fp32 bf16; do  # the Latent-Diffusion recipe (L1 + LPIPS + KL +
   $PY benchmarks/bench_autoencoder.py --recipe ldm --device cuda --preset sd-kl-f8 --size 256 --batch-size 4 \
     --steps 8 --rounds 2 --precision "$precision"
 done
+# Video autoencoders: the 5D recipe against the two-pass flow, and memory against frames (T = 1 .. 33)
+$PY benchmarks/bench_video.py --device cuda --size 128 --memory-size 128 --frames 17 --batch-size 2 --rounds 2
 cp benchmarks/results/bench_loss-cuda-*.json benchmarks/results/bench_throughput-cuda.json \
-  benchmarks/results/bench_autoencoder-cuda.json benchmarks/results/bench_ldm_recipe-cuda-*.json "$out"/ \
-  2>/dev/null || true
+  benchmarks/results/bench_autoencoder-cuda.json benchmarks/results/bench_ldm_recipe-cuda-*.json \
+  benchmarks/results/bench_video-cuda.json "$out"/ 2>/dev/null || true
 echo "gpu_suite: done; results in $out and benchmarks/results/, tables in docs/performance.md"
