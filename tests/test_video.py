@@ -206,6 +206,14 @@ def test_cli_trains_resumes_exactly_and_evaluates_clips(tmp_path, clips_npy, cap
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["psnr"] > 0 and 0 < report["ssim"] < 1 and report["temporal"] > 0
     assert len(report["latent_channel_std"]) == 4
+    assert main(["inspect", "--checkpoint", str(tmp_path / "straight"), "--out", str(tmp_path / "pictures")]) == 0
+    from PIL import Image
+
+    test_clips = len(load_dataset(str(clips_npy), frames=5).test)
+    animation = Image.open(tmp_path / "pictures" / "clips.gif")
+    assert animation.n_frames == 5 and animation.size == (2 * (2 * 34 + 2), 2 * (test_clips * 34 + 2))
+    sheet = Image.open(tmp_path / "pictures" / "contact_sheet.png")
+    assert sheet.size == (2 * (5 * 34 + 2), 2 * (2 * test_clips * 34 + 2) + 18)  # 5 frames wide, 2 rows a clip
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs

@@ -8,7 +8,7 @@ import torch
 
 from ..data import load_dataset
 from ..data.convert import to_unit_float
-from .images import grid_png, pca_2d, scatter_png, slerp
+from .images import grid_png, image_grid, pca_2d, save_png, scatter_png, slerp, titled, to_pil
 from .report import load_model, posterior_means
 
 
@@ -36,6 +36,8 @@ def inspect_model(checkpoint, out, *, data: str | None = None, n: int = 8, steps
                            image_size=cfg.data.image_size, resize=cfg.data.resize,
                            frames=cfg.data.frames, frame_stride=cfg.data.frame_stride)
     test = dataset.test
+    if test.dim() == 5:
+        return inspect_clips(model, test, out, n=min(n, 4), seed=seed, device=device)
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(test), generator=g)[: 2 * n]
     x = to_unit_float(test[pick], device)
@@ -78,4 +80,32 @@ def inspect_model(checkpoint, out, *, data: str | None = None, n: int = 8, steps
     paths["latent_scatter"] = scatter_png(pca_2d(means), labels, out / "latent_scatter.png",
                                           title=f"{how}, {len(means)} test images" +
                                           (", coloured by label" if labels is not None else ""))
+    return paths
+
+
+@torch.no_grad()
+def inspect_clips(model, test: torch.Tensor, out: Path, *, n: int = 4, seed: int = 0, device="cpu",
+                  frame_ms: int = 125) -> dict[str, Path]:
+    """For clips: ``n`` test clips and their reconstructions (posterior mean) as an animation (GIF, and WebP where
+    Pillow has it), each frame the clips' inputs beside their reconstructions, and a contact sheet PNG, each clip's
+    frames along a row above its reconstruction's."""
+    g = torch.Generator().manual_seed(seed)
+    x = to_unit_float(test[torch.randperm(len(test), generator=g)[:n]], device)
+    mu, _ = model.encode(x)
+    recon = model.likelihood.mean(model.decode(mu)).float().clamp(0, 1)
+    x, recon = x.float().cpu(), recon.cpu()
+    frames = [to_pil(image_grid(torch.stack([pair[:, t] for clip in zip(x, recon) for pair in clip]), nrow=2))
+              for t in range(x.shape[2])]
+    paths = {}
+    for suffix in (".gif", ".webp"):
+        path = out / f"clips{suffix}"
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+        except (KeyError, OSError):  # a Pillow built without WebP
+            continue
+        paths[f"animation{suffix}"] = path
+    rows = torch.cat([row.transpose(0, 1) for clip in zip(x, recon) for row in clip])  # [2n * T, C, H, W]
+    sheet = titled(to_pil(image_grid(rows, nrow=x.shape[2])), "rows: a clip's frames, then its reconstruction")
+    paths["contact_sheet"] = save_png(sheet, out / "contact_sheet.png")
     return paths
