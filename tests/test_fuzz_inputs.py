@@ -152,6 +152,36 @@ def test_webdataset_shards(tmp_path_factory, reliability, mutation):
     assert all(a.dtype == np.uint8 and a.shape[0] == 3 for a in arrays)
 
 
+def _video_bytes():
+    av = pytest.importorskip("av")
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = 16
+        stream.pix_fmt = "yuv420p"
+        for frame in _images(5, 16, 16, 3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+@FUZZ
+@given(mutations)
+def test_video_files(tmp_path_factory, reliability, mutation):
+    reliability.case("fuzzed bytes: MP4 (H.264) clip")
+    from vaefast.data.clips import read_clip
+
+    path = _write(tmp_path_factory, "fuzz.mp4", mutate(_video_bytes(), mutation))
+    try:
+        clip = read_clip(path, 3, None)
+    except DataError as exc:
+        assert path.name in str(exc)
+        return
+    assert clip.dtype == np.uint8 and clip.ndim == 4 and clip.shape[1] == 3 and len(clip) >= 1
+
+
 def test_mutations_reach_both_outcomes(tmp_path):
     """The strategies are not vacuous: untouched files load, and cut ones fail with DataError."""
     path = tmp_path / "ok-images-idx3-ubyte"

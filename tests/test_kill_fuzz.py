@@ -1,8 +1,13 @@
 """Kill fuzzing: runs SIGKILLed three times at random moments (checkpoint writes included, with a checkpoint every
 step) and resumed each time end bit-identical to an uninterrupted run, in fp32, in bf16 with float32 master weights,
-and with the LDM recipe (discriminator, its optimizer and logvar included)."""
+with the LDM recipe (discriminator, its optimizer and logvar included), and with a video autoencoder on clips
+(the recipe in 5D with a 3D discriminator, windows of frames drawn per batch)."""
 
+import json
 import random
+import tempfile
+from functools import lru_cache
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -23,18 +28,35 @@ LDM = ["--recipe", "ldm", "--perceptual", "none", "--disc-start", "5", "--disc-l
 
 def _final_step(precision):
     # The recipe's steps take several times the plain MLP's, so that three kills reach fewer of them.
-    return 45 if precision == "ldm" else FINAL_STEP
+    return {"ldm": 45, "video": 30}.get(precision, FINAL_STEP)
+
+
+@lru_cache(maxsize=None)
+def _video_inputs() -> Path:
+    """A tiny Wan config and 24 clips of 9 frames (tests/test_video.py's), written once per session."""
+    import numpy as np
+
+    from test_video import WAN, moving_shapes
+
+    folder = Path(tempfile.mkdtemp(prefix="vaefast-kill-video-"))
+    np.save(folder / "clips.npy", moving_shapes(24, 9, 32))
+    (folder / "wan.json").write_text(json.dumps(WAN))
+    return folder
 
 
 def _command(out, seed, precision, resume):
     command = [sys.executable, "-m", "vaefast", "train", "--out", str(out), "--epochs", "20", "--batch-size", "32",
                "--hidden", "32", "--latent-dim", "4", "--no-progress", "--no-tensorboard", "--no-compile",
-               "--precision", "fp32" if precision == "ldm" else precision, "--seed", str(seed),
+               "--precision", "fp32" if precision in ("ldm", "video") else precision, "--seed", str(seed),
                "--checkpoint-every", "1", "--keep-checkpoints", "2", "--max-steps", str(_final_step(precision))]
     if precision == "bf16":
         command.append("--master-weights")
     if precision == "ldm":
         command += LDM
+    if precision == "video":  # the last occurrence of a flag wins: these replace the MLP's batch size
+        folder = _video_inputs()
+        command += [*LDM, "--disc", "patchgan3d", "--model", f"diffusers:{folder / 'wan.json'}", "--data",
+                    str(folder / "clips.npy"), "--frames", "5", "--batch-size", "2"]
     if resume and list_checkpoints(out):
         command += ["--resume", str(out)]
     return command
@@ -57,7 +79,7 @@ def uninterrupted(tmp_path_factory):
 
 
 # Four runs (twelve kills), three uninterrupted references: the two fp32 runs share theirs.
-@pytest.mark.parametrize("seed, precision", [(0, "fp32"), (1, "bf16"), (2, "fp32"), (3, "ldm")])
+@pytest.mark.parametrize("seed, precision", [(0, "fp32"), (1, "bf16"), (2, "fp32"), (3, "ldm"), (4, "video")])
 def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision, reliability, uninterrupted):
     rng = random.Random(seed)  # where the kills land
     out = tmp_path / "killed"
@@ -83,7 +105,7 @@ def test_killed_and_resumed_runs_end_bit_identical(tmp_path, seed, precision, re
     assert a["step"] == b["step"] == _final_step(precision)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
     assert all(torch.equal(x, y) for x, y in zip(_moments(a), _moments(b)))
-    if precision == "ldm":
+    if precision in ("ldm", "video"):
         recipe_a, recipe_b = a["recipe"], b["recipe"]
         assert torch.equal(recipe_a["logvar"], recipe_b["logvar"])
         assert all(torch.equal(recipe_a["discriminator"][k], v) for k, v in recipe_b["discriminator"].items())

@@ -292,3 +292,20 @@ def test_activation_checkpointing_of_video_models_keeps_their_gradients(tmp_path
     assert reference.keys() == checkpointed.keys() and len(reference) > 10
     for key in reference:
         torch.testing.assert_close(checkpointed[key], reference[key], rtol=1e-4, atol=1e-6)
+
+
+def test_cli_trains_ltx_video_on_a_folder_of_video_files(tmp_path, video_folder, capsys):
+    """The second class through the CLI, on clips written as .mp4 files: trained with the recipe, evaluated."""
+    pytest.importorskip("diffusers")
+    config = tmp_path / "ltx.json"
+    config.write_text(json.dumps(VIDEO_CLASSES["AutoencoderKLLTXVideo"]))
+    run = tmp_path / "run"
+    assert main(["train", "--model", f"diffusers:{config}", "--data", str(video_folder / "mp4"), "--frames", "5",
+                 "--recipe", "ldm", "--perceptual", "none", "--disc-layers", "2", "--disc-start", "1",
+                 "--batch-size", "2", "--epochs", "1", "--max-steps", "2", "--out", str(run), "--no-progress",
+                 "--precision", "fp32", "--no-tensorboard", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["test_temporal"] > 0
+    assert main(["eval", "--checkpoint", str(run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["psnr"] > 0 and report["temporal"] > 0
