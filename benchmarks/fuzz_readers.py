@@ -1,6 +1,6 @@
 """The long fuzz of the data readers, run before each release of them: thousands of truncated, bit-flipped and
-random inputs per format (IDX plain and gzip, .npy, .npz, PNG, JPEG, WebDataset tar, MP4 clips), with hypothesis' random seeds
-rather than CI's fixed ones. The allowed outcomes are those of tests/test_fuzz_inputs.py, which this runs with
+random inputs per format (IDX plain and gzip, .npy, .npz, PNG, JPEG, WebDataset tar, MP4 clips), with hypothesis'
+random seeds rather than CI's fixed ones. The allowed outcomes are those of tests/test_fuzz_inputs.py, which this runs with
 VAEFAST_FUZZ_EXAMPLES examples per test: a correct array or a DataError naming the file, never another exception.
 
     python benchmarks/fuzz_readers.py                 # 1500 examples per test (about 12,000 inputs)
