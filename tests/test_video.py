@@ -181,7 +181,8 @@ def test_decoder_only_keeps_a_video_encoder_and_its_latents(tmp_path, clips_npy)
         assert torch.equal(vae.encode(x * 2 - 1).latent_dist.mean, before)
 
 
-def test_cli_trains_resumes_exactly_and_evaluates_clips(tmp_path, clips_npy, capsys):
+def test_cli_trains_resumes_exactly_and_evaluates_clips(tmp_path, clips_npy, capsys, random_vgg16,
+                                                        random_inception):
     pytest.importorskip("diffusers")
     config = tmp_path / "wan.json"
     config.write_text(json.dumps(WAN))
@@ -202,9 +203,11 @@ def test_cli_trains_resumes_exactly_and_evaluates_clips(tmp_path, clips_npy, cap
             [(k, a["discriminator"][k], b["discriminator"][k]) for k in a["discriminator"]]
         assert all(torch.equal(x, y) for _, x, y in tensors), key
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(tmp_path / "straight"), "--json"]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "straight"), "--lpips-weights", str(random_vgg16[0]),
+                 "--fid-weights", str(random_inception), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["psnr"] > 0 and 0 < report["ssim"] < 1 and report["temporal"] > 0
+    assert 0 < report["lpips"] < 2 and np.isfinite(report["rfid"]) and report["rfid"] > 0  # over frames
     assert len(report["latent_channel_std"]) == 4
     assert main(["inspect", "--checkpoint", str(tmp_path / "straight"), "--out", str(tmp_path / "pictures")]) == 0
     from PIL import Image
