@@ -118,6 +118,19 @@ def state_tensors(state, path=""):
         yield path, state
 
 
+def refused_in_one_line(capsys, out, *argv) -> str:
+    """Run ``vaefast train ARGV --out OUT`` in this process and require the refusal of bad input: exit code 2, one
+    line on stderr, and nothing written to ``out``. Returns the line."""
+    from vaefast.cli import main
+
+    code = main([*map(str, argv), "--out", str(out), "--no-progress", "--max-steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert not out.exists(), f"{out} was written"
+    assert len(err) == 1 and err[0].startswith("vaefast train: error: "), err
+    return err[0]
+
+
 def quiet_config(out, **overrides):
     """A short run that prints and logs little: batch 64, 2 epochs, eager, metrics every 4 steps, in float32 (not
     `auto`, which picks bf16 on CPUs with bf16 hardware: a test of bf16 asks for it)."""

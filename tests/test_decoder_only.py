@@ -11,9 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import quiet_config
+from conftest import quiet_config, refused_in_one_line
 from vaefast.checkpoint import load_checkpoint
-from vaefast.cli import main
 from vaefast.train import Trainer
 
 OTHER_CLASSES = {
@@ -118,15 +117,6 @@ def test_other_diffusers_classes_train_through_the_adapter_with_the_recipe(tmp_p
 # ------------------------------------------------------------------------------------------------ bad inputs
 
 
-def _refused(capsys, out, *argv) -> str:
-    code = main([*map(str, argv), "--out", str(out), "--no-progress", "--max-steps", "1"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert not out.exists(), f"{out} was written"
-    assert len(err) == 1 and err[0].startswith("vaefast train: error: "), err
-    return err[0]
-
-
 def test_a_single_file_of_something_else_is_refused(tmp_path, capsys):
     pytest.importorskip("diffusers")
     from safetensors.torch import save_file
@@ -135,7 +125,7 @@ def test_a_single_file_of_something_else_is_refused(tmp_path, capsys):
             "model.diffusion_model.out.2.weight": torch.zeros(4, 4, 3, 3)}
     path = tmp_path / "unet.safetensors"
     save_file(unet, str(path))
-    line = _refused(capsys, tmp_path / "out", "train", "--model", f"diffusers:{path}")
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--model", f"diffusers:{path}")
     assert str(path) in line and "not an autoencoder" in line
 
 
@@ -147,7 +137,7 @@ def test_a_truncated_safetensors_file_is_refused(tmp_path, capsys):
     save_file({"encoder.conv_in.weight": torch.zeros(16, 3, 3, 3), "decoder.conv_out.weight": torch.zeros(3, 16, 3, 3)},
               str(path))
     path.write_bytes(path.read_bytes()[:200])
-    line = _refused(capsys, tmp_path / "out", "train", "--model", f"diffusers:{path}")
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--model", f"diffusers:{path}")
     assert str(path) in line and "cannot read the weights" in line
 
 
@@ -169,7 +159,7 @@ def test_a_class_without_a_gaussian_posterior_is_refused(tmp_path, capsys, confi
     np.save(data, photo_crops(8, 32))
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    line = _refused(capsys, tmp_path / "out", "train", "--model", f"diffusers:{path}", "--data", data)
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--model", f"diffusers:{path}", "--data", data)
     assert config["_class_name"] in line and "Gaussian posterior" in line and str(path) in line
 
 
@@ -180,7 +170,7 @@ def test_inception_weights_of_the_wrong_shapes_are_refused(tmp_path, capsys):
     state["fc.weight"] = torch.zeros(1000, 2048)  # torchvision's ImageNet classifier, not FID's 1008 classes
     path = tmp_path / "pt_inception-wrong.pth"
     torch.save(state, path)
-    line = _refused(capsys, tmp_path / "out", "train", "--recipe", "ldm", "--perceptual", "none",
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--recipe", "ldm", "--perceptual", "none",
                     "--fid-weights", path)
     assert str(path) in line and "fc.weight" in line and "(1000, 2048)" in line
     with pytest.raises(ValueError, match="not the FID Inception weights"):

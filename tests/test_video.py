@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import quiet_config
+from conftest import quiet_config, refused_in_one_line
 from vaefast.cli import main
 from vaefast.data import load_dataset, make_loader
 from vaefast.data.errors import DataError
@@ -222,29 +222,20 @@ def test_cli_trains_resumes_exactly_and_evaluates_clips(tmp_path, clips_npy, cap
 # ------------------------------------------------------------------------------------------------ bad inputs
 
 
-def _refused(capsys, out, *argv) -> str:
-    code = main([*map(str, argv), "--out", str(out), "--no-progress", "--max-steps", "1"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert not out.exists(), f"{out} was written"
-    assert len(err) == 1 and err[0].startswith("vaefast train: error: "), err
-    return err[0]
-
-
 def test_a_frame_count_a_causal_model_drops_is_refused(tmp_path, clips_npy, capsys):
     pytest.importorskip("diffusers")
     config = tmp_path / "wan.json"
     config.write_text(json.dumps(WAN))
-    line = _refused(capsys, tmp_path / "out", "train", "--model", f"diffusers:{config}", "--data", clips_npy,
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--model", f"diffusers:{config}", "--data", clips_npy,
                     "--frames", 4)
     assert "gives back 1 frames for a clip of 4" in line and "1 + 4k" in line
 
 
 def test_clips_shorter_than_the_window_are_refused(tmp_path, clips_npy, capsys, video_folder):
-    line = _refused(capsys, tmp_path / "out", "train", "--model", "conv", "--data", clips_npy, "--frames", 5,
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--model", "conv", "--data", clips_npy, "--frames", 5,
                     "--frame-stride", 3)
     assert str(clips_npy) in line and "shorter than --frames 5" in line
-    line = _refused(capsys, tmp_path / "out", "train", "--data", video_folder / "mp4", "--frames", 12)
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--data", video_folder / "mp4", "--frames", 12)
     assert "clip" in line and ".mp4 has 9 frames, fewer than --frames 12" in line
 
 
@@ -256,12 +247,12 @@ def test_frames_of_mixed_sizes_and_unreadable_videos_are_refused(tmp_path, capsy
     mixed = tmp_path / "mixed"
     shutil.copytree(video_folder / "frames", mixed)
     Image.new("RGB", (40, 32)).save(mixed / "clip0" / "0003.png")
-    line = _refused(capsys, tmp_path / "out", "train", "--data", mixed, "--frames", 3)
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--data", mixed, "--frames", 3)
     assert "clip0 has frames of mixed sizes" in line and "--image-size" in line
     broken = tmp_path / "broken"
     shutil.copytree(video_folder / "mp4", broken)
     (broken / "clip2.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
-    line = _refused(capsys, tmp_path / "out", "train", "--data", broken, "--frames", 3)
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--data", broken, "--frames", 3)
     assert "cannot decode video" in line and "clip2.mp4" in line
     with pytest.raises(DataError, match="--frames takes a window of clips"):
         load_dataset(None, frames=3)
