@@ -15,7 +15,7 @@ from conftest import quiet_config, refused_in_one_line
 from vaefast.cli import main
 from vaefast.data import load_dataset, make_loader
 from vaefast.data.errors import DataError
-from vaefast.data.sampling import FrameWindow
+from vaefast.data.sampling import FrameWindow, OneFrameBatches
 from vaefast.train import Trainer
 
 WAN = {"_class_name": "AutoencoderKLWan", "base_dim": 16, "z_dim": 4, "dim_mult": [1, 2], "num_res_blocks": 1,
@@ -123,6 +123,23 @@ def test_frame_windows_are_seeded_resumed_and_the_same_in_memory_and_torch_loade
     assert all(torch.equal(p[0, :, 0, 0], p[0, 0, 0, 0] + torch.tensor([0.0, 2.0, 4.0])) for p in picked)
 
 
+def test_image_ratio_turns_a_seeded_share_of_batches_into_one_frame_clips_alike_on_every_rank():
+    x = torch.arange(4 * 5).view(4, 1, 5, 1, 1).float().expand(4, 3, 5, 2, 2)
+    ranks = [OneFrameBatches(0.3, seed=7, rank=r) for r in (0, 1)]
+    kinds = [[t.is_images(epoch, b) for epoch in range(4) for b in range(100)] for t in ranks]
+    assert kinds[0] == kinds[1]  # a step is of one kind on every rank
+    share = sum(kinds[0]) / len(kinds[0])
+    assert abs(share - 0.3) < 5 * math.sqrt(0.3 * 0.7 / len(kinds[0]))
+    epoch, batch = next((e, b) for e in range(4) for b in range(100) if kinds[0][e * 100 + b])
+    images = ranks[0](x, epoch, batch)
+    assert images.shape == (4, 3, 1, 2, 2)
+    assert all(float(img[0, 0, 0, 0]) in set(x[i, 0, :, 0, 0].tolist()) for i, img in enumerate(images))
+    assert torch.equal(images, ranks[0](x, epoch, batch))  # drawn again alike on resume
+    assert torch.equal(ranks[0](x, 0, next(b for b in range(100) if not kinds[0][b])), x)
+    picks = [ranks[0](x, e, b)[:, 0, 0, 0, 0] for e in range(4) for b in range(100) if kinds[0][e * 100 + b]]
+    assert len({float(p[0]) for p in picks}) > 1  # a random frame, not always the first
+
+
 def test_video_files_and_frame_folders_decode_to_the_same_clips(video_folder):
     pytest.importorskip("av")
     from_videos = load_dataset(str(video_folder / "mp4"), frames=5, test_fraction=0.34)
@@ -217,6 +234,31 @@ def test_cli_trains_resumes_exactly_and_evaluates_clips(tmp_path, clips_npy, cap
     assert animation.n_frames == 5 and animation.size == (2 * (2 * 34 + 2), 2 * (test_clips * 34 + 2))
     sheet = Image.open(tmp_path / "pictures" / "contact_sheet.png")
     assert sheet.size == (2 * (5 * 34 + 2), 2 * (2 * test_clips * 34 + 2) + 18)  # 5 frames wide, 2 rows a clip
+
+
+def test_cli_trains_a_causal_model_on_clips_and_one_frame_clips_together(tmp_path, clips_npy, capsys):
+    """--image-ratio: Wan trains on batches of 5-frame clips and of single frames in one run; the mixed run leaves
+    other weights than the clips-only one, and its one-frame steps are of the recipe's 5D form (a 3D PatchGAN)."""
+    pytest.importorskip("diffusers")
+    config = tmp_path / "wan.json"
+    config.write_text(json.dumps(WAN))
+    common = ["train", "--model", f"diffusers:{config}", "--data", str(clips_npy), "--frames", "5", "--recipe", "ldm",
+              "--perceptual", "none", "--disc", "patchgan3d", "--disc-layers", "2", "--disc-start", "1",
+              "--batch-size", "4", "--epochs", "1", "--max-steps", "4", "--no-progress", "--precision", "fp32",
+              "--no-tensorboard", "--json"]
+    kinds = [OneFrameBatches(0.5, seed=0).is_images(0, b) for b in range(4)]
+    assert any(kinds) and not all(kinds)  # the run below takes both kinds of step
+    assert main([*common, "--image-ratio", "0.5", "--out", str(tmp_path / "mixed")]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and np.isfinite(summary["test_temporal"])
+    assert main([*common, "--out", str(tmp_path / "clips")]) == 0
+    from vaefast.checkpoint import load_checkpoint
+
+    mixed, clips = load_checkpoint(tmp_path / "mixed")["model"], load_checkpoint(tmp_path / "clips")["model"]
+    assert any(not torch.equal(mixed[k], clips[k]) for k in mixed if isinstance(mixed[k], torch.Tensor))
+    capsys.readouterr()
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--data", "embedded", "--image-ratio", 0.5)
+    assert "--image-ratio" in line and "--frames" in line
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs

@@ -70,6 +70,9 @@ class DataConfig(Section, name="data", title="data"):
     frames: int | None = option(None, "clips: frames per training clip, a window of each clip (random in training, "
                                 "the first ones for evaluation)", range=at_least(1))
     frame_stride: int = option(1, "clips: take every S-th frame in the window", range=at_least(1))
+    image_ratio: float = option(0.0, "clips: the share of training batches that are one-frame clips (one frame of "
+                                "each clip), so that a causal video autoencoder learns images too, as Wan and Cosmos "
+                                "train", range=within(0.0, 1.0))
     skip_bad_images: bool = option(False, "image folders: leave undecodable files out (counted in the log) instead "
                                    "of failing")
     num_workers: int = option(2, "decoding workers (torch DataLoader processes, DALI threads)", range=at_least(0))
@@ -82,6 +85,8 @@ class DataConfig(Section, name="data", title="data"):
             yield "--resize sets the size the crops of --image-size are taken from: pass --image-size too"
         if self.resize is not None and self.image_size is not None and self.resize < self.image_size:
             yield f"--resize {self.resize} is smaller than --image-size {self.image_size}: a crop cannot be larger"
+        if self.image_ratio > 0 and self.frames is None:
+            yield "--image-ratio mixes one-frame batches into clips: pass --frames (and clips as --data)"
 
     @property
     def decoded_size(self) -> int | None:

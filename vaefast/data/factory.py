@@ -13,7 +13,7 @@ from ..config.sections import Loader
 from .errors import DataError
 from .folders import without_undecodable
 from .memory import InMemoryLoader
-from .sampling import Crop, FrameWindow, Transforms
+from .sampling import Crop, FrameWindow, OneFrameBatches, Transforms
 from .sources import ImageDataset
 from .streaming import DALIFolderLoader, TorchLoader, dali_unavailable_reason
 
@@ -49,21 +49,25 @@ def choose_loader(kind: str, dataset: ImageDataset, device: torch.device) -> tup
 
 def make_loader(kind: str, dataset: ImageDataset, batch_size: int, *, device, seed: int = 0, rank: int = 0,
                 world_size: int = 1, skip_bad: bool = False, num_workers: int = 2, flip: bool = False,
-                crop: str = "center", frame_stride: int = 1):
+                crop: str = "center", frame_stride: int = 1, image_ratio: float = 0.0):
     """``crop``: random or center crops of the dataset's image size from larger decoded images (image folders and
     shards with --resize; auto is random for them). Clips get a window of the dataset's frame count, every
-    ``frame_stride``-th frame, at a random start."""
+    ``frame_stride``-th frame, at a random start; ``image_ratio`` of the batches then keep one frame of each clip."""
     device = torch.device(device)
     kind, why = choose_loader(kind, dataset, device)
     log.info("loader: %s (%s)", kind, why)
-    cropper = window = None
+    cropper = window = one_frame = None
     larger = dataset.train is not None and dataset.train.shape[-1] > dataset.image_shape[-1]
     if dataset.folder is not None or larger:  # image folders, shards, and clip folders decoded with --resize
         cropper = Crop(dataset.image_shape[-1], random=crop in ("random", "auto"), seed=seed, rank=rank)
     if len(dataset.image_shape) == 4:
         window = FrameWindow(dataset.image_shape[1], frame_stride, random=True, seed=seed, rank=rank)
+        if image_ratio > 0:
+            one_frame = OneFrameBatches(image_ratio, seed=seed, rank=rank)
+    elif image_ratio > 0:
+        raise DataError(f"--image-ratio turns batches of clips into one-frame clips; {dataset.name} holds images")
     common = dict(device=device, seed=seed, rank=rank, world_size=world_size, flip=flip)
-    transform = Transforms(cropper, window)
+    transform = Transforms(cropper, window, one_frame)
     if kind == "memory":
         dataset.materialize(skip_bad)
         return InMemoryLoader(dataset.train, batch_size, transform=transform, **common), kind, why

@@ -97,6 +97,32 @@ class FrameWindow:
         return picked.transpose(1, 2).contiguous()
 
 
+class OneFrameBatches:
+    """A seeded share ``ratio`` of the batches of clips ``[B, C, T, H, W]`` turned into one-frame clips
+    ``[B, C, 1, H, W]`` (one frame of each clip, at a random position in its window), so that a causal video
+    autoencoder learns images and clips together, as Wan and Cosmos train. Whether batch b is one of them is drawn
+    from (seed, epoch, batch) alone, so that every rank of a distributed run takes the same kind of step; which frame,
+    from (seed, rank, epoch, batch). Both are drawn again alike on resume."""
+
+    KIND_STREAM, FRAME_STREAM = 3, 4  # apart from the crops', flips' and windows' draws of the same batch
+
+    def __init__(self, ratio: float, seed: int = 0, rank: int = 0):
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"the share of one-frame batches must lie in [0, 1], got {ratio}")
+        self.ratio, self.seed, self.rank = ratio, seed, rank
+
+    def is_images(self, epoch: int, batch: int) -> bool:
+        g = torch.Generator().manual_seed(hash((self.seed, epoch, batch, self.KIND_STREAM)) % 2**63)
+        return bool(torch.rand((), generator=g) < self.ratio)
+
+    def __call__(self, x: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        if not self.is_images(epoch, batch):
+            return x
+        g = torch.Generator().manual_seed(hash((self.seed, self.rank, epoch, batch, self.FRAME_STREAM)) % 2**63)
+        frames = torch.randint(x.shape[2], (x.shape[0],), generator=g).to(x.device)
+        return x[torch.arange(x.shape[0], device=x.device), :, frames].unsqueeze(2).contiguous()
+
+
 class Transforms:
     """Batch transforms applied in order, each called as ``t(x, epoch, batch)``."""
 

@@ -67,9 +67,12 @@ def _likelihood(cfg: ModelConfig) -> Likelihood:
     return make_likelihood(cfg.likelihood, backend=cfg.backend, sigma=cfg.gaussian_sigma, learn_sigma=cfg.learn_sigma)
 
 
-def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None, *, quiet: bool = False) -> VAE:
+def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None, *, quiet: bool = False,
+                also_frames: tuple[int, ...] = ()) -> VAE:
     """The model ``cfg`` describes, or ``module`` (any encode/decode module, see models/protocol.py) with the
-    likelihood, clamp and backend of ``cfg``. ``quiet``: no notes on stderr (about a released file's layout)."""
+    likelihood, clamp and backend of ``cfg``. ``quiet``: no notes on stderr (about a released file's layout);
+    ``also_frames``: clip lengths besides ``image_shape``'s that a video autoencoder must give back (--image-ratio's
+    one-frame clips)."""
     if module is not None:
         return as_vae(module, _likelihood(cfg), image_shape, cfg.clamp, cfg.backend)
     if cfg.kind == "mlp":
@@ -84,9 +87,12 @@ def build_model(cfg: ModelConfig, image_shape, module: nn.Module | None = None, 
         _check_fits(autoencoder, image_shape, cfg.kind)
         check_gaussian_posterior(autoencoder, image_shape, cfg.kind)
         if len(image_shape) == 4:
-            _check_frames(from_diffusers(autoencoder), image_shape, cfg.kind)
-        return ModuleVAE(from_diffusers(autoencoder), _likelihood(cfg), image_shape, cfg.clamp, cfg.backend,
-                         architecture=VAE.architecture)
+            for frames in (image_shape[1], *also_frames):
+                _check_frames(from_diffusers(autoencoder), (image_shape[0], frames, *image_shape[2:]), cfg.kind)
+        model = ModuleVAE(from_diffusers(autoencoder), _likelihood(cfg), image_shape, cfg.clamp, cfg.backend,
+                          architecture=VAE.architecture)
+        model.other_frame_counts = tuple(also_frames)
+        return model
     raise ValueError(f"unknown model {cfg.kind!r}; choose mlp, conv or diffusers:SPEC")
 
 
@@ -101,6 +107,9 @@ def _check_frames(adapter, clip_shape, name: str) -> None:
         frames = adapter.decode(moments[:, :moments.shape[1] // 2]).shape[2]
     finally:
         adapter.train(was_training)
+    if frames != clip_shape[1] and clip_shape[1] == 1:
+        raise ValueError(f"{name} gives back {frames} frames for a one-frame clip: --image-ratio needs a model that "
+                         "encodes single frames (a causal one, such as Wan's)")
     if frames != clip_shape[1]:
         raise ValueError(f"{name} gives back {frames} frames for a clip of {clip_shape[1]}: pass a --frames it "
                          "keeps (causal models with 4x temporal compression, such as Wan's, take 1 + 4k)")

@@ -49,6 +49,7 @@ class VAE(nn.Module):
     checkpoint_decoder = True
     memory_format = torch.contiguous_format  # of the 4-D weights and image batches (channels_last for some convs)
     encoder_frozen = False  # --train decoder
+    other_frame_counts: tuple[int, ...] = ()  # clip lengths taken besides image_shape's (--image-ratio's one frame)
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, image_shape, latent_shape,
                  clamp, backend):
@@ -62,11 +63,16 @@ class VAE(nn.Module):
         return math.prod(self.latent_shape)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if tuple(x.shape[1:]) != self.image_shape:
+        if tuple(x.shape[1:]) != self.image_shape and not self._other_clip_length(x):
             raise ValueError(f"the model takes images of shape {self.image_shape}, got a batch of {tuple(x.shape)}")
         if x.dim() == 4:
             x = x.contiguous(memory_format=self.memory_format)  # no copy when it already is
         return split_moments(self.moments(x), type(self).__name__)
+
+    def _other_clip_length(self, x: torch.Tensor) -> bool:
+        shape = self.image_shape
+        return (x.dim() == 5 and x.shape[2] in self.other_frame_counts
+                and (x.shape[1], *x.shape[3:]) == (shape[0], *shape[2:]))
 
     def moments(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The encoder's output: packed ``[B, 2C, ...]`` moments or a ``(mu, logvar)`` pair."""

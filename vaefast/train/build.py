@@ -32,14 +32,16 @@ def load_data(cfg: TrainConfig, dataset: ImageDataset | None, dist: DistContext,
     loader, kind, why = make_loader(data.loader, dataset, data.batch_size, device=device, seed=cfg.runtime.seed,
                                     rank=dist.rank, world_size=dist.world_size, skip_bad=data.skip_bad_images,
                                     num_workers=data.num_workers, flip=data.flip, crop=data.crop,
-                                    frame_stride=data.frame_stride)
+                                    frame_stride=data.frame_stride, image_ratio=data.image_ratio)
     return dataset, loader, kind, why
 
 
 def make_model(cfg: TrainConfig, image_shape, model: nn.Module | None, device: torch.device) -> nn.Module:
     """The same initial weights whatever the rank and the data source."""
     torch.manual_seed(cfg.runtime.seed)
-    built = build_model(cfg.model, image_shape, model, quiet=not cfg.logging.progress).to(device)
+    one_frame = cfg.data.image_ratio > 0 and len(image_shape) == 4  # the model also sees clips of one frame
+    built = build_model(cfg.model, image_shape, model, quiet=not cfg.logging.progress,
+                        also_frames=(1,) if one_frame else ()).to(device)
     if cfg.optim.trainable == "decoder":
         built.freeze_encoder()
     if cfg.runtime.activation_checkpointing:

@@ -46,13 +46,16 @@ class TrainMetrics:
     def restart_clock(self) -> None:
         self.mark = time.perf_counter()
 
-    def record(self, images: int, result) -> None:
+    def record(self, images: int, result, latent_shape: tuple | None = None) -> None:
         """One optimizer step: train_step's StepResult, whose tensors are the step's own. Its sums are kept as they
         are until the next log step, which selects and stacks them all at once (two ops fewer per step); the per-dim
         KL is added up now, so that what is pending stays a few scalars per step whatever the latent's size. A
-        skipped step adds zeros, chosen on the device."""
+        skipped step adds zeros, chosen on the device. A step whose latent is not of ``latent_shape`` (the one-frame
+        clips of --image-ratio) counts in the losses but not in the per-dim KL."""
         applied = result.applied
         self.pending.append((result.nll, result.kl, result.term_sums, applied, images))
+        if latent_shape is not None and tuple(result.kl_per_dim.shape) != tuple(latent_shape):
+            return
         self.epoch_steps.append((applied, images))
         kl_per_dim = torch.where(applied, result.kl_per_dim, self._zero)
         if self.kl_dim_sum is None:

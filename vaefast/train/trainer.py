@@ -235,7 +235,7 @@ class Trainer:
         self.step += 1
         self.batch_in_epoch += len(group)
         images = sum(len(x) for x in group)
-        self.metrics.record(images, result)
+        self.metrics.record(images, result, self.model.latent_shape)
         self.monitor.advance(self.step, self.total_steps)
         due = self.checkpointer.is_due(self.step)
         if self.metrics.is_log_step(self.step) or due:
