@@ -123,6 +123,45 @@ def test_frame_windows_are_seeded_resumed_and_the_same_in_memory_and_torch_loade
     assert all(torch.equal(p[0, :, 0, 0], p[0, 0, 0, 0] + torch.tensor([0.0, 2.0, 4.0])) for p in picked)
 
 
+def write_clip_shards(videos, out, per_shard: int = 2) -> list:
+    """The .mp4 files of ``videos`` as WebDataset shards (video2dataset's layout: KEY.mp4 beside KEY.json)."""
+    import io
+    import tarfile
+
+    files, shards = sorted(videos.glob("*.mp4")), []
+    out.mkdir()
+    for s in range(0, len(files), per_shard):
+        shards.append(out / f"clips-{s // per_shard:04d}.tar")
+        with tarfile.open(shards[-1], "w") as tar:
+            for path in files[s:s + per_shard]:
+                for name, payload in ((f"{path.stem}.mp4", path.read_bytes()), (f"{path.stem}.json", b"{}")):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return shards
+
+
+def test_webdataset_shards_of_video_files_decode_to_the_folder_s_clips(tmp_path, video_folder, capsys):
+    pytest.importorskip("av")
+    shards = write_clip_shards(video_folder / "mp4", tmp_path / "shards")
+    d = load_dataset(str(tmp_path / "shards"), frames=5)  # the last shard held out: 4 train clips, 2 test clips
+    from vaefast.data.clips import clip_folder
+
+    clips = clip_folder(video_folder / "mp4", frames=5)
+    assert d.image_shape == (3, 5, 32, 32) and torch.equal(d.train, clips[:4])
+    assert torch.equal(d.test, clips[4:, :, :5])
+    loader, _, _ = make_loader("memory", d, batch_size=2, device="cpu", seed=1)
+    assert all(x.shape[1:] == (3, 5, 32, 32) for x in loader.batches())
+    payload = shards[1].read_bytes()
+    shards[1].write_bytes(payload[:len(payload) // 2])  # cut inside a video member
+    line = refused_in_one_line(capsys, tmp_path / "out", "train", "--data", tmp_path / "shards", "--frames", 5)
+    assert "corrupt WebDataset shard" in line and "clips-0001.tar" in line
+    video = (video_folder / "mp4" / "clip2.mp4").read_bytes()
+    shards[1].write_bytes(payload.replace(video, bytes(len(video))))  # the tar is whole, a video inside it is not
+    line = refused_in_one_line(capsys, tmp_path / "out2", "train", "--data", tmp_path / "shards", "--frames", 5)
+    assert "cannot decode video" in line and "clips-0001.tar:clip" in line
+
+
 def test_image_ratio_turns_a_seeded_share_of_batches_into_one_frame_clips_alike_on_every_rank():
     x = torch.arange(4 * 5).view(4, 1, 5, 1, 1).float().expand(4, 3, 5, 2, 2)
     ranks = [OneFrameBatches(0.3, seed=7, rank=r) for r in (0, 1)]

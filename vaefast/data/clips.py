@@ -1,5 +1,6 @@
-"""Clip folders (``--data FOLDER --frames T``): video files (decoded with PyAV, ``pip install 'vaefast[video]'``) or
-subfolders of frames (PNG/JPEG, in name order), one clip each.
+"""Clips (``--data SPEC --frames T``): a folder of video files (decoded with PyAV, ``pip install 'vaefast[video]'``)
+or of subfolders of frames (PNG/JPEG, in name order), one clip each; or WebDataset shards whose samples hold a video
+component (``.mp4``, ``.webm``, ...).
 
 PyAV is the decoder because it bundles FFmpeg in its wheel: torchcodec loads the system's FFmpeg libraries, which a
 cluster node or this project's CI may not have. Every frame goes through the image path's resize and center crop
@@ -11,6 +12,7 @@ take windows of ``--frames`` from it); a clip shorter than the window, frames of
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,10 @@ import torch
 
 from .errors import DataError
 from .folders import IMAGE_SUFFIXES, square
+from .shards import ShardMember
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif"}
+VIDEO_EXTENSIONS = tuple(sorted(suffix[1:] for suffix in VIDEO_SUFFIXES))  # a WebDataset sample's video component
 
 
 def list_clips(root: Path) -> list[Path]:
@@ -38,12 +42,12 @@ def list_clips(root: Path) -> list[Path]:
     return videos or folders
 
 
-def read_clip(path: Path, channels: int, size: int | None) -> np.ndarray:
+def read_clip(path: Path | ShardMember, channels: int, size: int | None) -> np.ndarray:
     """One clip as uint8 ``[T, C, H, W]``: a video file's frames or a folder's images, each resized and
     center-cropped to ``size`` x ``size`` when given."""
     from PIL import Image
 
-    if path.is_dir():
+    if isinstance(path, Path) and path.is_dir():
         frames = []
         for frame in sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
             try:
@@ -65,13 +69,14 @@ def read_clip(path: Path, channels: int, size: int | None) -> np.ndarray:
     return clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)
 
 
-def _video_frames(path: Path) -> list[np.ndarray]:
+def _video_frames(path: Path | ShardMember) -> list[np.ndarray]:
     try:
         import av
     except ImportError as exc:
         raise DataError(f"reading video files needs PyAV: pip install 'vaefast[video]' ({exc})") from None
+    source = io.BytesIO(path.read()) if isinstance(path, ShardMember) else str(path)
     try:
-        with av.open(str(path)) as container:
+        with av.open(source) as container:
             return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     except Exception as exc:  # av.error.InvalidDataError and kin: a file that is not a readable video
         raise DataError(f"cannot decode video {path}: {type(exc).__name__}: {exc}") from None
@@ -81,7 +86,14 @@ def clip_folder(root: str | Path, *, frames: int, frame_stride: int = 1, size: i
                 channels: int = 3) -> torch.Tensor:
     """Every clip of ``root`` as uint8 ``[N, C, L, H, W]``, L the shortest clip's length (at least the window of
     ``frames`` at ``frame_stride``)."""
-    paths = list_clips(Path(root))
+    return decode_clips(list_clips(Path(root)), frames=frames, frame_stride=frame_stride, size=size,
+                        channels=channels)
+
+
+def decode_clips(paths: list[Path | ShardMember], *, frames: int, frame_stride: int = 1, size: int | None = None,
+                 channels: int = 3) -> torch.Tensor:
+    """The clips of ``paths`` (clip folders, video files or video members of shards) as uint8 ``[N, C, L, H, W]``,
+    L the shortest clip's length (at least the window of ``frames`` at ``frame_stride``)."""
     clips = [read_clip(path, channels, size) for path in paths]
     shapes = {clip.shape[1:] for clip in clips}
     if len(shapes) > 1:

@@ -1,5 +1,6 @@
 """WebDataset tar shards: ``--data 'shards/train-{0000..0099}.tar'``, a folder of ``.tar`` files, one ``.tar``, or a
-``TRAIN,TEST`` pair of such specs.
+``TRAIN,TEST`` pair of such specs. With ``--frames`` a sample's component is a video file instead (``.mp4``,
+``.webm``, ...; the layout video2dataset writes), read by :mod:`vaefast.data.clips`.
 
 A sample is the group of tar members that share a key (the member's path up to the first dot of its file name, the
 WebDataset rule that DALI's ``fn.readers.webdataset`` follows); its image is the ``.jpg``, ``.jpeg`` or ``.png``
@@ -115,9 +116,9 @@ def sample_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (extension.lower() if dot else "")
 
 
-def list_shard(path: Path) -> list[ShardMember]:
-    """The image members of one shard, one per sample, in tar order. A shard that is not a readable tar, or that
-    ends inside a member, raises naming it."""
+def list_shard(path: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[ShardMember]:
+    """The image members (or the members of other ``extensions``: clips' videos) of one shard, one per sample, in tar
+    order. A shard that is not a readable tar, or that ends inside a member, raises naming it."""
     try:
         size = path.stat().st_size
         with tarfile.open(path, mode="r:") as archive:
@@ -135,9 +136,9 @@ def list_shard(path: Path) -> list[ShardMember]:
             raise DataError(f"corrupt WebDataset shard {path}: truncated inside member {member.name} "
                             f"({size} bytes on disk, the member ends at byte {member.offset_data + member.size})")
         key, extension = sample_key(member.name)
-        if extension in IMAGE_EXTENSIONS:
+        if extension in extensions:
             if key in images:
-                raise DataError(f"WebDataset shard {path}: sample {key} has two image components "
+                raise DataError(f"WebDataset shard {path}: sample {key} has two {extension} components "
                                 f"({images[key].name}, {member.name}); keep one")
             images[key] = ShardMember(path, member.name, member.offset_data, member.size)
     return list(images.values())
@@ -156,10 +157,11 @@ def _check_end_of_archive(path: Path, members: list[tarfile.TarInfo], size: int)
                         "truncated or damaged")
 
 
-def list_shards(paths: list[Path]) -> list[ShardMember]:
-    members = [member for path in paths for member in list_shard(path)]
+def list_shards(paths: list[Path], extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[ShardMember]:
+    members = [member for path in paths for member in list_shard(path, extensions)]
     if not members:
-        raise DataError(f"the {len(paths)} shards from {paths[0]} hold no .jpg, .jpeg or .png samples")
+        raise DataError(f"the {len(paths)} shards from {paths[0]} hold no "
+                        f"{', '.join('.' + e for e in extensions)} samples")
     return members
 
 

@@ -145,6 +145,23 @@ def _shard_dataset(spec: str, image_size, resize, skip_bad) -> ImageDataset:
                         None, test_images, folder=folder)
 
 
+def _clip_shard_dataset(spec: str, image_size, resize, frames, frame_stride) -> ImageDataset:
+    from .clips import VIDEO_EXTENSIONS, decode_clips
+
+    train_paths, test_paths = split_shards(spec)
+    size = resize or image_size
+    train = decode_clips(list_shards(train_paths, VIDEO_EXTENSIONS), frames=frames, frame_stride=frame_stride,
+                         size=size)
+    test = decode_clips(list_shards(test_paths, VIDEO_EXTENSIONS)[:MAX_TEST_IMAGES], frames=frames,
+                        frame_stride=frame_stride, size=size)
+    if train.shape[3:] != test.shape[3:]:
+        raise DataError(f"--data {spec}: the train clips' frames are {tuple(train.shape[3:])}, the test clips' "
+                        f"{tuple(test.shape[3:])}; pass --image-size to resize every frame to one size")
+    return ImageDataset(f"WebDataset clips {spec}: {len(train)} train clips of {train.shape[2]} frames in "
+                        f"{len(train_paths)} shards, {len(test)} test clips", train,
+                        center_crop(test, image_size if resize else None))
+
+
 def _is_idx_dir(path: Path) -> bool:
     return any(_find(path, stem) for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"))
 
@@ -155,9 +172,9 @@ def load_dataset(spec: str | None, test_fraction: float = DEFAULT_TEST_FRACTION,
     """Resolve ``--data``: None or 'embedded'; an IDX directory, IDX file, or 'train-file,test-file' pair; a .npy
     or .npz array; a folder of JPEG/PNG images (searched recursively); or WebDataset tar shards (see
     :mod:`vaefast.data.shards`). Folders and shards decode to squares of side ``resize`` (default ``image_size``);
-    their test images are center-cropped to ``image_size``, the training loaders crop each batch. A rank-5 array
-    holds clips ``[N, T, H, W, C]``: the test clips keep their first ``frames`` frames (every ``frame_stride``-th),
-    the training loaders take a window of each."""
+    their test images are center-cropped to ``image_size``, the training loaders crop each batch. Clips, with
+    ``frames``: a rank-5 array ``[N, T, H, W, C]``, a folder of clips or shards of video files; the test clips keep
+    their first ``frames`` frames (every ``frame_stride``-th), the training loaders take a window of each."""
     dataset = _load(spec, test_fraction, seed, image_size, resize, skip_bad, frames, frame_stride)
     if dataset.test.dim() == 5:
         dataset.test = first_frames(dataset.test, frames or dataset.test.shape[2], frame_stride, dataset.name)
@@ -188,6 +205,8 @@ def _clip_dataset(root: Path, image_size, resize, test_fraction, seed, frames, f
 def _load(spec, test_fraction, seed, image_size, resize, skip_bad, frames=None, frame_stride=1) -> ImageDataset:
     if spec in (None, "", EMBEDDED):
         return embedded_fashion_mnist(test_fraction, seed)
+    if is_shard_spec(spec) and frames is not None:  # --frames: samples of video files
+        return _clip_shard_dataset(spec, image_size, resize, frames, frame_stride)
     if is_shard_spec(spec):
         return _shard_dataset(spec, image_size, resize, skip_bad)
     if "," in spec:
