@@ -123,6 +123,55 @@ def test_frame_windows_are_seeded_resumed_and_the_same_in_memory_and_torch_loade
     assert all(torch.equal(p[0, :, 0, 0], p[0, 0, 0, 0] + torch.tensor([0.0, 2.0, 4.0])) for p in picked)
 
 
+def test_dali_reads_clips_of_vp9_files_and_a_cpu_run_on_h264_falls_back_and_says_so(tmp_path, video_folder, caplog):
+    """DALI's video reader on the CPU: VP9 files decode to the same frames as PyAV's, one window of --frames per
+    span of each file; H.264 (which DALI's CPU reader leaves to NVDEC) falls back to PyAV with the reason logged."""
+    av = pytest.importorskip("av")
+    pytest.importorskip("nvidia.dali")
+    from vaefast.data.video_dali import DALIClipLoader
+
+    webm = tmp_path / "webm"
+    webm.mkdir()
+    for path in sorted((video_folder / "mp4").glob("*.mp4")):
+        with av.open(str(path)) as source, av.open(str(webm / f"{path.stem}.webm"), "w") as container:
+            stream = container.add_stream("libvpx-vp9", rate=8)
+            stream.width = stream.height = 32
+            stream.pix_fmt = "yuv444p"
+            stream.options = {"lossless": "1"}
+            for frame in source.decode(video=0):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"))):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    d = load_dataset(str(webm), frames=3, frame_stride=2, test_fraction=0.34)
+    loader, kind, _ = make_loader("dali", d, batch_size=2, device="cpu", seed=1, num_workers=1)
+    assert kind == "dali" and isinstance(loader, DALIClipLoader) and d.train is None  # nothing decoded up front
+    assert len(loader) == 2  # 4 train clips of 9 frames, windows of span 5 at steps of 5: one each
+    pyav = d.materialize().train.float() / 255  # [4, 3, 9, 32, 32]
+    seen = []
+    for loader_epoch in range(2):
+        loader.set_epoch(loader_epoch)
+        batches = list(loader.batches())
+        assert [b.shape for b in batches] == [(2, 3, 3, 32, 32)] * 2
+        for clip in torch.cat(batches):
+            errors = [float((pyav[i, :, s:s + 5:2] - clip).abs().mean()) for i in range(4) for s in (0, 5) if s + 5 <= 9]
+            assert min(errors) < 2 / 255, min(errors)
+            seen.append(int(np.argmin(errors)))
+    assert sorted(set(seen)) == [0, 1, 2, 3]  # every training clip, in DALI's shuffled order
+    config = tmp_path / "wan.json"
+    config.write_text(json.dumps(WAN))
+    assert main(["train", "--model", f"diffusers:{config}", "--data", str(webm), "--frames", "5", "--loader", "dali",
+                 "--batch-size", "2", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress",
+                 "--precision", "fp32", "--no-tensorboard"]) == 0
+    from vaefast.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run")["step"] == 3  # a window of each of the 5 training clips, 2 a step
+    h264 = load_dataset(str(video_folder / "mp4"), frames=3)
+    with caplog.at_level("WARNING", logger="vaefast.data"):
+        loader, kind, why = make_loader("dali", h264, batch_size=2, device="cpu")
+    assert kind == "memory" and "h264 on a GPU only" in why and "PyAV" in why and why in caplog.text
+
+
 def write_clip_shards(videos, out, per_shard: int = 2) -> list:
     """The .mp4 files of ``videos`` as WebDataset shards (video2dataset's layout: KEY.mp4 beside KEY.json)."""
     import io
@@ -148,7 +197,8 @@ def test_webdataset_shards_of_video_files_decode_to_the_folder_s_clips(tmp_path,
     from vaefast.data.clips import clip_folder
 
     clips = clip_folder(video_folder / "mp4", frames=5)
-    assert d.image_shape == (3, 5, 32, 32) and torch.equal(d.train, clips[:4])
+    assert d.image_shape == (3, 5, 32, 32) and d.num_train == 4 and d.train is None  # decoded when a loader asks
+    assert torch.equal(d.materialize().train, clips[:4])
     assert torch.equal(d.test, clips[4:, :, :5])
     loader, _, _ = make_loader("memory", d, batch_size=2, device="cpu", seed=1)
     assert all(x.shape[1:] == (3, 5, 32, 32) for x in loader.batches())
@@ -185,9 +235,10 @@ def test_video_files_and_frame_folders_decode_to_the_same_clips(video_folder):
     from_frames = load_dataset(str(video_folder / "frames"), frames=5, test_fraction=0.34)
     assert from_videos.image_shape == from_frames.image_shape == (3, 5, 32, 32)
     # H.264 at crf 0 in 4:4:4 is lossless in YUV; the RGB <-> YUV conversions leave a small rounding difference.
+    from_videos.materialize(), from_frames.materialize()
     assert float((from_videos.train.float() - from_frames.train.float()).abs().mean()) < 2.0
     resized = load_dataset(str(video_folder / "frames"), frames=5, image_size=16, resize=24)
-    assert resized.image_shape == (3, 5, 16, 16) and resized.train.shape[-2:] == (24, 24)
+    assert resized.image_shape == (3, 5, 16, 16) and resized.materialize().train.shape[-2:] == (24, 24)
     loader, _, _ = make_loader("memory", resized, batch_size=2, device="cpu", crop="random")
     batch = next(iter(loader.batches()))
     assert batch.shape[1:] == (3, 5, 16, 16)

@@ -39,6 +39,11 @@ def choose_loader(kind: str, dataset: ImageDataset, device: torch.device) -> tup
         return kind, "requested"
     if dataset.train is not None:
         return "memory", "the data is already in memory"
+    if dataset.clip_files is not None:  # clips are decoded whole: no streaming PyAV loader
+        decoded = dataset.num_train * math.prod(dataset.image_shape)
+        if decoded > memory_budget(device) and dali_unavailable_reason() is None:
+            return "dali", f"the decoded train clips' windows ({decoded / 2**30:.1f} GiB) do not fit in memory"
+        return "memory", "clips other than DALI's are decoded into memory"
     decoded = dataset.num_train * math.prod(dataset.image_shape)
     if decoded <= memory_budget(device):
         return "memory", f"the decoded train split ({decoded / 2**30:.2f} GiB) fits in a quarter of {device.type} memory"
@@ -49,15 +54,17 @@ def choose_loader(kind: str, dataset: ImageDataset, device: torch.device) -> tup
 
 def make_loader(kind: str, dataset: ImageDataset, batch_size: int, *, device, seed: int = 0, rank: int = 0,
                 world_size: int = 1, skip_bad: bool = False, num_workers: int = 2, flip: bool = False,
-                crop: str = "center", frame_stride: int = 1, image_ratio: float = 0.0):
+                crop: str = "center", frame_stride: int | None = None, image_ratio: float = 0.0):
     """``crop``: random or center crops of the dataset's image size from larger decoded images (image folders and
     shards with --resize; auto is random for them). Clips get a window of the dataset's frame count, every
-    ``frame_stride``-th frame, at a random start; ``image_ratio`` of the batches then keep one frame of each clip."""
+    ``frame_stride``-th frame (default: the dataset's), at a random start; ``image_ratio`` of the batches then keep one frame of each clip."""
     device = torch.device(device)
+    frame_stride = dataset.frame_stride if frame_stride is None else frame_stride
     kind, why = choose_loader(kind, dataset, device)
     log.info("loader: %s (%s)", kind, why)
     cropper = window = one_frame = None
-    larger = dataset.train is not None and dataset.train.shape[-1] > dataset.image_shape[-1]
+    larger = (dataset.train is not None and dataset.train.shape[-1] > dataset.image_shape[-1]) or \
+        (dataset.clip_size or 0) > dataset.image_shape[-1]
     if dataset.folder is not None or larger:  # image folders, shards, and clip folders decoded with --resize
         cropper = Crop(dataset.image_shape[-1], random=crop in ("random", "auto"), seed=seed, rank=rank)
     if len(dataset.image_shape) == 4:
@@ -68,6 +75,20 @@ def make_loader(kind: str, dataset: ImageDataset, batch_size: int, *, device, se
         raise DataError(f"--image-ratio turns batches of clips into one-frame clips; {dataset.name} holds images")
     common = dict(device=device, seed=seed, rank=rank, world_size=world_size, flip=flip)
     transform = Transforms(cropper, window, one_frame)
+    if kind == "dali" and dataset.clip_files is not None:
+        from .video_dali import DALIClipLoader, dali_video_unsupported
+
+        unsupported = dali_video_unsupported(dataset.clip_files, device)
+        if unsupported is None:
+            loader = DALIClipLoader(dataset.clip_files, dataset.image_shape[1], batch_size,
+                                    frame_stride=frame_stride, size=dataset.clip_size,
+                                    out_size=dataset.clip_size or dataset.image_shape[-1], crop=cropper,
+                                    num_threads=max(1, num_workers), transform=Transforms(one_frame), **common)
+            return loader, kind, why
+        kind, why = "memory", f"DALI cannot read these clips here ({unsupported}): decoded with PyAV instead"
+        log.warning("loader: %s", why)
+    elif kind != "memory" and dataset.clip_files is not None:
+        kind, why = "memory", "clips other than DALI's are decoded into memory with PyAV"
     if kind == "memory":
         dataset.materialize(skip_bad)
         return InMemoryLoader(dataset.train, batch_size, transform=transform, **common), kind, why

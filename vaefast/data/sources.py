@@ -33,6 +33,8 @@ class ImageDataset:
     test_labels: torch.Tensor | None = None
     folder: ImageFolder | None = None  # set for image folders: the files behind the streaming loaders
     frame_stride: int = 1  # clips: the test clips' (and first_train_images') stride
+    clip_files: list | None = None  # clips of a folder or shards, decoded by materialize() or read by DALI
+    clip_size: int | None = None  # the square their frames are decoded to
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -40,17 +42,36 @@ class ImageDataset:
 
     @property
     def num_train(self) -> int:
-        return len(self.train) if self.train is not None else len(self.folder.train_files)
+        if self.train is not None:
+            return len(self.train)
+        return len(self.clip_files) if self.clip_files is not None else len(self.folder.train_files)
 
     def materialize(self, skip_bad: bool = False) -> "ImageDataset":
-        """Decode an image folder's train split into memory (no-op for in-memory sources)."""
-        if self.train is None:
+        """Decode an image folder's or the clips' train split into memory (no-op for in-memory sources)."""
+        if self.train is None and self.clip_files is not None:
+            self.train = self._decode_clips(self.clip_files)
+        elif self.train is None:
             self.train, self.train_labels = self.folder.decode_all(self.folder.train_files, skip_bad)
         return self
 
+    def _decode_clips(self, files) -> torch.Tensor:
+        from .clips import decode_clips
+
+        clips = decode_clips(files, frames=self.image_shape[1], frame_stride=self.frame_stride, size=self.clip_size,
+                             channels=self.image_shape[0])
+        if self.clip_size is None and clips.shape[3:] != self.image_shape[2:]:
+            raise DataError(f"{self.name}: the train clips' frames are {tuple(clips.shape[3:])}, the test clips' "
+                            f"{self.image_shape[2:]}; pass --image-size to resize every frame to one size")
+        return clips
+
     def first_train_images(self, n: int) -> torch.Tensor:
         """The first ``n`` training images (decoded from a folder or shards when they are not in memory)."""
-        images = self.train[:n] if self.train is not None else self.folder.decode_all(self.folder.train_files[:n])[0]
+        if self.train is None and self.clip_files is not None:
+            images = self._decode_clips(self.clip_files[:n])
+        elif self.train is not None:
+            images = self.train[:n]
+        else:
+            images = self.folder.decode_all(self.folder.train_files[:n])[0]
         if images.dim() == 5:
             return first_frames(images, self.image_shape[1], self.frame_stride, self.name)
         return center_crop(images, self.image_shape[-1]) if images.shape[1:] != self.image_shape else images
@@ -146,20 +167,24 @@ def _shard_dataset(spec: str, image_size, resize, skip_bad) -> ImageDataset:
 
 
 def _clip_shard_dataset(spec: str, image_size, resize, frames, frame_stride) -> ImageDataset:
-    from .clips import VIDEO_EXTENSIONS, decode_clips
+    from .clips import VIDEO_EXTENSIONS
 
     train_paths, test_paths = split_shards(spec)
+    train = list_shards(train_paths, VIDEO_EXTENSIONS)
+    test = list_shards(test_paths, VIDEO_EXTENSIONS)[:MAX_TEST_IMAGES]
+    return _clips(f"WebDataset clips {spec}: {len(train)} train clips in {len(train_paths)} shards, {len(test)} "
+                  "test clips", train, test, image_size, resize, frames, frame_stride)
+
+
+def _clips(name: str, train_files, test_files, image_size, resize, frames, frame_stride) -> ImageDataset:
+    """Clips listed as files (video files, folders of frames, video members of shards): the test clips decoded now,
+    the train clips when a loader asks (the memory and torch loaders decode them, DALI reads the files)."""
+    from .clips import decode_clips
+
     size = resize or image_size
-    train = decode_clips(list_shards(train_paths, VIDEO_EXTENSIONS), frames=frames, frame_stride=frame_stride,
-                         size=size)
-    test = decode_clips(list_shards(test_paths, VIDEO_EXTENSIONS)[:MAX_TEST_IMAGES], frames=frames,
-                        frame_stride=frame_stride, size=size)
-    if train.shape[3:] != test.shape[3:]:
-        raise DataError(f"--data {spec}: the train clips' frames are {tuple(train.shape[3:])}, the test clips' "
-                        f"{tuple(test.shape[3:])}; pass --image-size to resize every frame to one size")
-    return ImageDataset(f"WebDataset clips {spec}: {len(train)} train clips of {train.shape[2]} frames in "
-                        f"{len(train_paths)} shards, {len(test)} test clips", train,
-                        center_crop(test, image_size if resize else None))
+    test = decode_clips(test_files, frames=frames, frame_stride=frame_stride, size=size)
+    return ImageDataset(name, None, center_crop(test, image_size if resize else None), clip_files=train_files,
+                        clip_size=size)
 
 
 def _is_idx_dir(path: Path) -> bool:
@@ -194,12 +219,12 @@ def first_frames(clips: torch.Tensor, frames: int, stride: int, origin: str) -> 
 
 
 def _clip_dataset(root: Path, image_size, resize, test_fraction, seed, frames, frame_stride) -> ImageDataset:
-    from .clips import clip_folder
+    from .clips import list_clips
 
-    clips = clip_folder(root, frames=frames, frame_stride=frame_stride, size=resize or image_size)
-    train, test, _, _ = split(clips, None, test_fraction, seed)
-    return ImageDataset(f"clip folder {root} ({len(clips)} clips of {clips.shape[2]} frames, seeded "
-                        f"{test_fraction:.0%} test split)", train, center_crop(test, image_size if resize else None))
+    paths = list_clips(root)
+    train, test = split_indices(len(paths), test_fraction, seed)
+    return _clips(f"clip folder {root} ({len(paths)} clips, seeded {test_fraction:.0%} test split)",
+                  [paths[i] for i in train], [paths[i] for i in test], image_size, resize, frames, frame_stride)
 
 
 def _load(spec, test_fraction, seed, image_size, resize, skip_bad, frames=None, frame_stride=1) -> ImageDataset:
