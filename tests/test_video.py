@@ -351,6 +351,45 @@ def test_cli_trains_a_causal_model_on_clips_and_one_frame_clips_together(tmp_pat
     assert "--image-ratio" in line and "--frames" in line
 
 
+def test_eval_tiles_long_clips_in_time_and_space_with_diffusers_own_tiling(tmp_path, clips_npy, capsys,
+                                                                           monkeypatch):
+    """eval --tile-frames / --tile-size: LTX-Video's temporal and spatial tiles are what encodes and decodes (the
+    tiled paths run), and the tiled reconstruction stays near the untiled one (the tiles overlap and blend)."""
+    diffusers = pytest.importorskip("diffusers")
+    config = tmp_path / "ltx.json"
+    config.write_text(json.dumps(VIDEO_CLASSES["AutoencoderKLLTXVideo"]))
+    run = tmp_path / "run"
+    assert main(["train", "--model", f"diffusers:{config}", "--data", str(clips_npy), "--frames", "9",
+                 "--batch-size", "4", "--epochs", "1", "--max-steps", "2", "--out", str(run), "--no-progress",
+                 "--precision", "fp32", "--no-tensorboard"]) == 0
+    ltx = diffusers.AutoencoderKLLTXVideo
+    calls = []
+    for name in ("_temporal_tiled_encode", "_temporal_tiled_decode", "tiled_encode", "tiled_decode"):
+        original = getattr(ltx, name)
+        monkeypatch.setattr(ltx, name, lambda self, *a, _o=original, _n=name, **k: calls.append(_n) or _o(self, *a, **k))
+    capsys.readouterr()
+    reports = {}
+    for label, extra in (("whole", []), ("tiled", ["--tile-frames", "4", "--tile-size", "16"])):
+        calls.clear()
+        assert main(["eval", "--checkpoint", str(run), "--json", *extra]) == 0
+        reports[label] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        reports[label]["calls"] = set(calls)
+    assert reports["whole"]["calls"] == set() and "tiling" not in reports["whole"]
+    assert {"_temporal_tiled_encode", "_temporal_tiled_decode", "tiled_encode", "tiled_decode"} <= \
+        reports["tiled"]["calls"]
+    assert reports["tiled"]["tiling"] == "spatial tiles of 16 px and windows of 4 frames"
+    assert abs(reports["tiled"]["psnr"] - reports["whole"]["psnr"]) < 3.0
+    wan = tmp_path / "wan.json"
+    wan.write_text(json.dumps(WAN))
+    assert main(["train", "--model", f"diffusers:{wan}", "--data", str(clips_npy), "--frames", "5", "--batch-size",
+                 "4", "--epochs", "1", "--max-steps", "1", "--out", str(tmp_path / "wan"), "--no-progress",
+                 "--precision", "fp32", "--no-tensorboard"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "wan"), "--tile-frames", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "AutoencoderKLWan tiles space only" in err[0]
+
+
 # ------------------------------------------------------------------------------------------------ bad inputs
 
 

@@ -109,7 +109,8 @@ def cmd_eval(args) -> int:
     result = evaluate_checkpoint(args.checkpoint, data=args.data, iw_samples=args.iw_samples,
                                  batch_size=args.batch_size, device=args.device, seed=args.seed, limit=args.limit,
                                  use_ema=args.ema, trust=args.trust_checkpoint, lpips_weights=args.lpips_weights,
-                                 fid_weights=args.fid_weights)
+                                 fid_weights=args.fid_weights, tile_size=args.tile_size,
+                                 tile_frames=args.tile_frames)
     print(result.describe(), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result.to_json()))
@@ -199,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fid-weights", help="the FID Inception weights pytorch-fid and torch-fidelity use "
                     "(pt_inception-2015-12-05-*.pth), for rFID between the test images and their reconstructions "
                     "(default: torch's hub cache, checkpoints/, when present)")
+    ev.add_argument("--tile-size", type=int, help="diffusers autoencoders: encode and decode in diffusers' overlapping "
+                    "tiles of this many pixels (large images; the class's own blending)")
+    ev.add_argument("--tile-frames", type=int, help="video autoencoders that tile time (LTX-Video, HunyuanVideo): "
+                    "encode and decode long clips in overlapping windows of this many frames")
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--limit", type=int, help="evaluate only the first N test images")
     ev.add_argument("--device")

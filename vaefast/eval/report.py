@@ -94,6 +94,7 @@ class EvalReport:
     latent_std: float
     latent_channel_mean: list[float]
     latent_channel_std: list[float]
+    tiling: str | None = None  # diffusers' tiles, as evaluate_checkpoint set them
 
     def describe(self) -> str:
         hist = self.kl_per_dim_histogram
@@ -121,24 +122,33 @@ class EvalReport:
             f"{1 / self.latent_std:.5g}); per channel std "
             + ", ".join(f"{v:.3g}" for v in self.latent_channel_std[:16]),
             f"verdict:              {self.verdict}",
-        ])
+        ] + ([f"encoded and decoded in {self.tiling}"] if self.tiling else []))
 
     def to_json(self) -> dict:
         """The report's fields; the IWAE figures only when computed, the note only when SSIM is missing."""
-        optional = ("quality_note", "lpips", "rfid", "temporal", "iwae_nll_nats", "iwae_bpd")
+        optional = ("quality_note", "lpips", "rfid", "temporal", "iwae_nll_nats", "iwae_bpd", "tiling")
         return {k: v for k, v in dataclasses.asdict(self).items() if not (k in optional and v is None)}
 
 
 def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int = 0, batch_size: int = 500,
                         device: str | None = None, seed: int = 0, limit: int | None = None,
                         use_ema: bool = True, trust: bool = False, lpips_weights: str | None = None,
-                        fid_weights: str | None = None) -> EvalReport:
+                        fid_weights: str | None = None, tile_size: int | None = None,
+                        tile_frames: int | None = None) -> EvalReport:
     """``lpips_weights``: VGG16's weights (torchvision format) for the LPIPS figure of RGB data; without it the
     torch hub cache's copy is used when present, and LPIPS is left out otherwise. ``fid_weights``: the FID Inception
-    weights for rFID, likewise (vaefast.eval.fid)."""
+    weights for rFID, likewise (vaefast.eval.fid). ``tile_size`` / ``tile_frames``: a diffusers autoencoder encodes
+    and decodes in diffusers' own overlapping tiles of that many pixels / frames (large images, long clips)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     inception = load_inception(fid_weights)  # a bad file fails before the model loads
     model, cfg = load_model(checkpoint, device, use_ema, trust)
+    tiling = None
+    if tile_size is not None or tile_frames is not None:
+        enable = getattr(getattr(model, "module", None), "enable_tiling", None)
+        if enable is None:
+            raise ValueError("--tile-size and --tile-frames tile a diffusers autoencoder's encoding and decoding; this "
+                             "checkpoint's model is vaefast's own")
+        tiling = enable(tile_size, tile_frames)
     dataset = load_dataset(data if data is not None else cfg.data.source, cfg.data.test_fraction, cfg.runtime.seed,
                            image_size=cfg.data.image_size, resize=cfg.data.resize,
                            frames=cfg.data.frames, frame_stride=cfg.data.frame_stride)
@@ -171,7 +181,7 @@ def evaluate_checkpoint(checkpoint, *, data: str | None = None, iw_samples: int 
         kl_per_dim_histogram={"counts": counts.long().tolist(), "edges": [round(e, 4) for e in edges.tolist()]},
         verdict=collapse_verdict(elbo["kl_nats"], elbo["active_units"], elbo["latent_dim"], distance),
         latent_mean=latents.mean, latent_std=latents.std, latent_channel_mean=latents.channel_mean,
-        latent_channel_std=latents.channel_std)
+        latent_channel_std=latents.channel_std, tiling=tiling)
 
 
 def iwae_nll_nats(model, test: torch.Tensor, iw_samples: int, batch_size: int, device, precision) -> float:
@@ -203,6 +213,13 @@ def export_checkpoint(checkpoint, out, *, fmt: str = "diffusers", stats_images: 
     from ..integrations.diffusers.export import batch_norm_statistics, set_batch_norm_statistics
 
     model, cfg = load_model(checkpoint, device, use_ema, trust)
+    tiling = None
+    if tile_size is not None or tile_frames is not None:
+        enable = getattr(getattr(model, "module", None), "enable_tiling", None)
+        if enable is None:
+            raise ValueError("--tile-size and --tile-frames tile a diffusers autoencoder's encoding and decoding; this "
+                             "checkpoint's model is vaefast's own")
+        tiling = enable(tile_size, tile_frames)
     config = dict(model.module.vae.config) if hasattr(model, "module") and hasattr(model.module, "vae") else {}
     if not config:
         export(model, out, fmt=fmt)  # refuses a model that is not a diffusers one, with the reason

@@ -6,6 +6,8 @@ log-variance (what its ``encode`` hands to ``DiagonalGaussianDistribution``), va
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -94,6 +96,42 @@ class DiffusersAutoencoder(nn.Module):
         if not convs:
             raise ValueError(f"{type(self.vae).__name__}'s decoder has no convolution for the adaptive weight")
         return convs[-1]
+
+    def enable_tiling(self, size: int | None = None, frames: int | None = None) -> str:
+        """diffusers' own tiled encoding and decoding, for evaluation of large images and long clips: spatial tiles of
+        ``size`` pixels and, where the class tiles time (LTX-Video, HunyuanVideo), windows of ``frames`` frames,
+        each overlapping its neighbour by about a quarter and blended as diffusers blends them. Says what it set."""
+        enable = getattr(self.vae, "enable_tiling", None)
+        if enable is None:
+            raise ValueError(f"{type(self.vae).__name__} has no tiled encoding or decoding in diffusers")
+        accepted = inspect.signature(enable).parameters
+        wanted = {}
+
+        def stride(extent: int, ratio_name: str) -> int:  # a whole number of latent pixels or frames
+            ratio = int(getattr(self.vae, ratio_name, 1) or 1)
+            return max(ratio, extent * 3 // 4 // ratio * ratio)
+
+        if size is not None:
+            step = stride(size, "spatial_compression_ratio")
+            wanted.update(tile_sample_min_height=size, tile_sample_min_width=size, tile_sample_stride_height=step,
+                          tile_sample_stride_width=step)
+        if frames is not None:
+            wanted.update(tile_sample_min_num_frames=frames,
+                          tile_sample_stride_num_frames=stride(frames, "temporal_compression_ratio"))
+        enable(**{k: v for k, v in wanted.items() if k in accepted})
+        said = [f"spatial tiles of {getattr(self.vae, 'tile_sample_min_height', None) or size or 'its default'} px"]
+        if size is not None and "tile_sample_min_height" not in accepted and hasattr(self.vae, "tile_sample_min_size"):
+            factor = self.vae.tile_sample_min_size // self.vae.tile_latent_min_size  # AutoencoderKL: attributes only
+            self.vae.tile_sample_min_size, self.vae.tile_latent_min_size = size, size // factor
+        if frames is not None:
+            if "tile_sample_min_num_frames" not in accepted:
+                raise ValueError(f"{type(self.vae).__name__} tiles space only; --tile-frames needs a class that "
+                                 "tiles time (AutoencoderKLLTXVideo, AutoencoderKLHunyuanVideo)")
+            for name in ("use_framewise_encoding", "use_framewise_decoding"):
+                if hasattr(self.vae, name):
+                    setattr(self.vae, name, True)
+            said.append(f"windows of {frames} frames")
+        return " and ".join(said)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` or clips ``[B, C, T, H, W]`` in [0, 1] to the packed moments."""
