@@ -15,7 +15,8 @@ Every process runs with glibc's mmap threshold fixed (as bench_autoencoder.py ex
 what training adds to it (the peak over the RSS before the first step); CUDA's max allocated on a GPU. Memory:
 ``vaefast``'s step at T = 1, 5, 9, 17, 33 frames (``--memory-size``), with and without
 ``--activation-checkpointing`` (Wan has no block checkpointing in diffusers; vaefast recomputes its whole encoder and
-decoder), each in its own process.
+decoder), each in its own process; and where the memory of one step goes at its peak (torch.profiler's memory view:
+parameters, optimizer state, inputs, activations, gradients, temporaries), with and without checkpointing.
 
     python benchmarks/bench_video.py                 # CPU: clips [2, 3, 9, 32, 32], memory rows at 64x64
     python benchmarks/bench_video.py --quick         # a smoke run (results/quick/)
@@ -175,6 +176,34 @@ def run_memory(spec: dict) -> dict:
             "training_memory_mb": peak - (0 if device.type == "cuda" else before)}
 
 
+# torch.profiler's memory categories, in the order of the sizes export_memory_timeline writes (after a leading 0).
+CATEGORIES = ("parameter", "optimizer_state", "input", "temporary", "activation", "gradient", "autograd_detail",
+              "unknown")
+
+
+def run_memory_view(spec: dict) -> dict:
+    """Where the memory of a vaefast step goes: torch.profiler's memory profile of one step past the warm-up (the
+    data behind ``export_memory_timeline``), in MB by category at the step's peak."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(spec["device"])
+    vae, crit = models(spec, device)
+    t = trainer(spec, vae, crit, clips(spec, spec["batch_size"] * (WARMUP + 1)), checkpointing=spec["checkpointing"])
+    t.run(WARMUP)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        t.run(WARMUP + 1)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cuda:0" if device.type == "cuda" else "cpu")
+        _, sizes = json.loads(path.read_text())
+    peak = max(sizes, key=sum)
+    return {"frames": spec["frames"], "checkpointing": spec["checkpointing"], "model": spec["model"],
+            "peak_mb": sum(peak) / 2**20, "by_category_mb": {c: b / 2**20 for c, b in zip(CATEGORIES, peak[1:])}}
+
+
 def _peak_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -210,7 +239,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.worker:
         spec = json.loads(args.spec)
-        print(json.dumps(run_memory(spec) if args.worker == "memory" else run_variant(args.worker, spec)))
+        run = {"memory": run_memory, "memory-view": run_memory_view}.get(args.worker)
+        print(json.dumps(run(spec) if run else run_variant(args.worker, spec)))
         return
     if args.quick:
         args.rounds, args.steps, args.frames = 1, WARMUP + 1, 5
@@ -239,9 +269,12 @@ def main(argv=None):
     for row in memory:
         print(f"memory {row['model']} T={row['frames']:2d} checkpointing={row['checkpointing']!s:5s} "
               f"+{row['training_memory_mb']:.0f} MB", file=sys.stderr)
+    view_frames = 5 if args.quick else 9
+    views = {c: worker("memory-view", {**spec, "size": args.memory_size, "frames": view_frames, "checkpointing": c,
+                                       "model": "wan"}, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD) for c in (False, True)}
     name = args.name or f"bench_video-{args.device}"
     payload = {"machine": machine_info(args.device), "spec": spec, "rounds": runs, "summary": summary,
-               "memory": memory, "command": "python benchmarks/bench_video.py " + " ".join(argv or sys.argv[1:])}
+               "memory": memory, "memory_view": list(views.values()), "command": "python benchmarks/bench_video.py " + " ".join(argv or sys.argv[1:])}
     base = summary["two-pass"]["clips_per_s"]
     table = [f"Clips [{args.batch_size}, 3, {args.frames}, {args.size}, {args.size}], tiny AutoencoderKLWan, fp32.", "",
              "| variant | clips/s (median) | x two-pass | peak RSS MB | training adds MB |", "|---|---|---|---|---|"]
@@ -255,6 +288,13 @@ def main(argv=None):
     for t in frames_rows:
         table.append(f"| {t} | " + " | ".join(f"{added[m, t, c]:.0f}" for m in memory_models for c in (False, True))
                      + " |")
+    table += ["", f"Where the memory of that step goes at its peak ({MODELS['wan']}, {view_frames} frames, "
+              f"{args.memory_size}x{args.memory_size}, batch {args.batch_size}; torch.profiler's memory view, MB; "
+              "parameters include LPIPS' VGG16):", "", "| category | step | --activation-checkpointing |",
+              "|---|---|---|"]
+    table += [f"| {c} | {views[False]['by_category_mb'][c]:.0f} | {views[True]['by_category_mb'][c]:.0f} |"
+              for c in CATEGORIES if views[False]["by_category_mb"][c] or views[True]["by_category_mb"][c]]
+    table.append(f"| total at the peak | {views[False]['peak_mb']:.0f} | {views[True]['peak_mb']:.0f} |")
     print("\n".join(table))
     print(f"wrote {write_result(name, payload, quick=args.quick, folder=args.results)}")
     if not args.quick and args.results is None:
