@@ -92,7 +92,7 @@ def _ldm_losses(crit, x, rec, posterior):
 
 
 def ldm_step(vae, crit, opts, x, autocast):
-    from vaefast.models.ldm_loss import frozen
+    from vaefast.models.recipe_parts import frozen
 
     opt_g, opt_d = opts
     with frozen(crit.discriminator):  # Lightning's toggle_optimizer(opt_g)

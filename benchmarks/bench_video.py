@@ -79,7 +79,7 @@ def models(spec: dict, device):
 
 def two_pass_step(vae, crit, opts, x):
     """One step of generative-models' dims=3 loss under Lightning (see the module docstring)."""
-    from vaefast.models.ldm_loss import as_frames, frozen
+    from vaefast.models.recipe_parts import as_frames, frozen
 
     opt_g, opt_d = opts
 

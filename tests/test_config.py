@@ -126,8 +126,8 @@ def test_json_keys_fixture_matches_the_typed_results():
     # present after an LDM-recipe run
     recipe_only = ("test_psnr", "test_ssim", "test_lpips", "test_rfid", "test_temporal")
     assert [f.name for f in dataclasses.fields(RunSummary) if f.name not in recipe_only] == keys["train"]
-    # only when SSIM is missing, LPIPS or FID weights are given, or the data are clips
-    optional = ("quality_note", "lpips", "rfid", "temporal")
+    # only when SSIM is missing, LPIPS or FID weights are given, the data are clips, or tiles were asked for
+    optional = ("quality_note", "lpips", "rfid", "temporal", "tiling")
     assert [f.name for f in dataclasses.fields(EvalReport) if f.name not in optional] == keys["eval"]
 
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaefast.models.ldm_loss import LPIPSWithDiscriminator, frozen
+from vaefast.models.ldm_loss import LPIPSWithDiscriminator
+from vaefast.models.recipe_parts import frozen
 from vaefast.models.lpips import LPIPS, LPIPSWeightsError
 from vaefast.models.patchgan import PatchGAN
 

@@ -28,11 +28,16 @@ def __getattr__(name):
         from .models.ldm_loss import LPIPSWithDiscriminator
 
         return LPIPSWithDiscriminator
+    if name == "GeneralLPIPSWithDiscriminator":
+        from .models.general_loss import GeneralLPIPSWithDiscriminator
+
+        return GeneralLPIPSWithDiscriminator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BackendUnavailable",
     "FusedVAELoss",
+    "GeneralLPIPSWithDiscriminator",
     "LPIPSWithDiscriminator",
     "LossTerm",
     "TrainConfig",

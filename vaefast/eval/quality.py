@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from ..data.convert import to_unit_float
-from ..models.ldm_loss import as_frames
+from ..models.recipe_parts import as_frames
 from .fid import frechet_distance, inception_features
 
 INSTALL_HINT = "SSIM needs pytorch-msssim: pip install 'vaefast[metrics]'"

@@ -213,13 +213,6 @@ def export_checkpoint(checkpoint, out, *, fmt: str = "diffusers", stats_images: 
     from ..integrations.diffusers.export import batch_norm_statistics, set_batch_norm_statistics
 
     model, cfg = load_model(checkpoint, device, use_ema, trust)
-    tiling = None
-    if tile_size is not None or tile_frames is not None:
-        enable = getattr(getattr(model, "module", None), "enable_tiling", None)
-        if enable is None:
-            raise ValueError("--tile-size and --tile-frames tile a diffusers autoencoder's encoding and decoding; this "
-                             "checkpoint's model is vaefast's own")
-        tiling = enable(tile_size, tile_frames)
     config = dict(model.module.vae.config) if hasattr(model, "module") and hasattr(model.module, "vae") else {}
     if not config:
         export(model, out, fmt=fmt)  # refuses a model that is not a diffusers one, with the reason

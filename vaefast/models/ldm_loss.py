@@ -23,15 +23,12 @@ steps on the detached reconstruction of the same forward.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
+from .ldm_signature import ldm_forward
 from .patchgan import DISC_LOSSES, PatchGAN, sees_clips
-
-# The pixel term of the difference x - x̂: LDM's L1, or generative-models' "l2" (sd-vae-ft-mse's MSE).
-PIXEL_LOSSES = {"l1": torch.abs, "mse": torch.square}
+from .recipe_parts import PIXEL_LOSSES, as_frames, frame_count, frozen, wide_dtype
 
 
 class LPIPSWithDiscriminator(nn.Module):
@@ -59,8 +56,20 @@ class LPIPSWithDiscriminator(nn.Module):
                  disc_factor: float = 1.0, disc_start: int = 50001, disc_loss: str = "hinge",
                  logvar_init: float = 0.0, disc_layers: int = 3, disc_in_channels: int = 3,
                  lpips_weights: str | None = None, use_discriminator: bool = True, pixel_loss: str = "l1",
-                 learn_logvar: bool = True):
+                 learn_logvar: bool = True, exact_logs: bool = False, disc_num_layers: int | None = None,
+                 pixelloss_weight: float = 1.0, use_actnorm: bool = False, disc_conditional: bool = False):
+        """LDM's argument names are taken too (``disc_num_layers``, ``pixelloss_weight``, which LDM stores and never
+        uses, ``use_actnorm``, ``disc_conditional``), and ``LPIPSWithDiscriminator(50001, ...)`` reads its first
+        number as LDM's positional ``disc_start``. ``exact_logs``: before ``disc_start``, run the discriminator for
+        the values LDM logs there (its logits, ``g_loss`` and ``d_weight``, which change no gradient)."""
         super().__init__()
+        if isinstance(perceptual, (int, float)) and not isinstance(perceptual, bool):
+            perceptual, disc_start = None, int(perceptual)
+        if use_actnorm:
+            raise ValueError("use_actnorm=True (LDM's ActNorm discriminator) is not supported: LDM's configs use "
+                             "BatchNorm (use_actnorm=False); pass discriminator=module for another one")
+        disc_layers = disc_layers if disc_num_layers is None else disc_num_layers
+        self.pixel_weight, self.exact_logs, self.disc_conditional = pixelloss_weight, exact_logs, disc_conditional
         if disc_loss not in DISC_LOSSES:
             raise ValueError(f"disc_loss must be one of {', '.join(DISC_LOSSES)}, got {disc_loss!r}")
         if pixel_loss not in PIXEL_LOSSES:
@@ -79,6 +88,30 @@ class LPIPSWithDiscriminator(nn.Module):
         self.disc_loss = DISC_LOSSES[disc_loss]
         self.logvar = nn.Parameter(torch.full((), float(logvar_init)), requires_grad=learn_logvar)
 
+    def forward(self, inputs: torch.Tensor, reconstructions: torch.Tensor, posteriors, optimizer_idx: int,
+                global_step: int, last_layer: torch.Tensor | None = None, cond: torch.Tensor | None = None,
+                split: str = "train", weights=None):
+        """LDM's call, ``loss, log = crit(inputs, reconstructions, posteriors, optimizer_idx, global_step,
+        last_layer=..., split="train")``: LDM's loss value and log, and ``loss.backward()`` leaves LDM's gradients,
+        with LPIPS and the discriminator run backward once (vaefast.models.ldm_signature). ``posteriors``: LDM's or
+        diffusers' ``DiagonalGaussianDistribution`` (its ``kl()``), or the KL per image."""
+        return ldm_forward(self, inputs, reconstructions, posteriors, optimizer_idx, global_step, last_layer, cond,
+                           split, weights)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A state dict saved from LDM's or generative-models' class loads: their LPIPS (taming's layout,
+        ``perceptual_loss.net.sliceK.I`` and ``perceptual_loss.linK.model.1``) is renamed to this one's; the
+        discriminator's and ``logvar``'s keys are the same."""
+        for key in [k for k in state_dict if k.startswith(prefix + "perceptual_loss.")]:
+            value, rest = state_dict.pop(key), key[len(prefix + "perceptual_loss."):]
+            parts = rest.split(".")
+            if parts[0] == "net" and parts[1].startswith("slice"):
+                state_dict[f"{prefix}perceptual.features.{'.'.join(parts[2:])}"] = value
+            elif parts[0].startswith("lin") and parts[1:] == ["model", "1", "weight"]:
+                state_dict[f"{prefix}perceptual.lins.{parts[0][3:]}.weight"] = value
+            # scaling_layer.shift/scale: LPIPS's constants, not state here
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def factor(self, step) -> torch.Tensor | float:
         """``disc_factor`` from ``disc_start`` on, 0 before: a float for an int step, a device tensor for a tensor."""
         if isinstance(step, torch.Tensor):
@@ -92,7 +125,7 @@ class LPIPSWithDiscriminator(nn.Module):
 
     def nll_sum(self, x: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(nll summed over pixels and images, mean pixel loss, mean LPIPS): LDM's nll times the batch size."""
-        wide = _wide(reconstruction)
+        wide = wide_dtype(reconstruction)
         rec = PIXEL_LOSSES[self.pixel_loss](x - reconstruction).to(wide)
         l1 = rec.detach().mean()
         lpips = torch.zeros((), device=x.device)
@@ -130,7 +163,7 @@ class LPIPSWithDiscriminator(nn.Module):
             with frozen(self.discriminator):
                 logits = self.discriminator(reconstruction if clips else as_frames(reconstruction))
             # Both losses as sums over the frames: a 3D discriminator's mean is over clips, T times fewer items.
-            g_sum = -logits.to(_wide(reconstruction)).flatten(1).mean(1).sum() * (frames if clips else 1)
+            g_sum = -logits.to(wide_dtype(reconstruction)).flatten(1).mean(1).sum() * (frames if clips else 1)
             grad_g, = torch.autograd.grad(g_sum, reconstruction)  # D's one backward, to its input only
             d_weight = self.adaptive_weight(reconstruction, grad_nll, grad_g, last_layer, x.shape[0] * frames,
                                             reduce)
@@ -159,7 +192,7 @@ class LPIPSWithDiscriminator(nn.Module):
         in float32, detached."""
         nll_l, = torch.autograd.grad(reconstruction, last_layer, grad_nll.to(reconstruction.dtype), retain_graph=True)
         g_l, = torch.autograd.grad(reconstruction, last_layer, grad_g.to(reconstruction.dtype), retain_graph=True)
-        wide = _wide(reconstruction)
+        wide = wide_dtype(reconstruction)
         nll_l, g_l = nll_l.to(wide), g_l.to(wide)
         count = torch.full((), float(count), dtype=wide, device=nll_l.device)
         if reduce is not None:
@@ -182,7 +215,7 @@ class LPIPSWithDiscriminator(nn.Module):
         if not self.uses_discriminator(step):
             return {"disc_loss": zero, "logits_real": zero, "logits_fake": zero}
         discriminate = discriminate or (lambda real, fake: (self.discriminator(real), self.discriminator(fake)))
-        wide = _wide(reconstruction)
+        wide = wide_dtype(reconstruction)
         # A 2D discriminator judges clips frame by frame: its loss is the mean over the frames.
         items = 1 if sees_clips(self.discriminator) else frame_count(x)
         real, fake = (x, reconstruction) if items == 1 else (as_frames(x), as_frames(reconstruction))
@@ -192,31 +225,3 @@ class LPIPSWithDiscriminator(nn.Module):
         (d_sum * (per_image_scale / items)).backward()
         return {"disc_loss": d_sum.detach() / (x.shape[0] * items), "logits_real": logits_real.detach().mean(),
                 "logits_fake": logits_fake.detach().mean()}
-
-
-def frame_count(x: torch.Tensor) -> int:
-    """T of a clip batch ``[B, C, T, H, W]``, 1 for images."""
-    return x.shape[2] if x.dim() == 5 else 1
-
-
-def as_frames(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, T, H, W]`` as ``[B·T, C, H, W]`` (generative-models' ``(b t) c h w``); images unchanged."""
-    return x.transpose(1, 2).flatten(0, 1) if x.dim() == 5 else x
-
-
-def _wide(t: torch.Tensor) -> torch.dtype:
-    """float32 for bf16/fp16 activations (the losses and norms are summed in it), float64 stays float64."""
-    return torch.promote_types(t.dtype, torch.float32)
-
-
-@contextmanager
-def frozen(module: nn.Module):
-    """``module``'s parameters take no gradient inside (Lightning's ``toggle_optimizer`` for the other network)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)

@@ -138,8 +138,16 @@ class LDMRecipe:
 
     def update(self, step: int) -> None:
         """After the autoencoder's update: the discriminator's, skipped on the device when its loss or a gradient is
-        not finite (on every rank alike); before ``disc_start`` nothing ran and nothing changes."""
-        if self.optimizer is None or not self.criterion.uses_discriminator(step) or self._bad is None:
+        not finite (on every rank alike). Before ``disc_start`` nothing ran, yet the optimizer steps with zero
+        gradients, as in LDM (whose discriminator pass returns ``0 · hinge``): its step count and bias correction
+        advance, the parameters stay, and the first updates after ``disc_start`` are LDM's."""
+        if self.optimizer is None or self._bad is None:
+            return
+        if not self.criterion.uses_discriminator(step):
+            for p in self.disc.parameters():
+                p.grad = torch.zeros_like(p)
+            self.optimizer.found_inf = torch.zeros((), device=self.device)
+            self.optimizer.step()
             return
         skip = self.skip_decision(self._bad, None)
         self.optimizer.found_inf = skip

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..data.convert import to_unit_float
 from ..eval.images import grid_png
-from ..models.ldm_loss import as_frames
+from ..models.recipe_parts import as_frames
 from ..models.patchgan import sees_clips
 
 SHOWN = 8  # images per row
