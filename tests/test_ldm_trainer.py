@@ -87,6 +87,8 @@ def test_a_trainer_step_leaves_the_ldm_gradients(tmp_path, tiny_data, random_vgg
                               theirs[largest])
     moved = [not torch.equal(a, b) for a, b in zip(crit.discriminator.parameters(), trainer.recipe.disc.parameters())]
     assert all(moved) == (disc_start == 0), "the discriminator steps from disc_start on, and only then"
+    # ...yet its Adam counts every step, as LDM's (whose discriminator pass returns 0 · hinge before disc_start)
+    assert {int(state["step"]) for state in trainer.recipe.optimizer.state.values()} == {1}
     assert all(p.grad is None for p in trainer.recipe.criterion.perceptual.parameters())
 
 
