@@ -17,6 +17,7 @@ interleaved:
     python benchmarks/bench_autoencoder.py --recipe ldm          # CPU: 64x64 crops, batch 8, blocks 32-64
     python benchmarks/bench_autoencoder.py --recipe ldm --train decoder   # decoder-only fine-tuning, three ways
     python benchmarks/bench_ldm_recipe.py --quick                 # a smoke run (results/quick/)
+    python benchmarks/bench_ldm_recipe.py --loop lightning        # LDM's own loop: its loss class vs vaefast's
     python benchmarks/bench_ldm_recipe.py --device cuda --preset sd-kl-f8 --size 256 --precision bf16
 
 With ``--train decoder`` (sd-vae-ft-mse's fine-tuning: the decoder and post_quant_conv train, the latents stay):
@@ -24,6 +25,13 @@ With ``--train decoder`` (sd-vae-ft-mse's fine-tuning: the decoder and post_quan
 everything, and ``ldm-decoder`` the LDM flow above with the encoder and quant_conv frozen (``requires_grad_(False)``,
 out of the optimizer: what ``trainable_ae_params`` fine-tuning scripts do), which still runs the encoder and the KL
 in both optimizer passes.
+
+With ``--loop lightning`` (the codebases that copied LDM's loss, issue #41): Lightning's two-optimizer step
+(``tests/ldm_reference.py``: per optimizer, the other toggled off, the autoencoder forward, the loss called with
+LDM's signature, ``loss.backward()``, the step) once with LDM's ``LPIPSWithDiscriminator`` (written out from its
+formulas in ``tests/ldm_reference.py``) and once with ``vaefast.LPIPSWithDiscriminator`` in its place, the same call;
+each before ``disc_start`` (LDM still runs D and the adaptive weight's two ``autograd.grad`` there) and after it, in
+its own process.
 
 Images/s leaves out the first 2 steps of each process. The first step's gradients of ``vaefast`` are compared with
 ``ldm``'s (relative difference of the flattened gradient vectors): the generator's (autoencoder and logvar), and the
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -54,6 +63,8 @@ VARIANTS = {"ldm": "CompVis LDM flow (Lightning: a pass per optimizer)",
             "diffusers": "diffusers train_autoencoderkl.py as published (not the recipe)",
             "vaefast": "vaefast.LPIPSWithDiscriminator, single pass",
             "trainer": "vaefast train --recipe ldm"}
+LIGHTNING_VARIANTS = {"lightning-ldm": "LDM's LPIPSWithDiscriminator", "lightning-vaefast": "vaefast.LPIPSWithDiscriminator"}
+PHASES = {"before": 10**9, "after": 0}  # disc_start, for steps before it and after it
 DECODER_VARIANTS = {"ldm-decoder": "CompVis LDM flow, encoder frozen",
                     "trainer-all": "vaefast train --recipe ldm (everything trains)",
                     "trainer-decoder": "vaefast train --recipe ldm --train decoder"}
@@ -240,7 +251,69 @@ def run_trainer(spec: dict, vae, crit, images: torch.Tensor, train: str = "all")
     return time.perf_counter() - started
 
 
+def run_lightning(variant: str, phase: str, spec: dict) -> dict:
+    """LDM's Lightning loop with LDM's loss class or vaefast's in its place, all steps before or after disc_start."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from ldm_reference import ReferenceLDMLoss, lightning_step
+
+    from vaefast import LPIPSWithDiscriminator
+    from vaefast.models.lpips import LPIPS
+    from vaefast.models.patchgan import PatchGAN
+
+    device = torch.device(spec["device"])
+    torch.manual_seed(spec["seed"])
+    vae = autoencoder(spec).to(device)
+    torch.manual_seed(spec["seed"] + 1)
+    lpips = LPIPS()  # random trunk, shipped linear layers
+    lpips.load_linear()
+    options = dict(disc_start=PHASES[phase], kl_weight=1e-6, disc_weight=0.5)
+    loss = ReferenceLDMLoss(lpips, PatchGAN(3, layers=3), **options) if variant == "lightning-ldm" else \
+        LPIPSWithDiscriminator(lpips, PatchGAN(3, layers=3), **options)
+    loss = loss.to(device)
+    # LDM's configure_optimizers: the autoencoder's parameters (its logvar is in neither optimizer), then D's
+    optimizers = (torch.optim.Adam(vae.parameters(), lr=spec["lr"], betas=(0.5, 0.9)),
+                  torch.optim.Adam(loss.discriminator.parameters(), lr=spec["lr"], betas=(0.5, 0.9)))
+    autocast = _autocast(spec, device)
+
+    def forward(x):
+        with autocast():
+            posterior = vae.encode(x).latent_dist
+            return vae.decode(posterior.sample()).sample, posterior
+
+    images = photo_crops(TRAIN_PHOTOS, spec["batch_size"] * spec["steps"], spec["size"], seed=spec["seed"])
+    before = _rss_mb()
+    for step in range(spec["steps"]):
+        if step == WARMUP:
+            _sync(device)
+            started = time.perf_counter()
+        x = images[step * spec["batch_size"]:(step + 1) * spec["batch_size"]].to(device).float() / 127.5 - 1
+        lightning_step(forward, loss, optimizers, x, step, last_layer=vae.decoder.conv_out.weight, noise_seed=step,
+                       keep_grads=False)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    peak = _peak_mb(device)
+    return {"variant": f"{variant}-{phase}", "images_per_s": (spec["steps"] - WARMUP) * spec["batch_size"] / seconds,
+            "peak_memory_mb": peak, "training_memory_mb": peak - (0 if device.type == "cuda" else before)}
+
+
+def _rss_mb() -> float:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_variant(variant: str, spec: dict) -> dict:
+    if variant.startswith("lightning-"):
+        return run_lightning(variant.rpartition("-")[0], variant.rpartition("-")[2], spec)
     device = torch.device(spec["device"])
     torch.manual_seed(spec["seed"])
     vae, crit = autoencoder(spec).to(device), _criterion(spec, device)
@@ -268,14 +341,8 @@ def run_variant(variant: str, spec: dict) -> dict:
             vaefast_step(vae, crit, opts, x, autocast, step)
     _sync(device)
     seconds = seconds if trainer else time.perf_counter() - started
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"variant": variant, "images_per_s": (spec["steps"] - WARMUP) * spec["batch_size"] / seconds,
-            "peak_memory_mb": peak}
+            "peak_memory_mb": _peak_mb(device)}
 
 
 def _sync(device):
@@ -295,6 +362,8 @@ def main(argv=None):
                         "(results/quick/)")
     p.add_argument("--train", choices=["all", "decoder"], default="all",
                    help="decoder: decoder-only fine-tuning, vaefast's against full fine-tuning and the LDM flow")
+    p.add_argument("--loop", choices=["own", "lightning"], default="own",
+                   help="lightning: LDM's two-optimizer loop, its loss class against vaefast's through the same call")
     p.add_argument("--name", default=None)
     p.add_argument("--results", default=None, help="folder for the JSON result (default: benchmarks/results/)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -309,13 +378,17 @@ def main(argv=None):
         return
     argv_base = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--recipe", "ldm")]
 
-    def worker(name):
+    def worker(name, env=None):
         proc = subprocess.run([sys.executable, __file__, *argv_base, "--worker", name], capture_output=True,
-                              text=True, check=True)
+                              text=True, check=True, env=env)
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    variants = DECODER_VARIANTS if args.train == "decoder" else VARIANTS
-    gradients = worker("gradients") if args.train == "all" else None
+    if args.loop == "lightning":
+        variants = {f"{v}-{phase}": f"{name}, {phase} disc_start" for phase in PHASES
+                    for v, name in LIGHTNING_VARIANTS.items()}
+    else:
+        variants = DECODER_VARIANTS if args.train == "decoder" else VARIANTS
+    gradients = worker("gradients") if args.train == "all" and args.loop == "own" else None
     runs = {v: [] for v in variants}
     for _ in range(args.rounds):
         for variant in variants:
@@ -323,12 +396,22 @@ def main(argv=None):
             print(f"{variant:16s} {runs[variant][-1]['images_per_s']:8.2f} images/s", file=sys.stderr)
     summary = {v: {"images_per_s": statistics.median(r["images_per_s"] for r in rs),
                    "peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in rs)} for v, rs in runs.items()}
-    suffix = "-decoder" if args.train == "decoder" else ""
+    if args.loop == "lightning":
+        # Memory in one more process each, glibc's mmap threshold fixed so that RSS follows the live tensors
+        # (bench_autoencoder.py); not in the timed rounds, where the fixed threshold's page faults would cost time.
+        fixed = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        for variant in variants:
+            measured = worker(variant, fixed)
+            summary[variant].update(fixed_threshold_peak_mb=measured["peak_memory_mb"],
+                                    training_memory_mb=measured["training_memory_mb"])
+    suffix = "-decoder" if args.train == "decoder" else "-lightning" if args.loop == "lightning" else ""
     name = args.name or f"bench_ldm_recipe-{args.device}-{args.precision}{suffix}"
     payload = {"machine": machine_info(args.device), "spec": {**spec, "train": args.train}, "rounds": runs,
                "summary": summary, "first_step_gradients": gradients,
-               "command": "python benchmarks/bench_autoencoder.py --recipe ldm " + " ".join(argv_base)}
-    table = table_decoder(summary) if args.train == "decoder" else table_recipe(summary, gradients)
+               "command": ("python benchmarks/bench_ldm_recipe.py " if args.loop == "lightning" else
+                           "python benchmarks/bench_autoencoder.py --recipe ldm ") + " ".join(argv_base)}
+    table = table_decoder(summary) if args.train == "decoder" else table_lightning(summary) \
+        if args.loop == "lightning" else table_recipe(summary, gradients)
     print("\n".join(table))
     print(f"wrote {write_result(name, payload, quick=args.quick, folder=args.results)}")
     if not args.quick and args.results is None:
@@ -344,6 +427,18 @@ def table_recipe(summary: dict, gradients: dict) -> list[str]:
                     f"{gradients['generator']:.1e}; discriminator {gradients['discriminator_same_reconstruction']:.1e} "
                     f"at the same reconstruction ({gradients['discriminator_vs_ldm_flow']:.1e} against LDM's pass on "
                     "the reconstruction after the generator's update)."]
+
+
+def table_lightning(summary: dict) -> list[str]:
+    table = ["| steps | LDM's class images/s | vaefast's images/s | x LDM's class | peak RSS MB, LDM's / vaefast's | "
+             "training adds MB (fixed mmap threshold), LDM's / vaefast's |", "|---|---|---|---|---|---|"]
+    for phase in PHASES:
+        ldm, ours = summary[f"lightning-ldm-{phase}"], summary[f"lightning-vaefast-{phase}"]
+        table.append(f"| {phase} disc_start | {ldm['images_per_s']:.2f} | {ours['images_per_s']:.2f} | "
+                     f"{ours['images_per_s'] / ldm['images_per_s']:.2f}x | {ldm['peak_memory_mb']:.0f} / "
+                     f"{ours['peak_memory_mb']:.0f} | {ldm['training_memory_mb']:.0f} / "
+                     f"{ours['training_memory_mb']:.0f} |")
+    return table
 
 
 def table_decoder(summary: dict) -> list[str]:

@@ -179,10 +179,10 @@ class ReferenceGeneralLoss(nn.Module):
 
 
 def lightning_step(forward, loss_fn, optimizers, x, global_step, *, last_layer, noise_seed, general=False,
-                   **loss_kwargs) -> tuple[dict, list[dict]]:
+                   keep_grads=True, **loss_kwargs) -> tuple[dict, list[dict]]:
     """One step of Lightning's automatic optimization over (autoencoder, discriminator) optimizers. ``forward(x)``
     gives (reconstruction, posterior); the posterior's noise is seeded by ``noise_seed`` and the pass. Returns the
-    merged log and, per pass, the gradients it left (parameter -> a copy)."""
+    merged log and, per pass, the gradients it left (parameter -> a copy; nothing without ``keep_grads``)."""
     logs, grads = {}, []
     for idx, optimizer in enumerate(optimizers):
         others = [p for o in optimizers if o is not optimizer for g in o.param_groups for p in g["params"]]
@@ -200,7 +200,7 @@ def lightning_step(forward, loss_fn, optimizers, x, global_step, *, last_layer, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads.append({p: p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"]
-                      if p.grad is not None})
+                      if p.grad is not None} if keep_grads else {})
         optimizer.step()
         for p in toggled:
             p.requires_grad_(True)

@@ -239,3 +239,15 @@ def test_ldm_s_constructor_arguments_and_bad_calls():
         plain(x.detach(), x.detach().requires_grad_(), torch.zeros(2), 0, 0)
     with pytest.raises(ValueError, match="GeneralLPIPSWithDiscriminator"):
         plain(torch.rand(1, 3, 2, 32, 32), torch.rand(1, 3, 2, 32, 32), torch.zeros(1), 0, 0)
+
+
+def test_generative_models_constructor_builds_its_default_discriminator_and_refuses_others():
+    config = {"target": "sgm.modules.autoencoding.lpips.model.model.NLayerDiscriminator",
+              "params": {"input_nc": 3, "n_layers": 2, "use_actnorm": False}}
+    crit = GeneralLPIPSWithDiscriminator(disc_start=0, discriminator_config=config, perceptual_weight=0.0,
+                                         pixel_loss="l2", dims=3)
+    assert list(crit.discriminator.state_dict()) == list(PatchGAN(3, layers=2).state_dict())
+    assert crit.pixel_loss == "mse" and not crit.logvar.requires_grad and crit.dims == 3
+    with pytest.raises(ValueError, match="discriminator=module"):
+        GeneralLPIPSWithDiscriminator(disc_start=0, perceptual_weight=0.0,
+                                      discriminator_config={"target": "my.project.Discriminator3D", "params": {}})
