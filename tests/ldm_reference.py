@@ -36,6 +36,20 @@ def vanilla(logits_real, logits_fake):
     return 0.5 * (torch.mean(F.softplus(-logits_real)) + torch.mean(F.softplus(logits_fake)))
 
 
+def nll_losses(loss, inputs, reconstructions, weights, pixel_loss):
+    """(rec_loss, nll_loss, weighted_nll_loss) as both classes compute them, in both passes: the pixel loss plus the
+    weighted LPIPS, the NLL with the scalar logvar, summed and divided by the batch (weighted by ``weights``)."""
+    difference = inputs.contiguous() - reconstructions.contiguous()
+    rec_loss = torch.abs(difference) if pixel_loss == "l1" else difference ** 2
+    if loss.perceptual_weight > 0:
+        rec_loss = rec_loss + loss.perceptual_weight * loss.perceptual_loss(inputs.contiguous(),
+                                                                            reconstructions.contiguous())
+    nll_loss = rec_loss / torch.exp(loss.logvar) + loss.logvar
+    weighted_nll_loss = nll_loss if weights is None else weights * nll_loss
+    weighted_nll_loss = torch.sum(weighted_nll_loss) / weighted_nll_loss.shape[0]
+    return rec_loss, torch.sum(nll_loss) / nll_loss.shape[0], weighted_nll_loss
+
+
 class _NetLin(nn.Module):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
@@ -86,14 +100,7 @@ class ReferenceLDMLoss(nn.Module):
 
     def forward(self, inputs, reconstructions, posteriors, optimizer_idx, global_step, last_layer=None, cond=None,
                 split="train", weights=None):
-        rec_loss = torch.abs(inputs.contiguous() - reconstructions.contiguous())
-        if self.perceptual_weight > 0:
-            rec_loss = rec_loss + self.perceptual_weight * self.perceptual_loss(inputs.contiguous(),
-                                                                                reconstructions.contiguous())
-        nll_loss = rec_loss / torch.exp(self.logvar) + self.logvar
-        weighted_nll_loss = nll_loss if weights is None else weights * nll_loss
-        weighted_nll_loss = torch.sum(weighted_nll_loss) / weighted_nll_loss.shape[0]
-        nll_loss = torch.sum(nll_loss) / nll_loss.shape[0]
+        rec_loss, nll_loss, weighted_nll_loss = nll_losses(self, inputs, reconstructions, weights, "l1")
         kl_loss = posteriors.kl()
         kl_loss = torch.sum(kl_loss) / kl_loss.shape[0]
         disc_factor = self.disc_factor if global_step >= self.disc_start else 0.0
@@ -134,15 +141,7 @@ class ReferenceGeneralLoss(nn.Module):
                 split="train", weights=None):
         if self.dims > 2:
             inputs, reconstructions = (t.transpose(1, 2).flatten(0, 1) for t in (inputs, reconstructions))
-        difference = inputs.contiguous() - reconstructions.contiguous()
-        rec_loss = torch.abs(difference) if self.pixel_loss == "l1" else difference ** 2
-        if self.perceptual_weight > 0:
-            rec_loss = rec_loss + self.perceptual_weight * self.perceptual_loss(inputs.contiguous(),
-                                                                                reconstructions.contiguous())
-        nll_loss = rec_loss / torch.exp(self.logvar) + self.logvar
-        weighted_nll_loss = nll_loss if weights is None else weights * nll_loss
-        weighted_nll_loss = torch.sum(weighted_nll_loss) / weighted_nll_loss.shape[0]
-        nll_loss = torch.sum(nll_loss) / nll_loss.shape[0]
+        rec_loss, nll_loss, weighted_nll_loss = nll_losses(self, inputs, reconstructions, weights, self.pixel_loss)
         active = global_step >= self.disc_start or not self.training
         if optimizer_idx == 0:
             if active:

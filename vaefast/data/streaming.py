@@ -105,6 +105,22 @@ def _whole_shards(folder: ImageFolder):
     return paths
 
 
+def dali_square_and_crop(images, square: tuple[int, int], channels: int, flip: bool, crop: Crop | None, layout: str):
+    """Inside a DALI pipeline: the central ``square`` of decoded HWC images (or FHWC clips), channels first
+    (``layout``) and scaled to [0, 1] in one operator, flipped at random when asked; then the training crop, at
+    DALI's own seeded random position."""
+    from nvidia.dali import fn, types
+
+    images = fn.crop_mirror_normalize(images, crop=square, crop_pos_x=0.5, crop_pos_y=0.5,
+                                      mirror=fn.random.coin_flip() if flip else 0, dtype=types.FLOAT,
+                                      output_layout=layout, mean=[0.0] * channels, std=[255.0] * channels)
+    if crop is not None and crop.size != square[0]:
+        where = dict(crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+                     crop_pos_y=fn.random.uniform(range=[0.0, 1.0])) if crop.random else {}
+        images = fn.crop(images, crop=(crop.size, crop.size), **where)
+    return images
+
+
 def dali_unavailable_reason() -> str | None:
     """None when DALI imports, else why not."""
     try:
@@ -172,14 +188,7 @@ class DALIFolderLoader:
                 images = fn.resize(images, resize_shorter=size, antialias=True)
             # The central square (as the other loaders decode it), channels first, scaled to [0, 1] in one
             # operator; then the training crop, at DALI's own seeded random position.
-            images = fn.crop_mirror_normalize(images, crop=(out_h, out_w), crop_pos_x=0.5, crop_pos_y=0.5,
-                                              mirror=fn.random.coin_flip() if flip else 0, dtype=types.FLOAT,
-                                              output_layout="CHW", mean=[0.0] * channels, std=[255.0] * channels)
-            if crop is not None and crop.size != out_h:
-                where = dict(crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
-                             crop_pos_y=fn.random.uniform(range=[0.0, 1.0])) if crop.random else {}
-                images = fn.crop(images, crop=(crop.size, crop.size), **where)
-            return images
+            return dali_square_and_crop(images, (out_h, out_w), channels, flip, crop, "CHW")
 
         self.pipe = pipeline()
         self.pipe.build()

@@ -19,7 +19,7 @@ import torch
 
 from .errors import DataError
 from .sampling import Crop, Transforms
-from .streaming import dali_unavailable_reason
+from .streaming import dali_square_and_crop, dali_unavailable_reason
 
 # What the CPU variant of the reader decodes (its documentation, and its refusal of the rest).
 CPU_CODECS = {"vp8", "vp9", "mjpeg"}
@@ -62,7 +62,7 @@ class DALIClipLoader:
         reason = dali_video_unsupported(files, torch.device(device))
         if reason:
             raise DataError(reason)
-        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import fn, pipeline_def
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         self.device, self.transform, self.epoch = torch.device(device), transform, 0
@@ -78,15 +78,7 @@ class DALIClipLoader:
                 pad_last_batch=True, name="reader", seed=seed)
             if size is not None:
                 clips = fn.resize(clips, resize_shorter=size, antialias=True)
-            # The central square, channels first, in [0, 1], as the image pipeline; then the training crop.
-            clips = fn.crop_mirror_normalize(clips, crop=(out_size, out_size), crop_pos_x=0.5, crop_pos_y=0.5,
-                                             mirror=fn.random.coin_flip() if flip else 0, dtype=types.FLOAT,
-                                             output_layout="CFHW", mean=[0.0] * 3, std=[255.0] * 3)
-            if crop is not None and crop.size != out_size:
-                where = dict(crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
-                             crop_pos_y=fn.random.uniform(range=[0.0, 1.0])) if crop.random else {}
-                clips = fn.crop(clips, crop=(crop.size, crop.size), **where)
-            return clips
+            return dali_square_and_crop(clips, (out_size, out_size), 3, flip, crop, "CFHW")
 
         self.pipe = pipeline()
         try:
