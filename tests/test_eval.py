@@ -230,3 +230,21 @@ def test_lpips_is_reported_for_rgb_data_with_weights(tmp_path):
     assert result["lpips"] == pytest.approx(float(expected), rel=1e-5) and result["lpips"] > 0
     with pytest.raises(ValueError, match="LPIPS compares RGB images; this data has 1 channel"):
         reconstruction_quality(model, images[:, :1], lpips=lpips)
+
+
+def test_the_latent_scatter_draws_its_legend_below_its_title(tmp_path):
+    """The legend has a line of its own: no swatch colour in the title's line, every class's swatch in the next."""
+    import numpy as np
+    from PIL import Image
+
+    from vaefast.eval.images import PALETTE, scatter_png
+
+    torch.manual_seed(0)
+    labels = torch.arange(10).repeat(20)
+    path = scatter_png(torch.randn(200, 2), labels, tmp_path / "scatter.png",
+                       title="posterior means, first two principal components, coloured by label " * 2)
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    colours = {tuple(c) for c in PALETTE[:10]}
+    title_line = {tuple(p) for p in pixels[:18].reshape(-1, 3)}
+    legend_line = {tuple(p) for p in pixels[18:36].reshape(-1, 3)}
+    assert not colours & title_line and colours <= legend_line

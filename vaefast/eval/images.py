@@ -81,21 +81,23 @@ def pca_2d(points: torch.Tensor) -> torch.Tensor:
 
 
 def scatter_png(points: torch.Tensor, labels: torch.Tensor | None, path, *, size: int = 512, title: str = "") -> Path:
-    """A scatter plot of 2-D points, coloured by label, drawn directly (no plotting library needed)."""
+    """A scatter plot of 2-D points, coloured by label, drawn directly (no plotting library needed): the title on the
+    first line, the legend (a swatch and the class index per label) on a line of its own below it, then the plot."""
     xy = points.double()
     lo, hi = xy.min(0).values, xy.max(0).values
     span = (hi - lo).clamp_min(1e-9)
-    margin = 16
+    margin, line = 16, 18
+    header = line * (2 if labels is not None else 1)
     pix = ((xy - lo) / span * (size - 2 * margin) + margin).round().long().numpy()
-    img = Image.new("RGB", (size, size + 18), "white")
+    img = Image.new("RGB", (size, size + header), "white")
     draw = ImageDraw.Draw(img)
     for i, (px, py) in enumerate(pix):
         color = PALETTE[int(labels[i]) % len(PALETTE)] if labels is not None else (31, 119, 180)
-        draw.rectangle([px - 1, size - py - 1 + 18, px + 1, size - py + 1 + 18], fill=color)
+        draw.rectangle([px - 1, size - py - 1 + header, px + 1, size - py + 1 + header], fill=color)
     draw.text((4, 3), title, fill="black")
-    if labels is not None:  # legend: one swatch and the class index per label
+    if labels is not None:
         for c in range(int(labels.max()) + 1):
-            left = size - 10 - (int(labels.max()) + 1 - c) * 24
-            draw.rectangle([left, 5, left + 7, 12], fill=PALETTE[c % len(PALETTE)])
-            draw.text((left + 9, 3), str(c), fill="black")
+            left = 4 + c * 28
+            draw.rectangle([left, line + 5, left + 7, line + 12], fill=PALETTE[c % len(PALETTE)])
+            draw.text((left + 10, line + 3), str(c), fill="black")
     return save_png(img, path)
