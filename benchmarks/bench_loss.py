@@ -4,6 +4,11 @@
     python benchmarks/bench_loss.py --dtype bf16    # another input dtype
     python benchmarks/bench_loss.py --quick         # one small case, few repeats (smoke test)
     python benchmarks/bench_loss.py --malloc default   # glibc's default allocator behaviour
+    python benchmarks/bench_loss.py --noise         # the latent op, eps given vs seeded, against a bandwidth probe
+
+``--noise``: the reparameterization + KL alone, eps given and seeded (the default noise path), forward and forward +
+backward, at B = 256 and D from 128 to 16384 (32k to 4M elements), each row as a fraction of a bandwidth probe timed
+interleaved with it: ``torch.add`` of two tensors of the same size into a fresh one.
 
 By default every variant runs with glibc told to keep freed memory mapped (vaefast.perf.allocator), so that the
 ops' fresh output tensors do not page-fault on every step; that spread the native op's timings by +-20% here.
@@ -30,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DTYPES, machine_info, update_readme_section, write_result  # noqa: E402
 
 from vaefast.perf.allocator import keep_freed_memory  # noqa: E402
-from vaefast.perf.loss_bench import CASES, GPU_CASES, QUICK_CASES, run_case  # noqa: E402
+from vaefast.perf.loss_bench import (CASES, GPU_CASES, NOISE_BYTES, NOISE_DIMS, QUICK_CASES,  # noqa: E402
+                                     run_case, run_noise_case)
 
 
 def table(results: list[dict]) -> str:
@@ -50,6 +56,18 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def noise_table(results: list[dict]) -> str:
+    names = list(NOISE_BYTES)
+    lines = ["| B x D | elements | probe GB/s | " + " | ".join(f"{n} ms (% of probe)" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for r in results:
+        cells = [f"{r['variants'][n]['median_s'] * 1e3:.3f} ({100 * r['variants'][n]['fraction_of_probe']:.0f}%)"
+                 for n in names]
+        lines.append(f"| {r['batch']} x {r['dim']} | {r['elements'] / 1e6:.2g}M | {r['probe']['GBps']:.1f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -64,6 +82,8 @@ def main(argv=None):
     parser.add_argument("--results", help="write the JSON here instead of benchmarks/results/")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="CUDA: time each step replayed from a CUDA graph (GPU time alone, no launch overhead)")
+    parser.add_argument("--noise", action="store_true",
+                        help="the latent op alone, eps given vs seeded, forward and fwd+bwd, against a bandwidth probe")
     parser.add_argument("--malloc", choices=["keep-freed", "default"], default="keep-freed",
                         help="keep-freed: glibc keeps freed memory mapped for all variants (default); default: as is")
     args = parser.parse_args(argv)
@@ -73,6 +93,8 @@ def main(argv=None):
     if args.quick:
         args.rounds, args.min_time = 3, 0.01
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if args.noise:
+        return noise_main(args, argv, device, allocator)
     results = [run_case(n, ls, ps, batch=args.batch, rounds=args.rounds, min_time=args.min_time, device=device,
                         dtype=dtype, cuda_graphs=args.cuda_graphs) for n, ls, ps in (QUICK_CASES if args.quick else GPU_CASES if args.suite == "gpu" else CASES)]
     command = "python benchmarks/bench_loss.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -85,6 +107,27 @@ def main(argv=None):
             + ("-default-malloc" if args.malloc == "default" else "") + ("-graphs" if args.cuda_graphs else ""))
     path = write_result(name, payload, quick=args.quick, folder=args.results)
     text = f"Timer: {timer}. Allocator: {allocator}.\n\n" + table(results)
+    print(text)
+    print(f"\nwrote {path}")
+    if not args.quick and not args.no_readme:
+        update_readme_section(name, payload, text)
+    return payload
+
+
+def noise_main(args, argv, device, allocator):
+    backend = "triton" if device.type == "cuda" else "native"
+    dims = NOISE_DIMS[:2] if args.quick else NOISE_DIMS
+    results = [run_noise_case(args.batch, d, rounds=args.rounds, min_time=args.min_time, device=device,
+                              backend=backend) for d in dims]
+    command = "python benchmarks/bench_loss.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload = {"benchmark": "bench_loss --noise", "command": command.strip(), "backend": backend,
+               "allocator": allocator, "bytes_per_element": NOISE_BYTES, "machine": machine_info(device),
+               "results": results}
+    name = f"bench_loss-noise-{device.type}"
+    path = write_result(name, payload, quick=args.quick, folder=args.results)
+    text = (f"The {backend} reparameterization + KL, float32, {args.rounds} interleaved rounds (medians); bytes per "
+            "element: " + ", ".join(f"{k} {v}" for k, v in NOISE_BYTES.items()) + "; the probe, torch.add into a fresh "
+            "tensor, 12.\n\n" + noise_table(results))
     print(text)
     print(f"\nwrote {path}")
     if not args.quick and not args.no_readme:

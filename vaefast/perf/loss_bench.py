@@ -222,3 +222,47 @@ def run_case(name, latent_shape, pixel_shape, *, batch, rounds, min_time, device
                          "saved_bytes_total": total, "saved_bytes_not_inputs": extra}
     return {"case": name, "batch": batch, "latent_shape": list(latent_shape), "pixel_shape": list(pixel_shape),
             "minimal_bytes": floor, "copy_GBps": copy_bw / 1e9, "clone_GBps": clone_bw / 1e9, "variants": rows}
+
+
+# The latent op alone against a bandwidth probe (issue #40): B·D from 32k to 4M elements at B = 256.
+NOISE_DIMS = (128, 512, 2048, 4096, 16384)
+# Bytes per latent element (float32): forward reads mu, logvar (and eps when given) and writes z; the backward reads
+# the upstream gradient, mu, logvar (and eps) and writes the two input gradients. The probe, torch.add of two tensors
+# into a fresh one, moves 12.
+NOISE_BYTES = {"given forward": 16, "seeded forward": 12, "given fwd+bwd": 40, "seeded fwd+bwd": 32}
+PROBE_BYTES = 12
+
+
+def run_noise_case(batch: int, dim: int, *, rounds: int, min_time: float, device, backend: str) -> dict:
+    """The fused reparameterization + KL with eps given and with seeded noise, forward alone (no graph) and forward +
+    backward, and ``torch.add`` into a fresh tensor of the same size timed interleaved with them (the same cache
+    state): each variant's effective bandwidth as a fraction of the probe's."""
+    g = torch.Generator().manual_seed(0)
+    mu, logvar, eps, upstream_z, a, b = (torch.randn(batch, dim, generator=g).to(device) for _ in range(6))
+    upstream_kl = torch.randn(batch, generator=g).to(device)
+    mu_g, logvar_g = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
+    seed = torch.tensor([7], dtype=torch.int64, device=device)
+
+    def forward(noise):
+        def step():
+            with torch.no_grad():
+                return vaefast.reparameterize_kl(mu, logvar, **noise, clamp=CLAMP, backend=backend)
+        return step
+
+    def both(noise):
+        def step():
+            z, kl = vaefast.reparameterize_kl(mu_g, logvar_g, **noise, clamp=CLAMP, backend=backend)
+            return torch.autograd.grad((z, kl), (mu_g, logvar_g), (upstream_z, upstream_kl))
+        return step
+
+    steps = {"probe": lambda: torch.add(a, b), "given forward": forward({"eps": eps}),
+             "seeded forward": forward({"seed": seed}), "given fwd+bwd": both({"eps": eps}),
+             "seeded fwd+bwd": both({"seed": seed})}
+    timed = (time_cuda if torch.device(device).type == "cuda" else time_cpu)(steps, rounds, min_time)
+    n = batch * dim
+    probe_bw = PROBE_BYTES * n / timed["probe"]["median_s"]
+    rows = {name: {**timed[name], "GBps": NOISE_BYTES[name] * n / timed[name]["median_s"] / 1e9,
+                   "fraction_of_probe": NOISE_BYTES[name] * n / timed[name]["median_s"] / probe_bw}
+            for name in NOISE_BYTES}
+    return {"batch": batch, "dim": dim, "elements": n, "probe": {**timed["probe"], "GBps": probe_bw / 1e9},
+            "variants": rows}
