@@ -35,6 +35,7 @@ if [[ "${1:-}" == "--cpu-smoke" ]]; then
   TRITON_INTERPRET= $PY benchmarks/bench_autoencoder.py --quick --variants reference vaefast --results "$out"
   TRITON_INTERPRET= $PY benchmarks/bench_autoencoder.py --recipe ldm --quick --results "$out"
   TRITON_INTERPRET= $PY benchmarks/bench_video.py --quick --results "$out"
+  TRITON_INTERPRET= $PY benchmarks/bench_loss.py --noise --quick --device cpu --results "$out"
   echo "gpu_suite: CPU smoke run passed"
   exit 0
 fi
@@ -68,6 +69,8 @@ for dtype in fp32 bf16 fp16; do
   $PY benchmarks/bench_loss.py --suite gpu --dtype "$dtype" --device cuda
   $PY benchmarks/bench_loss.py --suite gpu --dtype "$dtype" --device cuda --cuda-graphs --rounds 5
 done
+# The latent op, eps given vs seeded (the default noise path), against a bandwidth probe: fractions of HBM bandwidth
+$PY benchmarks/bench_loss.py --noise --device cuda
 $PY benchmarks/triton_autotune.py --results "$out"
 $PY benchmarks/bench_throughput.py --device cuda
 $PY benchmarks/triton_inspect.py
@@ -80,7 +83,8 @@ for precision in fp32 bf16; do  # the Latent-Diffusion recipe (L1 + LPIPS + KL +
 done
 # Video autoencoders: the 5D recipe against the two-pass flow, and memory against frames (T = 1 .. 33)
 $PY benchmarks/bench_video.py --device cuda --size 128 --memory-size 128 --frames 17 --batch-size 2 --rounds 2
-cp benchmarks/results/bench_loss-cuda-*.json benchmarks/results/bench_throughput-cuda.json \
+cp benchmarks/results/bench_loss-cuda-*.json benchmarks/results/bench_loss-noise-cuda.json \
+  benchmarks/results/bench_throughput-cuda.json \
   benchmarks/results/bench_autoencoder-cuda.json benchmarks/results/bench_ldm_recipe-cuda-*.json \
   benchmarks/results/bench_video-cuda.json "$out"/ 2>/dev/null || true
 echo "gpu_suite: done; results in $out and benchmarks/results/, tables in docs/performance.md"

@@ -22,7 +22,8 @@ def test_gpu_suite_cpu_smoke(tmp_path):
     names = {p.name for p in tmp_path.iterdir()}
     for expected in ("bench_loss-cpu-fp32.json", "bench_loss-cpu-bf16.json", "bench_loss-cpu-fp16.json",
                      "triton_autotune-float32.json", "triton_autotune-check.json", "bench_throughput-cpu.json",
-                     "bench_autoencoder-cpu.json", "bench_ldm_recipe-cpu-fp32.json", "bench_video-cpu.json"):
+                     "bench_autoencoder-cpu.json", "bench_ldm_recipe-cpu-fp32.json", "bench_video-cpu.json",
+                     "bench_loss-noise-cpu.json"):
         assert expected in names, names
 
 
