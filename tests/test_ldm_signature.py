@@ -237,6 +237,8 @@ def test_ldm_s_constructor_arguments_and_bad_calls():
         plain(x, x, torch.zeros(2), 2, 0)
     with pytest.raises(ValueError, match="last_layer"):
         plain(x.detach(), x.detach().requires_grad_(), torch.zeros(2), 0, 0)
+    with pytest.raises(ValueError, match="without one"):
+        LPIPSWithDiscriminator(disc_start=0, perceptual_weight=0.0, use_discriminator=False)(x, x, torch.zeros(2), 1, 0)
     with pytest.raises(ValueError, match="GeneralLPIPSWithDiscriminator"):
         plain(torch.rand(1, 3, 2, 32, 32), torch.rand(1, 3, 2, 32, 32), torch.zeros(1), 0, 0)
 

@@ -141,6 +141,8 @@ def ldm_forward(crit, inputs, reconstructions, posteriors, optimizer_idx, global
                "g_loss": parts["g_loss"]}
         return loss, {f"{split}/{k}": v for k, v in log.items()}
     if optimizer_idx == 1:
+        if crit.discriminator is None:
+            raise ValueError("optimizer_idx=1 is the discriminator's pass; this loss was built without one")
         loss, real, fake = discriminator_pass(crit, inputs, reconstructions, active=bool(factor), factor=factor,
                                               cond=cond, zero_gradients=True,
                                               exact_logs=crit.exact_logs or not torch.is_grad_enabled())
