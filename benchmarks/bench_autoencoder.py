@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, update_readme_section, write_result  # noqa: E402
+from common import machine_info, rss_mb, update_readme_section, write_result  # noqa: E402
 
 WARMUP_STEPS = 3
 KL_WEIGHT = 1e-6
@@ -192,11 +192,6 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def run_variant(variant: str, spec: dict) -> dict:
     torch.manual_seed(spec["seed"])
     device = torch.device(spec["device"])
@@ -205,7 +200,7 @@ def run_variant(variant: str, spec: dict) -> dict:
     vae = autoencoder(spec).to(device)  # the same initial weights in every variant (seeded)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    baseline = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
+    baseline = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else rss_mb()
     result = {"variant": variant, "description": VARIANTS[variant],
               "parameters": sum(p.numel() for p in vae.parameters())}
     if variant.startswith("reference"):

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_autoencoder import TRAIN_PHOTOS, add_autoencoder_arguments, autoencoder, photo_crops  # noqa: E402
-from common import machine_info, update_readme_section, write_result  # noqa: E402
+from common import machine_info, peak_memory_mb, rss_mb, update_readme_section, write_result  # noqa: E402
 
 WARMUP = 2
 VARIANTS = {"ldm": "CompVis LDM flow (Lightning: a pass per optimizer)",
@@ -281,7 +281,7 @@ def run_lightning(variant: str, phase: str, spec: dict) -> dict:
             return vae.decode(posterior.sample()).sample, posterior
 
     images = photo_crops(TRAIN_PHOTOS, spec["batch_size"] * spec["steps"], spec["size"], seed=spec["seed"])
-    before = _rss_mb()
+    before = rss_mb()
     for step in range(spec["steps"]):
         if step == WARMUP:
             _sync(device)
@@ -291,24 +291,9 @@ def run_lightning(variant: str, phase: str, spec: dict) -> dict:
                        keep_grads=False)
     _sync(device)
     seconds = time.perf_counter() - started
-    peak = _peak_mb(device)
+    peak = peak_memory_mb(device)
     return {"variant": f"{variant}-{phase}", "images_per_s": (spec["steps"] - WARMUP) * spec["batch_size"] / seconds,
             "peak_memory_mb": peak, "training_memory_mb": peak - (0 if device.type == "cuda" else before)}
-
-
-def _rss_mb() -> float:
-    import os
-
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_variant(variant: str, spec: dict) -> dict:
@@ -342,7 +327,7 @@ def run_variant(variant: str, spec: dict) -> dict:
     _sync(device)
     seconds = seconds if trainer else time.perf_counter() - started
     return {"variant": variant, "images_per_s": (spec["steps"] - WARMUP) * spec["batch_size"] / seconds,
-            "peak_memory_mb": _peak_mb(device)}
+            "peak_memory_mb": peak_memory_mb(device)}
 
 
 def _sync(device):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from common import machine_info, update_readme_section, write_result  # noqa: E402
+from common import machine_info, peak_memory_mb, rss_mb, update_readme_section, write_result  # noqa: E402
 
 WARMUP = 2
 WAN = {"base_dim": 16, "z_dim": 4, "dim_mult": [1, 2], "num_res_blocks": 1, "attn_scales": [],
@@ -139,7 +138,7 @@ def run_variant(variant: str, spec: dict) -> dict:
     data = clips(spec, spec["batch_size"] * spec["steps"])
     if variant == "vaefast":
         t = trainer(spec, vae, crit, data)
-        before = _rss_mb()
+        before = rss_mb()
         t.run(WARMUP)
         _sync(device)
         started = time.perf_counter()
@@ -147,7 +146,7 @@ def run_variant(variant: str, spec: dict) -> dict:
     else:
         opts = (torch.optim.Adam([*vae.parameters(), crit.logvar], lr=1e-4, betas=(0.5, 0.9)),
                 torch.optim.Adam(crit.discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9)))
-        before = _rss_mb()
+        before = rss_mb()
         for step in range(spec["steps"]):
             if step == WARMUP:
                 _sync(device)
@@ -156,7 +155,7 @@ def run_variant(variant: str, spec: dict) -> dict:
             two_pass_step(vae, crit, opts, x)
     _sync(device)
     seconds = time.perf_counter() - started
-    peak = _peak_mb(device)
+    peak = peak_memory_mb(device)
     return {"variant": variant, "clips_per_s": (spec["steps"] - WARMUP) * spec["batch_size"] / seconds,
             "peak_memory_mb": peak, "training_memory_mb": peak - (0 if device.type == "cuda" else before)}
 
@@ -168,10 +167,10 @@ def run_memory(spec: dict) -> dict:
     t = trainer(spec, vae, crit, clips(spec, spec["batch_size"] * 2), checkpointing=spec["checkpointing"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    before = _rss_mb()
+    before = rss_mb()
     t.run(2)
     _sync(device)
-    peak = _peak_mb(device)
+    peak = peak_memory_mb(device)
     return {"frames": spec["frames"], "checkpointing": spec["checkpointing"], "peak_memory_mb": peak,
             "training_memory_mb": peak - (0 if device.type == "cuda" else before)}
 
@@ -202,17 +201,6 @@ def run_memory_view(spec: dict) -> dict:
     peak = max(sizes, key=sum)
     return {"frames": spec["frames"], "checkpointing": spec["checkpointing"], "model": spec["model"],
             "peak_mb": sum(peak) / 2**20, "by_category_mb": {c: b / 2**20 for c, b in zip(CATEGORIES, peak[1:])}}
-
-
-def _peak_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _sync(device):

@@ -18,18 +18,19 @@ from vaefast.models.patchgan import PatchGAN
 
 
 class TinyAutoencoder(nn.Module):
-    """Packed moments, the reparameterization with a given eps, the per-image KL, a decoder with a last conv."""
+    """Packed moments, the reparameterization with a given eps, the per-image (or per-clip, with Conv3d) KL, a
+    decoder with a last convolution."""
 
-    def __init__(self):
+    def __init__(self, conv=nn.Conv2d):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1))
-        self.decoder = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.SiLU())
-        self.conv_out = nn.Conv2d(8, 3, 3, padding=1)
+        self.encoder = nn.Sequential(conv(3, 8, 3, padding=1), nn.SiLU(), conv(8, 8, 3, padding=1))
+        self.decoder = nn.Sequential(conv(4, 8, 3, padding=1), nn.SiLU())
+        self.conv_out = conv(8, 3, 3, padding=1)
 
     def forward(self, x, eps):
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         z = mu + torch.exp(0.5 * logvar) * eps
-        kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum((1, 2, 3))
+        kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).flatten(1).sum(1)
         return self.conv_out(self.decoder(z)), kl
 
 
@@ -231,27 +232,11 @@ def test_the_fine_tuning_losses_equal_their_flow(pixel_loss, learn_logvar):
 # ------------------------------------------------------------------------------------------------ clips (5D)
 
 
-class TinyVideoAutoencoder(nn.Module):
-    """Clips [B, 3, T, H, W]: causal-free 3D convolutions, packed moments, the per-clip KL, a last Conv3d."""
-
-    def __init__(self):
-        super().__init__()
-        self.encoder = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv3d(8, 8, 3, padding=1))
-        self.decoder = nn.Sequential(nn.Conv3d(4, 8, 3, padding=1), nn.SiLU())
-        self.conv_out = nn.Conv3d(8, 3, 3, padding=1)
-
-    def forward(self, x, eps):
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
-        z = mu + torch.exp(0.5 * logvar) * eps
-        kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).flatten(1).sum(1)
-        return self.conv_out(self.decoder(z)), kl
-
-
 def _video_setup(dtype, disc: str, pixel_loss="l1"):
     from vaefast.models.patchgan import PatchGAN3D
 
     torch.manual_seed(0)
-    ae = TinyVideoAutoencoder().to(dtype)
+    ae = TinyAutoencoder(nn.Conv3d).to(dtype)  # clips [B, 3, T, H, W]
     discriminator = PatchGAN3D(3, ndf=8, layers=2) if disc == "3d" else PatchGAN(3, ndf=8, layers=2)
     crit = LPIPSWithDiscriminator(_lpips(dtype), discriminator, kl_weight=1e-2, perceptual_weight=1.0,
                                   disc_weight=0.5, disc_start=3, logvar_init=0.1, pixel_loss=pixel_loss).to(dtype)

@@ -81,7 +81,7 @@ class GeneralLPIPSWithDiscriminator(LPIPSWithDiscriminator):
                                                   zero_gradients=False)
             return loss, {f"{split}/loss/disc": loss.clone().detach(), f"{split}/logits/real": real,
                           f"{split}/logits/fake": fake}
-        raise NotImplementedError(f"Unknown optimizer_idx {optimizer_idx}")
+        raise ValueError(f"optimizer_idx must be 0 (the autoencoder) or 1 (the discriminator), got {optimizer_idx}")
 
 
 def _discriminator_from_config(config: dict) -> nn.Module:
