@@ -63,7 +63,8 @@ VARIANTS = {"ldm": "CompVis LDM flow (Lightning: a pass per optimizer)",
             "diffusers": "diffusers train_autoencoderkl.py as published (not the recipe)",
             "vaefast": "vaefast.LPIPSWithDiscriminator, single pass",
             "trainer": "vaefast train --recipe ldm"}
-LIGHTNING_VARIANTS = {"lightning-ldm": "LDM's LPIPSWithDiscriminator", "lightning-vaefast": "vaefast.LPIPSWithDiscriminator"}
+LIGHTNING_VARIANTS = {"lightning-ldm": "LDM's LPIPSWithDiscriminator",
+                      "lightning-vaefast": "vaefast.LPIPSWithDiscriminator"}
 PHASES = {"before": 10**9, "after": 0}  # disc_start, for steps before it and after it
 DECODER_VARIANTS = {"ldm-decoder": "CompVis LDM flow, encoder frozen",
                     "trainer-all": "vaefast train --recipe ldm (everything trains)",

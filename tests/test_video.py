@@ -154,7 +154,8 @@ def test_dali_reads_clips_of_vp9_files_and_a_cpu_run_on_h264_falls_back_and_says
         batches = list(loader.batches())
         assert [b.shape for b in batches] == [(2, 3, 3, 32, 32)] * 2
         for clip in torch.cat(batches):
-            errors = [float((pyav[i, :, s:s + 5:2] - clip).abs().mean()) for i in range(4) for s in (0, 5) if s + 5 <= 9]
+            errors = [float((pyav[i, :, s:s + 5:2] - clip).abs().mean()) for i in range(4) for s in (0, 5)
+                      if s + 5 <= 9]
             assert min(errors) < 2 / 255, min(errors)
             seen.append(int(np.argmin(errors)))
     assert sorted(set(seen)) == [0, 1, 2, 3]  # every training clip, in DALI's shuffled order
@@ -366,7 +367,8 @@ def test_eval_tiles_long_clips_in_time_and_space_with_diffusers_own_tiling(tmp_p
     calls = []
     for name in ("_temporal_tiled_encode", "_temporal_tiled_decode", "tiled_encode", "tiled_decode"):
         original = getattr(ltx, name)
-        monkeypatch.setattr(ltx, name, lambda self, *a, _o=original, _n=name, **k: calls.append(_n) or _o(self, *a, **k))
+        monkeypatch.setattr(ltx, name,
+                            lambda self, *a, _o=original, _n=name, **k: calls.append(_n) or _o(self, *a, **k))
     capsys.readouterr()
     reports = {}
     for label, extra in (("whole", []), ("tiled", ["--tile-frames", "4", "--tile-size", "16"])):

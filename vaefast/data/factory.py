@@ -57,7 +57,8 @@ def make_loader(kind: str, dataset: ImageDataset, batch_size: int, *, device, se
                 crop: str = "center", frame_stride: int | None = None, image_ratio: float = 0.0):
     """``crop``: random or center crops of the dataset's image size from larger decoded images (image folders and
     shards with --resize; auto is random for them). Clips get a window of the dataset's frame count, every
-    ``frame_stride``-th frame (default: the dataset's), at a random start; ``image_ratio`` of the batches then keep one frame of each clip."""
+    ``frame_stride``-th frame (default: the dataset's), at a random start; ``image_ratio`` of the batches then keep
+    one frame of each clip."""
     device = torch.device(device)
     frame_stride = dataset.frame_stride if frame_stride is None else frame_stride
     kind, why = choose_loader(kind, dataset, device)
