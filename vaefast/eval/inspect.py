@@ -60,7 +60,7 @@ def inspect_model(checkpoint, out, *, data: str | None = None, n: int = 8, steps
         z[:, d] = values
         rows.append(mean_img(model.decode(z.view(steps, *model.latent_shape))).float())
     paths["traversals"] = grid_png(torch.cat(rows).cpu(), out / "traversals.png", nrow=steps,
-                                   title=f"rows: latent dims {order.tolist()} (most active first), values -3..3")
+                                   title=f"rows: latent dims {order.tolist()} (most active first), values from -3 to 3")
 
     t = torch.linspace(0.0, 1.0, steps, device=device)
     mu_pairs, _ = model.encode(x)
