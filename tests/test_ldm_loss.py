@@ -53,6 +53,18 @@ def _setup(dtype, perceptual_weight=1.0, disc_loss="hinge", disc_start=3, pixel_
     return ae, crit, x, eps
 
 
+def ldm_generator_loss(ae, crit, nll_loss, kl_loss, g_loss, step):
+    """LDM's generator loss from its terms, the adaptive weight by two autograd.grad to the last layer: (loss, the
+    discriminator factor at ``step``)."""
+    last = ae.conv_out.weight
+    nll_grads = torch.autograd.grad(nll_loss, last, retain_graph=True)[0]
+    g_grads = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    d_weight = torch.clamp(torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4), 0.0, 1e4).detach()
+    d_weight = d_weight * crit.disc_weight
+    disc_factor = crit.disc_factor if step >= crit.disc_start else 0.0
+    return nll_loss + crit.kl_weight * kl_loss + d_weight * disc_factor * g_loss, disc_factor
+
+
 def ldm_generator_step(ae, crit, x, eps, step):
     """LDM's optimizer-0 pass: forward, the loss with two autograd.grad for d_w, then loss.backward() with the
     discriminator toggled off (Lightning's toggle_optimizer). With ``pixel_loss="mse"`` the squared difference, as
@@ -67,13 +79,7 @@ def ldm_generator_step(ae, crit, x, eps, step):
     with frozen(crit.discriminator):
         logits_fake = crit.discriminator(recon.contiguous())
         g_loss = -torch.mean(logits_fake)
-        last = ae.conv_out.weight
-        nll_grads = torch.autograd.grad(nll_loss, last, retain_graph=True)[0]
-        g_grads = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
-        d_weight = torch.clamp(torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4), 0.0, 1e4).detach()
-        d_weight = d_weight * crit.disc_weight
-        disc_factor = crit.disc_factor if step >= crit.disc_start else 0.0
-        loss = nll_loss + crit.kl_weight * kl_loss + d_weight * disc_factor * g_loss
+        loss, disc_factor = ldm_generator_loss(ae, crit, nll_loss, kl_loss, g_loss, step)
         loss.backward()
     return loss.detach()
 
@@ -264,13 +270,7 @@ def generative_models_video_step(ae, crit, x, eps, step):
     kl_loss = kl.sum() / kl.shape[0]
     with frozen(crit.discriminator):
         g_loss = -torch.mean(crit.discriminator(recon if clips else rf.contiguous()))
-        last = ae.conv_out.weight
-        nll_grads = torch.autograd.grad(nll_loss, last, retain_graph=True)[0]
-        g_grads = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
-        d_weight = torch.clamp(torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4), 0.0, 1e4).detach()
-        d_weight = d_weight * crit.disc_weight
-        disc_factor = crit.disc_factor if step >= crit.disc_start else 0.0
-        loss = nll_loss + crit.kl_weight * kl_loss + d_weight * disc_factor * g_loss
+        loss, disc_factor = ldm_generator_loss(ae, crit, nll_loss, kl_loss, g_loss, step)
         loss.backward()
     crit.discriminator.zero_grad(set_to_none=True)
     real, fake = (x, recon.detach()) if clips else (xf, rf.detach())
